@@ -1,0 +1,13 @@
+"""Exceptions raised for user errors (bad input, bad files); the CLI prints their message without a traceback."""
+
+
+class FlexiTokError(Exception):
+    """Base class for errors caused by the caller's input rather than a bug."""
+
+
+class InvalidInputError(FlexiTokError, ValueError):
+    """A tensor, image or argument has the wrong shape, dtype, range or value."""
+
+
+class CheckpointError(FlexiTokError):
+    """A checkpoint is missing, truncated, corrupt or does not match the model."""

@@ -1,0 +1,1 @@
+"""flexitok.train"""
