@@ -1,0 +1,28 @@
+"""flexitok: FlexTok image tokenization in PyTorch."""
+
+from flexitok.config import (
+    DecoderConfig,
+    EncoderConfig,
+    FlexTokConfig,
+    TransformerConfig,
+    VAEConfig,
+    preset,
+    tiny_config,
+)
+from flexitok.errors import CheckpointError, FlexiTokError, InvalidInputError
+from flexitok.models.flextok import FlexTok
+
+__version__ = "0.1.0"
+__all__ = [
+    "CheckpointError",
+    "DecoderConfig",
+    "EncoderConfig",
+    "FlexTok",
+    "FlexTokConfig",
+    "FlexiTokError",
+    "InvalidInputError",
+    "TransformerConfig",
+    "VAEConfig",
+    "preset",
+    "tiny_config",
+]

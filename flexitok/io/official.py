@@ -1,0 +1,344 @@
+"""Import of official (apple/ml-flextok) checkpoints.
+
+The official ``model.safetensors`` stores the full state dict and, in its header metadata, the Hydra config:
+one entry per top-level key whose value is the Python ``str()`` of a dict. We parse it with
+``ast.literal_eval`` (never ``eval``, never Hydra ``instantiate``), check every ``_target_`` against an
+allow-list, translate the options we understand into :class:`FlexTokConfig`, and refuse anything else with a
+clear error. State-dict keys are renamed with an explicit table (:func:`official_key_map`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
+from flexitok.errors import CheckpointError
+from flexitok.io.checkpoint import load_state_dict_strict, read_safetensors
+
+_P = "flextok.model."
+# Every class/function the official config may name, by role. Anything else is refused.
+KNOWN_TARGETS: dict[str, str] = {
+    "flextok.flextok_wrapper.FlexTok": "root",
+    "flextok.vae_wrapper.StableDiffusionVAE": "vae",
+    _P + "utils.wrappers.SequentialModuleDictWrapper": "sequential",
+    _P + "utils.dict_ops.PerSampleOp": "layout",
+    _P + "utils.dict_ops.channels_first_to_last": "layout",
+    _P + "utils.dict_ops.channels_last_to_first": "layout",
+    _P + "preprocessors.patching.PatchEmbedder": "patch_embed",
+    _P + "utils.posembs.PositionalEmbeddingAdder": "posemb",
+    _P + "preprocessors.registers.Registers1D": "registers",
+    _P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker": "packer",
+    _P + "trunks.transformers.FlexTransformer": "transformer",
+    _P + "postprocessors.seq_unpacking.SequenceUnpacker": "unpacker",
+    _P + "postprocessors.heads.LinearHead": "enc_head",
+    _P + "postprocessors.heads.ToPatchesLinearHead": "dec_head",
+    "flextok.regularizers.quantize_fsq.FSQ": "fsq",
+    _P + "preprocessors.linear.LinearLayer": "from_codes",
+    _P + "preprocessors.token_dropout.MaskedNestedDropout": "nested_dropout",
+    _P + "preprocessors.nullcond.LearnedNullCond": "null_cond",
+    _P + "preprocessors.nullcond.ZeroNullCond": "null_cond",
+    _P + "preprocessors.time_embedding.TimestepEmbedder": "time_embed",
+    "flextok.flow_matching.noise_modules.MinRFNoiseModule": "noise",
+    "flextok.flow_matching.pipelines.MinRFPipeline": "pipeline",
+}
+
+# Options whose value changes the forward computation; we only accept the values we implement.
+_SUPPORTED_VALUES: dict[str, dict[str, set[Any]]] = {
+    "posemb": {"posemb_scaling": {"absolute"}},
+    "transformer": {"use_bias": {False}, "qk_norm": {True, False}, "use_act_checkpoint": {True, False}},
+    "enc_head": {"use_mup_readout": {False}},
+    "dec_head": {"use_mup_readout": {False}},
+    "patch_embed": {"flatten_patches": {False}},
+    "packer": {"mask_mode": {"causal_last", "full"}},
+}
+
+
+def parse_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """Header metadata (str -> str) -> nested config; values that are not Python literals stay strings."""
+    out: dict[str, Any] = {}
+    for key, raw in meta.items():
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def _check_targets(node: Any, path: str = "") -> None:
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and target not in KNOWN_TARGETS:
+            raise CheckpointError(
+                f"unsupported official component {target!r} at {path or '<root>'}; flexitok knows: "
+                + ", ".join(sorted(t.rsplit(".", 1)[-1] for t in KNOWN_TARGETS))
+            )
+        for k, v in node.items():
+            _check_targets(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_targets(v, f"{path}[{i}]")
+
+
+def _role(node: dict[str, Any]) -> str:
+    return KNOWN_TARGETS[node["_target_"]]
+
+
+def _find(modules: dict[str, Any], role: str, where: str, pred: Callable[[dict], bool] = lambda m: True) -> dict:
+    hits = [m for m in modules.values() if isinstance(m, dict) and _role(m) == role and pred(m)]
+    if len(hits) != 1:
+        raise CheckpointError(f"expected exactly one {role} module in the official {where}, found {len(hits)}")
+    return hits[0]
+
+
+def _check_options(node: dict[str, Any], where: str) -> None:
+    for opt, allowed in _SUPPORTED_VALUES.get(_role(node), {}).items():
+        if opt in node and node[opt] not in allowed:
+            raise CheckpointError(
+                f"official {where} option {opt}={node[opt]!r} is not supported (supported: {sorted(map(str, allowed))})"
+            )
+
+
+def _transformer(node: dict[str, Any], where: str) -> TransformerConfig:
+    _check_options(node, where)
+    dim = int(node["dim"])
+    mlp_ratio = float(node.get("mlp_ratio", 4.0))
+    return TransformerConfig(
+        dim=dim,
+        depth=int(node["depth"]),
+        head_dim=int(node.get("head_dim", 64)),
+        mlp_ratio=mlp_ratio,
+        qk_norm=bool(node.get("qk_norm", True)),
+        attn_scale_base=8.0,
+    )
+
+
+def _grid(node: dict[str, Any]) -> tuple[int, int]:
+    sizes = node["max_sizes"]
+    if len(sizes) != 2:
+        raise CheckpointError(f"expected a 2-D patch position embedding, got max_sizes={sizes}")
+    return int(sizes[0]), int(sizes[1])
+
+
+def config_from_official(cfg: dict[str, Any], vae_config: dict[str, Any] | None = None) -> FlexTokConfig:
+    """Translate the parsed official config into a :class:`FlexTokConfig`."""
+    _check_targets(cfg)
+    for key in ("vae", "encoder", "decoder", "regularizer"):
+        if not isinstance(cfg.get(key), dict):
+            raise CheckpointError(f"official config has no {key!r} section")
+    enc_mods = cfg["encoder"].get("module_dict", {})
+    dec_mods = cfg["decoder"].get("module_dict", {})
+    for mods, where in ((enc_mods, "encoder"), (dec_mods, "decoder")):
+        for name, m in mods.items():
+            if isinstance(m, dict) and "_target_" in m:
+                _check_options(m, f"{where}.{name}")
+
+    e_patch = _find(enc_mods, "patch_embed", "encoder")
+    e_pos = _find(enc_mods, "posemb", "encoder")
+    e_regs = _find(enc_mods, "registers", "encoder")
+    e_tr = _find(enc_mods, "transformer", "encoder")
+    e_head = _find(enc_mods, "enc_head", "encoder")
+    if _find(enc_mods, "packer", "encoder")["mask_mode"] != "causal_last":
+        raise CheckpointError("official encoder packer must use mask_mode 'causal_last'")
+    if e_pos.get("posemb_type", "sincos") != "sincos":
+        raise CheckpointError(f"unsupported encoder posemb_type {e_pos.get('posemb_type')!r}")
+
+    d_patch = _find(dec_mods, "patch_embed", "decoder")
+    d_pos = _find(dec_mods, "posemb", "decoder", lambda m: len(m["max_sizes"]) == 2)
+    d_regpos = _find(dec_mods, "posemb", "decoder", lambda m: len(m["max_sizes"]) == 1)
+    d_tr = _find(dec_mods, "transformer", "decoder")
+    d_null = _find(dec_mods, "null_cond", "decoder")
+    d_time = _find(dec_mods, "time_embed", "decoder")
+    _find(dec_mods, "nested_dropout", "decoder")
+    _find(dec_mods, "dec_head", "decoder")
+    if _find(dec_mods, "packer", "decoder")["mask_mode"] != "full":
+        raise CheckpointError("official decoder packer must use mask_mode 'full'")
+    if d_pos.get("posemb_type", "sincos") != "sincos" or d_regpos.get("posemb_type") != "learnable_sum":
+        raise CheckpointError("unsupported decoder position embedding types")
+
+    n_regs = int(e_regs.get("n_max", e_regs.get("n_min")))
+    if int(d_regpos["max_sizes"][0]) != n_regs:
+        raise CheckpointError(
+            f"decoder register posemb covers {d_regpos['max_sizes'][0]} positions, encoder has {n_regs}"
+        )
+    levels = tuple(int(x) for x in cfg["regularizer"]["levels"])
+    if int(e_head["dim_out"]) != len(levels):
+        raise CheckpointError(f"encoder head outputs {e_head['dim_out']} values but FSQ has {len(levels)} levels")
+
+    v = cfg["vae"]
+    latent_c = int(v.get("latent_channels", 16))
+    for p in (e_patch, d_patch):
+        if int(p["channels_in"]) != latent_c:
+            raise CheckpointError(f"patch embedder takes {p['channels_in']} channels, VAE has {latent_c}")
+    vcfg = dict(vae_config) if vae_config else None
+    downsample = 8
+    if vcfg is not None:
+        downsample = 2 ** (len(vcfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    scaling = v.get("scaling_factor") or (vcfg or {}).get("scaling_factor") or 1.0
+    vae = VAEConfig(
+        kind="diffusers",
+        latent_channels=latent_c,
+        downsample=downsample,
+        scaling_factor=float(scaling),
+        sample_posterior=bool(v.get("sample_posterior", False)),
+        diffusers_config=vcfg,
+        pretrained=v.get("hf_hub_path"),
+    )
+    e_grid, d_grid = _grid(e_pos), _grid(d_pos)
+    e_ps = tuple(int(x) for x in e_patch["patch_sizes"])
+    image_size = (e_grid[0] * e_ps[0] * downsample, e_grid[1] * e_ps[1] * downsample)
+    return FlexTokConfig(
+        image_size=image_size,
+        vae=vae,
+        encoder=EncoderConfig(
+            transformer=_transformer(e_tr, "encoder transformer"),
+            patch_size=e_ps,  # type: ignore[arg-type]
+            n_registers=n_regs,
+            posemb_grid=e_grid,
+        ),
+        decoder=DecoderConfig(
+            transformer=_transformer(d_tr, "decoder transformer"),
+            patch_size=tuple(int(x) for x in d_patch["patch_sizes"]),  # type: ignore[arg-type]
+            posemb_grid=d_grid,
+            adaln_expansion=int(d_tr.get("adaLN_expansion", 1)),
+            max_timestep=float(d_time.get("max_timestep", 1.0)),
+            learned_null_cond=d_null["_target_"].endswith("LearnedNullCond"),
+        ),
+        fsq_levels=levels,
+    )
+
+
+def official_key_map(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """Ordered (official prefix -> flexitok prefix) renames, built from the official module names."""
+    enc = {_role(m): n for n, m in cfg["encoder"]["module_dict"].items() if isinstance(m, dict)}
+    dec_mods = cfg["decoder"]["module_dict"]
+    dec: dict[str, str] = {}
+    for n, m in dec_mods.items():
+        role = _role(m)
+        if role == "posemb":
+            role = "register_posemb" if len(m["max_sizes"]) == 1 else "posemb"
+        dec[role] = n
+    e, d = "encoder.module_dict.", "decoder.module_dict."
+    return [
+        ("vae.", "vae."),
+        (f"{e}{enc['patch_embed']}.patch_proj.", "encoder.patch_embed.proj."),
+        (f"{e}{enc['posemb']}.posembs", "encoder.posemb.table"),
+        (f"{e}{enc['registers']}.registers", "encoder.registers"),
+        (f"{e}{enc['transformer']}.blocks.", "encoder.trunk.blocks."),
+        (f"{e}{enc['enc_head']}.proj.", "encoder.head.proj."),
+        (f"{d}{dec['from_codes']}.proj.", "decoder.from_codes."),
+        (f"{d}{dec['register_posemb']}.posembs", "decoder.register_posemb"),
+        (f"{d}{dec['nested_dropout']}.dropout_mask_token", "decoder.mask_token"),
+        (f"{d}{dec['null_cond']}.nullcond", "decoder.null_cond"),
+        (f"{d}{dec['patch_embed']}.patch_proj.", "decoder.patch_embed.proj."),
+        (f"{d}{dec['posemb']}.posembs", "decoder.posemb.table"),
+        (f"{d}{dec['time_embed']}.mlp.", "decoder.time_embed.mlp."),
+        (f"{d}{dec['transformer']}.blocks.", "decoder.trunk.blocks."),
+        (f"{d}{dec['dec_head']}.adaLN_modulation.", "decoder.head.adaLN_modulation."),
+        (f"{d}{dec['dec_head']}.proj.", "decoder.head.proj."),
+    ]
+
+
+def convert_state_dict(tensors: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
+    """Rename official keys to flexitok keys; unknown keys raise CheckpointError."""
+    rules = official_key_map(cfg)
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in tensors.items():
+        for src, dst in rules:
+            if key.startswith(src):
+                new = dst + key[len(src) :]
+                if new == "decoder.register_posemb":
+                    value = value.reshape(value.shape[-2], value.shape[-1]).t()  # [1, 1, D, N] -> [N, D]
+                out[new] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
+    return out
+
+
+def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int = 32) -> dict[str, Any]:
+    """Rebuild a diffusers AutoencoderKL config from ``vae.vae.*`` weights.
+
+    Everything but ``norm_num_groups`` (GroupNorm has no group count in its weights) is read off the tensors;
+    pass the VAE's ``config.json`` when it is available.
+    """
+    p = "vae.vae."
+    if f"{p}encoder.conv_in.weight" not in tensors:
+        raise CheckpointError("the checkpoint holds no VAE weights (vae.vae.*)")
+    blocks = sorted(
+        {int(m.group(1)) for k in tensors if (m := re.match(rf"{re.escape(p)}encoder\.down_blocks\.(\d+)\.", k))}
+    )
+    channels = [int(tensors[f"{p}encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in blocks]
+    layers = len({k.split(".")[5] for k in tensors if k.startswith(f"{p}encoder.down_blocks.0.resnets.")})
+    return {
+        "in_channels": int(tensors[f"{p}encoder.conv_in.weight"].shape[1]),
+        "out_channels": int(tensors[f"{p}decoder.conv_out.weight"].shape[0]),
+        "down_block_types": ["DownEncoderBlock2D"] * len(blocks),
+        "up_block_types": ["UpDecoderBlock2D"] * len(blocks),
+        "block_out_channels": channels,
+        "layers_per_block": layers,
+        "latent_channels": int(tensors[f"{p}decoder.conv_in.weight"].shape[1]),
+        "norm_num_groups": norm_num_groups,
+        "mid_block_add_attention": any(k.startswith(f"{p}encoder.mid_block.attentions.") for k in tensors),
+        "use_quant_conv": f"{p}quant_conv.weight" in tensors,
+        "use_post_quant_conv": f"{p}post_quant_conv.weight" in tensors,
+    }
+
+
+def _resolve_vae_config(
+    path: Path, cfg: dict[str, Any], tensors: dict[str, Tensor], vae_config: dict | str | Path | None
+) -> dict[str, Any]:
+    if isinstance(vae_config, dict):
+        return dict(vae_config)
+    candidates = []
+    if vae_config is not None:
+        candidates.append(Path(vae_config))
+    hub = cfg["vae"].get("hf_hub_path")
+    if isinstance(hub, str):
+        candidates.append(path.parent / hub)  # the official fixture stores a path relative to the checkpoint
+    for c in candidates:
+        f = c / "config.json" if c.is_dir() else c
+        if f.is_file():
+            return json.loads(f.read_text())
+    if hub and "/" in str(hub) and not str(hub).startswith("."):
+        try:  # a hub repo id: fetch only its config (needs network)
+            from huggingface_hub import hf_hub_download
+
+            return json.loads(Path(hf_hub_download(str(hub), "config.json")).read_text())
+        except Exception:  # offline or unknown repo: fall back to the weights
+            pass
+    return infer_vae_config(tensors)
+
+
+def load_official(path: str | Path, vae_config: dict | str | Path | None = None):
+    """Build a :class:`flexitok.FlexTok` from an official-format ``model.safetensors``.
+
+    The VAE architecture comes from ``vae_config`` (a diffusers config dict, or a folder/file with
+    ``config.json``), else from ``<checkpoint dir>/<hf_hub_path>/config.json``, else the hub, else the weights.
+    """
+    from flexitok.models.flextok import FlexTok
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    tensors, meta = read_safetensors(path)
+    if "_target_" not in meta:
+        raise CheckpointError(f"{path} has no official FlexTok config in its metadata (no '_target_' entry)")
+    cfg = parse_metadata(meta)
+    if cfg["_target_"] != "flextok.flextok_wrapper.FlexTok":
+        raise CheckpointError(f"{path} is a {cfg['_target_']!r} checkpoint, not a FlexTok one")
+    vcfg = _resolve_vae_config(path, cfg, tensors, vae_config)
+    config = config_from_official(cfg, vcfg)
+    config.vae.pretrained = None  # the weights come from the checkpoint itself
+    model = FlexTok(config)
+    load_state_dict_strict(model, convert_state_dict(tensors, cfg), f"official checkpoint {path}")
+    return model

@@ -1,0 +1,107 @@
+"""The FlexTok rectified-flow decoder: [noised latent patches | registers] -> velocity."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flexitok.config import DecoderConfig
+from flexitok.nn.blocks import Transformer
+from flexitok.nn.embeddings import PatchEmbed, SinCosPosEmb2D, TimestepEmbedder, unpatchify
+from flexitok.nn.norm import Fp32LayerNorm, modulate
+
+
+class PatchHead(nn.Module):
+    """adaLN-modulated LayerNorm + linear map from patch tokens to latent patches."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm = Fp32LayerNorm(eps)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """``x [B, P, D]``, ``c [B, D]`` -> ``[B, P, out_dim]``."""
+        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        return self.proj(modulate(self.norm(x), shift, scale))
+
+
+class FlexTokDecoder(nn.Module):
+    """Velocity model ``v(x_t, t, cond)`` for rectified flow.
+
+    ``cond [B, N, D]`` is built from FSQ codes by :meth:`condition` (linear map, learned register position
+    embedding, mask token for positions >= keep_k) or is the null condition for classifier-free guidance.
+    """
+
+    def __init__(
+        self, cfg: DecoderConfig, latent_channels: int, latent_size: tuple[int, int], fsq_dim: int, n_registers: int
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        tcfg = cfg.transformer
+        d = tcfg.dim
+        self.latent_channels = latent_channels
+        self.grid = (latent_size[0] // cfg.patch_size[0], latent_size[1] // cfg.patch_size[1])
+        self.n_registers = n_registers
+        self.from_codes = nn.Linear(fsq_dim, d)
+        self.register_posemb = nn.Parameter(torch.randn(n_registers, d) * 0.02)
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
+        if cfg.learned_null_cond:
+            self.null_cond = nn.Parameter(torch.randn(d) * 0.02)
+        else:
+            self.register_buffer("null_cond", torch.zeros(d))
+        self.patch_embed = PatchEmbed(latent_channels, d, cfg.patch_size)
+        self.posemb = SinCosPosEmb2D(d, cfg.posemb_grid or self.grid)
+        self.time_embed = TimestepEmbedder(d, cfg.time_freq_dim, cfg.max_timestep)
+        self.trunk = Transformer(tcfg, adaln_groups=cfg.adaln_expansion)
+        self.head = PatchHead(d, cfg.patch_size[0] * cfg.patch_size[1] * latent_channels, tcfg.norm_eps)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        # adaLN-zero: every residual branch and the output head start as the identity / zero.
+        for blk in self.trunk.blocks:
+            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.head.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.head.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.head.proj.weight)
+        nn.init.zeros_(self.head.proj.bias)
+
+    def condition(self, codes: Tensor, keep_k: Tensor) -> Tensor:
+        """FSQ codes ``[B, N, d]`` and ``keep_k [B]`` -> register conditioning ``[B, N, D]``.
+
+        Positions ``>= keep_k`` are replaced by the learned mask token (nested dropout at inference).
+        """
+        x = self.from_codes(codes) + self.register_posemb.to(codes.dtype)
+        keep = torch.arange(x.shape[1], device=x.device)[None, :] < keep_k.to(x.device)[:, None]
+        return torch.where(keep[..., None], x, self.mask_token.to(x.dtype))
+
+    def null_condition(self, batch_size: int) -> Tensor:
+        """The unconditional register input ``[B, N, D]`` for classifier-free guidance."""
+        return self.null_cond.expand(batch_size, self.n_registers, -1)
+
+    def forward(
+        self, x_t: Tensor, t: Tensor, cond: Tensor, return_features_at: int | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """``x_t [B, C, h, w]``, ``t [B]``, ``cond [B, N, D]`` -> velocity ``[B, C, h, w]``.
+
+        With ``return_features_at=i`` also returns the patch tokens after block i, ``[B, P, D]`` (REPA).
+        """
+        patches = self.posemb(self.patch_embed(x_t)).flatten(1, 2)  # [B, P, D]
+        p = patches.shape[1]
+        temb = self.time_embed(t)
+        x = torch.cat([patches, cond.to(patches.dtype)], dim=1)
+        # Full attention: no mask needed.
+        x, feats = self.trunk(x, None, c=temb, split=p, return_features_at=return_features_at)
+        v = unpatchify(
+            self.head(x[:, :p], temb),
+            self.cfg.patch_size,
+            (x_t.shape[2] // self.cfg.patch_size[0], x_t.shape[3] // self.cfg.patch_size[1]),
+        )
+        if return_features_at is not None:
+            if feats is None:
+                raise ValueError(
+                    f"return_features_at={return_features_at} but the decoder has {len(self.trunk.blocks)} blocks"
+                )
+            return v, feats[:, :p]
+        return v

@@ -1,0 +1,70 @@
+"""Stage-0 autoencoders: a diffusers ``AutoencoderKL`` wrapper and an identity (pixel-space) stand-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flexitok.config import VAEConfig
+
+
+class IdentityAE(nn.Module):
+    """Pixel-space "VAE": latents are the [-1, 1] image itself, scaled by ``scaling_factor``."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, 3, H, W]``."""
+        return images * self.cfg.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents / self.cfg.scaling_factor
+
+
+class DiffusersVAE(nn.Module):
+    """Wraps ``diffusers.AutoencoderKL``; the module is stored as ``.vae`` (official key prefix ``vae.vae.*``).
+
+    ``encode`` returns the posterior mode (deterministic tokens) unless ``sample_posterior`` is set, multiplied by
+    the scaling factor; ``decode`` divides by it first.
+    """
+
+    def __init__(self, cfg: VAEConfig, vae: nn.Module | None = None) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.cfg = cfg
+        if vae is None:
+            if cfg.diffusers_config is not None:
+                vae = AutoencoderKL.from_config(_clean_diffusers_config(cfg.diffusers_config))
+            elif cfg.pretrained is not None:
+                vae = AutoencoderKL.from_pretrained(cfg.pretrained)
+            else:
+                raise ValueError("VAEConfig(kind='diffusers') needs diffusers_config or pretrained")
+        self.vae = vae
+        if cfg.latent_channels != self.vae.config.latent_channels:
+            raise ValueError(
+                f"VAE config says {cfg.latent_channels} latent channels, the AutoencoderKL has "
+                f"{self.vae.config.latent_channels}"
+            )
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, C, H/f, W/f]``."""
+        posterior = self.vae.encode(images).latent_dist
+        z = posterior.sample(generator) if self.cfg.sample_posterior else posterior.mode()
+        return z * self.cfg.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, h*f, w*f]`` (not clamped)."""
+        return self.vae.decode(latents / self.cfg.scaling_factor).sample
+
+
+def _clean_diffusers_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def build_vae(cfg: VAEConfig) -> nn.Module:
+    return IdentityAE(cfg) if cfg.kind == "identity" else DiffusersVAE(cfg)
