@@ -26,6 +26,7 @@ _P = "flextok.model."
 # Every class/function the official config may name, by role. Anything else is refused.
 KNOWN_TARGETS: dict[str, str] = {
     "flextok.flextok_wrapper.FlexTok": "root",
+    "flextok.flextok_wrapper.FlexTokFromHub": "root",
     "flextok.vae_wrapper.StableDiffusionVAE": "vae",
     _P + "utils.wrappers.SequentialModuleDictWrapper": "sequential",
     _P + "utils.dict_ops.PerSampleOp": "layout",
@@ -126,8 +127,14 @@ def _grid(node: dict[str, Any]) -> tuple[int, int]:
     return int(sizes[0]), int(sizes[1])
 
 
-def config_from_official(cfg: dict[str, Any], vae_config: dict[str, Any] | None = None) -> FlexTokConfig:
-    """Translate the parsed official config into a :class:`FlexTokConfig`."""
+def config_from_official(
+    cfg: dict[str, Any], vae_config: dict[str, Any] | None = None, image_size: tuple[int, int] | None = None
+) -> FlexTokConfig:
+    """Translate the parsed official config into a :class:`FlexTokConfig`.
+
+    Official checkpoints do not store an image size: any size whose patch grid fits the position table works.
+    By default we take the largest (table size x patch size x VAE downsampling).
+    """
     _check_targets(cfg)
     for key in ("vae", "encoder", "decoder", "regularizer"):
         if not isinstance(cfg.get(key), dict):
@@ -192,9 +199,10 @@ def config_from_official(cfg: dict[str, Any], vae_config: dict[str, Any] | None 
     )
     e_grid, d_grid = _grid(e_pos), _grid(d_pos)
     e_ps = tuple(int(x) for x in e_patch["patch_sizes"])
-    image_size = (e_grid[0] * e_ps[0] * downsample, e_grid[1] * e_ps[1] * downsample)
+    if image_size is None:
+        image_size = (e_grid[0] * e_ps[0] * downsample, e_grid[1] * e_ps[1] * downsample)
     return FlexTokConfig(
-        image_size=image_size,
+        image_size=tuple(image_size),  # type: ignore[arg-type]
         vae=vae,
         encoder=EncoderConfig(
             transformer=_transformer(e_tr, "encoder transformer"),
@@ -319,7 +327,9 @@ def _resolve_vae_config(
     return infer_vae_config(tensors)
 
 
-def load_official(path: str | Path, vae_config: dict | str | Path | None = None):
+def load_official(
+    path: str | Path, vae_config: dict | str | Path | None = None, image_size: tuple[int, int] | None = None
+):
     """Build a :class:`flexitok.FlexTok` from an official-format ``model.safetensors``.
 
     The VAE architecture comes from ``vae_config`` (a diffusers config dict, or a folder/file with
@@ -331,14 +341,140 @@ def load_official(path: str | Path, vae_config: dict | str | Path | None = None)
     if path.is_dir():
         path = path / "model.safetensors"
     tensors, meta = read_safetensors(path)
-    if "_target_" not in meta:
-        raise CheckpointError(f"{path} has no official FlexTok config in its metadata (no '_target_' entry)")
-    cfg = parse_metadata(meta)
-    if cfg["_target_"] != "flextok.flextok_wrapper.FlexTok":
+    if "_target_" in meta:
+        cfg = parse_metadata(meta)
+    elif (path.parent / "config.json").is_file():
+        # Hub repos saved with PyTorchModelHubMixin keep the Hydra config in config.json instead.
+        try:
+            blob = json.loads((path.parent / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"cannot parse {path.parent / 'config.json'}: {e}") from e
+        cfg = blob.get("config", blob) if isinstance(blob, dict) else {}
+        cfg.setdefault("_target_", "flextok.flextok_wrapper.FlexTok")
+    else:
+        raise CheckpointError(f"{path} has no official FlexTok config (no '_target_' metadata and no config.json)")
+    if cfg["_target_"] not in ("flextok.flextok_wrapper.FlexTok", "flextok.flextok_wrapper.FlexTokFromHub"):
         raise CheckpointError(f"{path} is a {cfg['_target_']!r} checkpoint, not a FlexTok one")
     vcfg = _resolve_vae_config(path, cfg, tensors, vae_config)
-    config = config_from_official(cfg, vcfg)
+    config = config_from_official(cfg, vcfg, image_size)
     config.vae.pretrained = None  # the weights come from the checkpoint itself
     model = FlexTok(config)
     load_state_dict_strict(model, convert_state_dict(tensors, cfg), f"official checkpoint {path}")
     return model
+
+
+def official_metadata(config: FlexTokConfig) -> dict[str, str]:
+    """The official header metadata (Hydra config as Python-literal strings) describing ``config``.
+
+    Only the constructor arguments that affect the forward computation plus the read/write keys the official
+    module graph needs are written.
+    """
+    if config.vae.kind != "diffusers":
+        raise CheckpointError("only models with a diffusers VAE can be exported to the official format")
+    e, d, c = config.encoder, config.decoder, config.vae.latent_channels
+    et, dt = e.transformer, d.transformer
+    for t in (et, dt):
+        if t.attn_scale_base != 8.0 or t.mlp_hidden is not None:
+            raise CheckpointError("the official format needs attn_scale_base=8 and the default MLP width")
+    lat = config.latent_size
+    e_grid = e.posemb_grid or (lat[0] // e.patch_size[0], lat[1] // e.patch_size[1])
+    d_grid = d.posemb_grid or (lat[0] // d.patch_size[0], lat[1] // d.patch_size[1])
+
+    def t(name: str, **kw: Any) -> dict[str, Any]:
+        return {"_target_": name, **kw}
+
+    def tr(x: TransformerConfig, **kw: Any) -> dict[str, Any]:
+        return t(_P + "trunks.transformers.FlexTransformer", dim=x.dim, depth=x.depth, head_dim=x.head_dim,
+                 mlp_ratio=x.mlp_ratio, qk_norm=x.qk_norm, use_bias=False, **kw)  # fmt: skip
+
+    to_last = t(_P + "utils.dict_ops.channels_first_to_last", _partial_=True)
+    encoder = t(_P + "utils.wrappers.SequentialModuleDictWrapper", module_dict={
+        "enc_channels_to_last": t(_P + "utils.dict_ops.PerSampleOp", read_key="vae_latents", write_key="enc_vae_latents", per_sample_op=to_last),
+        "enc_patch_emb": t(_P + "preprocessors.patching.PatchEmbedder", input_tensor_list_read_key="enc_vae_latents", patches_list_write_key="enc_vae_latents_patched", n_patches_write_key="enc_n_patches", patch_sizes=list(e.patch_size), channels_in=c, dim=et.dim, flatten_patches=False),
+        "enc_posemb_module": t(_P + "utils.posembs.PositionalEmbeddingAdder", read_key="enc_vae_latents_patched", write_key="enc_vae_latents_patched", dim=et.dim, max_sizes=list(e_grid), posemb_type="sincos", posemb_scaling="absolute"),
+        "enc_register_module": t(_P + "preprocessors.registers.Registers1D", input_tensor_list_read_key="enc_vae_latents_patched", register_sizes_read_write_key="register_sizes", registers_write_key="enc_registers", dim=et.dim, n_min=e.n_registers, n_max=e.n_registers, size_sampling_mode="uniform", ordering_mode="nested"),
+        "enc_seq_packer": t(_P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker", input_list_read_keys=["enc_vae_latents_patched", "enc_registers"], packed_seq_write_key="enc_packed_seq", block_mask_write_key="enc_block_mask", inner_packed_shapes_write_key="enc_ps_inner", outer_packed_shapes_write_key="enc_ps_outer", mask_mode="causal_last", pad_to_multiple=128),
+        "enc_transformer": tr(et, input_seq_read_key="enc_packed_seq", output_seq_write_key="enc_packed_seq", block_mask_read_key="enc_block_mask"),
+        "enc_unpacker": t(_P + "postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key="enc_packed_seq", inner_seq_write_keys=["enc_vae_latents_patched", "enc_registers"], inner_packed_shapes_read_key="enc_ps_inner", outer_packed_shapes_read_key="enc_ps_outer"),
+        "enc_to_latents": t(_P + "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers", dim=et.dim, dim_out=len(config.fsq_levels), use_mup_readout=False, weight_init_style="xavier"),
+    })  # fmt: skip
+    null_target = "LearnedNullCond" if d.learned_null_cond else "ZeroNullCond"
+    decoder = t(_P + "utils.wrappers.SequentialModuleDictWrapper", module_dict={
+        "dec_from_latents": t(_P + "preprocessors.linear.LinearLayer", read_key="enc_registers_quant", write_key="dec_quants", dim_in=len(config.fsq_levels), dim=dt.dim),
+        "dec_registers_posemb_module": t(_P + "utils.posembs.PositionalEmbeddingAdder", read_key="dec_quants", write_key="dec_quants", dim=dt.dim, max_sizes=[e.n_registers], posemb_type="learnable_sum", posemb_scaling="absolute"),
+        "dec_nested_dropout": t(_P + "preprocessors.token_dropout.MaskedNestedDropout", read_write_key="dec_quants", dim=dt.dim, eval_keep_k_read_key="eval_keep_k", train_keep_k_write_key="train_keep_k", size_sampling_mode="uniform"),
+        "dec_latent_dropout": t(_P + f"preprocessors.nullcond.{null_target}", read_write_key="dec_quants", dim=dt.dim, eval_drop_flag_read_key="eval_dropout_mask", dropout_prob=0.2),
+        "dec_noise_channels_to_last": t(_P + "utils.dict_ops.PerSampleOp", read_key="vae_latents_noised", write_key="dec_noised_latents", per_sample_op=to_last),
+        "dec_noise_patch_emb": t(_P + "preprocessors.patching.PatchEmbedder", input_tensor_list_read_key="dec_noised_latents", patches_list_write_key="dec_patches", n_patches_write_key="dec_n_patches", patch_sizes=list(d.patch_size), channels_in=c, dim=dt.dim, flatten_patches=False),
+        "dec_patches_posemb_module": t(_P + "utils.posembs.PositionalEmbeddingAdder", read_key="dec_patches", write_key="dec_patches", dim=dt.dim, max_sizes=list(d_grid), posemb_type="sincos", posemb_scaling="absolute"),
+        "dec_seq_packer": t(_P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker", input_list_read_keys=["dec_patches", "dec_quants"], packed_seq_write_key="dec_packed_seq", block_mask_write_key="dec_sa_block_mask", inner_packed_shapes_write_key="dec_ps_inner", outer_packed_shapes_write_key="dec_ps_outer", mask_mode="full", pad_to_multiple=128, emb_packing_fn_write_key="dec_emb_packing_fn", per_subseq_embs=d.adaln_expansion > 1),
+        "dec_time_embedder": t(_P + "preprocessors.time_embedding.TimestepEmbedder", timesteps_read_key="timesteps", time_embedding_write_key="dec_temb", dim=dt.dim, max_timestep=d.max_timestep),
+        "dec_transformer": tr(dt, input_seq_read_key="dec_packed_seq", output_seq_write_key="dec_packed_seq", block_mask_read_key="dec_sa_block_mask", adaLN_emb_read_key="dec_temb", adaLN_packing_fn_read_key="dec_emb_packing_fn", adaLN_expansion=d.adaln_expansion),
+        "dec_unpacker": t(_P + "postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key="dec_packed_seq", inner_seq_write_keys=["dec_patches", "dec_quants"], inner_packed_shapes_read_key="dec_ps_inner", outer_packed_shapes_read_key="dec_ps_outer"),
+        "dec_to_patches": t(_P + "postprocessors.heads.ToPatchesLinearHead", read_key="dec_patches", write_key="dec_pred_bhwc", dim=dt.dim, channels_out=c, patch_sizes=list(d.patch_size), use_mup_readout=False, weight_init_style="xavier", adaLN_emb_read_key="dec_temb"),
+        "dec_channels_to_first": t(_P + "utils.dict_ops.PerSampleOp", read_key="dec_pred_bhwc", write_key="vae_latents_reconst", per_sample_op=t(_P + "utils.dict_ops.channels_last_to_first", _partial_=True)),
+    })  # fmt: skip
+    cfg = {
+        "_target_": "flextok.flextok_wrapper.FlexTok",
+        "vae": t(
+            "flextok.vae_wrapper.StableDiffusionVAE",
+            images_read_key="rgb",
+            vae_latents_read_key="vae_latents_reconst",
+            vae_latents_write_key="vae_latents",
+            images_reconst_write_key="rgb_reconst",
+            vae_kl_loss_write_key="kl_loss",
+            latent_channels=c,
+            scaling_factor=config.vae.scaling_factor,
+            hf_hub_path=config.vae.pretrained or "./vae",
+            sample_posterior=config.vae.sample_posterior,
+            frozen=True,
+        ),  # fmt: skip
+        "encoder": encoder,
+        "regularizer": t(
+            "flextok.regularizers.quantize_fsq.FSQ",
+            latents_read_key="enc_registers",
+            quants_write_key="enc_registers_quant",
+            tokens_write_key="tokens",
+            levels=list(config.fsq_levels),
+        ),  # fmt: skip
+        "decoder": decoder,
+        "flow_matching_noise_module": t(
+            "flextok.flow_matching.noise_modules.MinRFNoiseModule",
+            clean_images_read_key="vae_latents",
+            noised_images_write_key="vae_latents_noised",
+            timesteps_write_key="timesteps",
+            sigmas_write_key="sigmas",
+        ),  # fmt: skip
+        "pipeline": t(
+            "flextok.flow_matching.pipelines.MinRFPipeline",
+            _partial_=True,
+            target_sizes_read_key=None,
+            latents_read_key="enc_registers_quant",
+            timesteps_read_key="timesteps",
+            noised_images_read_key="vae_latents_noised",
+            reconst_write_key="vae_latents_reconst",
+            out_channels=c,
+        ),  # fmt: skip
+    }
+    return {k: (v if isinstance(v, str) else str(v)) for k, v in cfg.items()}
+
+
+def export_official(model, directory: str | Path) -> Path:
+    """Write ``model`` as an official-format checkpoint: ``model.safetensors`` (+ ``vae/config.json``)."""
+    from flexitok.io.checkpoint import atomic_write_json, save_safetensors
+
+    directory = Path(directory)
+    meta = official_metadata(model.config)
+    cfg = parse_metadata(meta)
+    ours_to_official = [(dst, src) for src, dst in official_key_map(cfg)]
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        for src, dst in ours_to_official:
+            if key.startswith(src):
+                if key == "decoder.register_posemb":
+                    value = value.t().reshape(1, 1, value.shape[1], value.shape[0])
+                out[dst + key[len(src) :]] = value
+                break
+    save_safetensors(out, directory / "model.safetensors", metadata=meta)
+    atomic_write_json(directory / "vae" / "config.json", dict(model.vae.vae.config))
+    return directory

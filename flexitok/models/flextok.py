@@ -207,12 +207,19 @@ class FlexTok(nn.Module):
 
     @classmethod
     def from_official(
-        cls, path: str | Path, vae_config: dict | str | Path | None = None, device: str | torch.device = "cpu"
+        cls,
+        path: str | Path,
+        vae_config: dict | str | Path | None = None,
+        image_size: tuple[int, int] | None = None,
+        device: str | torch.device = "cpu",
     ) -> FlexTok:
-        """Load an official-format FlexTok ``model.safetensors`` (config in the header metadata)."""
+        """Load an official-format FlexTok ``model.safetensors`` (config in the header metadata or config.json).
+
+        ``image_size`` defaults to the largest the position tables cover (256x256 for the released models).
+        """
         from flexitok.io.official import load_official
 
-        return load_official(path, vae_config=vae_config).to(device).eval()
+        return load_official(path, vae_config=vae_config, image_size=image_size).to(device).eval()
 
     def extra_repr(self) -> str:
         c = self.config
