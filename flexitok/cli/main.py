@@ -9,11 +9,29 @@ import sys
 from flexitok.errors import FlexiTokError
 
 # Sub-command modules under flexitok.cli; each exposes ``register(subparsers)``.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = [
+    "tokenize",
+    "detokenize",
+    "reconstruct",
+    "convert",
+    "bench",
+    "eval",
+    "codec",
+    "demo",
+    "generate",
+    "pretokenize",
+    "bench_generator",
+    "eval_generation",
+    "train_classifier",
+    "train",
+    "quickstart",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flexitok", description="FlexTok image tokenization: tokenize, reconstruct, train, generate.")
+    parser = argparse.ArgumentParser(
+        prog="flexitok", description="FlexTok image tokenization: tokenize, reconstruct, train, generate."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"flexitok.cli.{name}").register(sub)

@@ -1,1 +1,108 @@
-"""flexitok.data"""
+"""Datasets for flexitok: Fashion-MNIST, image folders, webdataset shards, scikit-image photos, caches.
+
+``build_dataset(DataConfig(...))`` returns a dataset whose items are
+``{"image": FloatTensor [3, S, S] in [-1, 1], "label": int (-1 when unknown)}`` (Fashion-MNIST adds
+``"caption"``). All datasets are map-style except the webdataset reader (an ``IterableDataset``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch.utils.data import Dataset
+
+from flexitok.data.base import DatasetError, ImageItem, index_generator
+from flexitok.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FashionMNIST
+from flexitok.data.folder import ImageFolder
+from flexitok.data.latents import LatentCacheDataset, write_latent_cache
+from flexitok.data.skimage_photos import SkimagePhotos
+from flexitok.data.tokens import TokenShardDataset, write_token_shards
+from flexitok.data.transforms import ImageTransform
+from flexitok.data.webdataset import WebDatasetShards, write_webdataset_shards
+
+DataKind = Literal["fashion_mnist", "folder", "webdataset", "skimage"]
+DATA_KINDS: tuple[str, ...] = ("fashion_mnist", "folder", "webdataset", "skimage")
+
+
+@dataclass
+class DataConfig:
+    """What to load and how to turn it into ``[3, image_size, image_size]`` tensors.
+
+    ``path``: Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist), image folder root, or
+    webdataset shards (folder, glob, or comma list); for folders and shard folders ``path/<split>`` is used
+    when it exists. ``random_resized_crop`` is a scale range (e.g. ``(0.8, 1.0)``); ``None`` resizes the
+    shorter side and centre-crops. ``limit`` keeps the first N items (per reader for webdataset).
+    """
+
+    kind: DataKind
+    path: str | None = None
+    split: Literal["train", "test"] = "train"
+    image_size: int = 32
+    random_resized_crop: tuple[float, float] | None = None
+    hflip: bool = False
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise DatasetError(f"unknown dataset kind {self.kind!r}; choose one of {', '.join(DATA_KINDS)}")
+        if self.split not in ("train", "test"):
+            raise DatasetError(f"unknown split {self.split!r}; expected 'train' or 'test'")
+        if self.image_size < 1:
+            raise DatasetError(f"image_size must be positive, got {self.image_size}")
+        if self.random_resized_crop is not None:
+            lo, hi = self.random_resized_crop
+            if not 0 < lo <= hi <= 1:
+                raise DatasetError(f"random_resized_crop must be a scale range 0 < lo <= hi <= 1, got {(lo, hi)}")
+            self.random_resized_crop = (float(lo), float(hi))
+        if self.limit is not None and self.limit < 1:
+            raise DatasetError(f"limit must be >= 1, got {self.limit}")
+
+    def transform(self) -> ImageTransform:
+        return ImageTransform(size=self.image_size, random_resized_crop=self.random_resized_crop, hflip=self.hflip)
+
+
+def _split_dir(path: str | None, split: str, kind: str) -> Path:
+    if path is None:
+        raise DatasetError(f"dataset kind {kind!r} needs DataConfig.path")
+    root = Path(path)
+    return root / split if (root / split).is_dir() else root
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """Build the dataset described by ``cfg`` (see :class:`DataConfig`)."""
+    transform = cfg.transform()
+    if cfg.kind == "fashion_mnist":
+        return FashionMNIST(cfg.path, split=cfg.split, transform=transform, limit=cfg.limit)
+    if cfg.kind == "folder":
+        root = _split_dir(cfg.path, cfg.split, cfg.kind)
+        return ImageFolder(root, transform=transform, limit=cfg.limit, deterministic=cfg.split == "test")
+    if cfg.kind == "webdataset":
+        if cfg.path is None:
+            raise DatasetError("dataset kind 'webdataset' needs DataConfig.path")
+        shards: str | Path = _split_dir(cfg.path, cfg.split, cfg.kind) if Path(cfg.path).is_dir() else cfg.path
+        return WebDatasetShards(shards, transform=transform, shuffle_shards=cfg.split == "train", limit=cfg.limit)
+    return SkimagePhotos(split=cfg.split, transform=transform, num_items=cfg.limit)
+
+
+__all__ = [
+    "DATA_KINDS",
+    "DEFAULT_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "DataConfig",
+    "DatasetError",
+    "FashionMNIST",
+    "ImageFolder",
+    "ImageItem",
+    "ImageTransform",
+    "LatentCacheDataset",
+    "SkimagePhotos",
+    "TokenShardDataset",
+    "WebDatasetShards",
+    "build_dataset",
+    "index_generator",
+    "write_latent_cache",
+    "write_token_shards",
+    "write_webdataset_shards",
+]

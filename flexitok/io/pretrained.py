@@ -13,7 +13,7 @@ FORMAT = "flexitok"
 FORMAT_VERSION = 1
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # Bundled models shipped inside the package: name -> folder under flexitok/assets.
-BUNDLED = {"default": "fmnist-tokenizer", "fmnist": "fmnist-tokenizer", "photos": "photos-tokenizer"}
+BUNDLED = {"default": "tokenizers/fmnist", "fmnist": "tokenizers/fmnist"}
 # Released official checkpoints on the Hugging Face hub (need network access).
 OFFICIAL_REPOS = {
     "d12-d12-in1k": "EPFL-VILAB/flextok_d12_d12_in1k",

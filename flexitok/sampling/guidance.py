@@ -37,11 +37,12 @@ class APG:
             diff = self._buffer
         dims = tuple(range(1, diff.ndim))
         if self.norm_threshold > 0:
-            norm = diff.norm(p=2, dim=dims, keepdim=True)
+            norm = diff.norm(p=2, dim=dims, keepdim=True).clamp_min(1e-12)
             diff = diff * torch.clamp(self.norm_threshold / norm, max=1.0)
         # The projection is done in float64 (as the official implementation does) to avoid cancellation.
         d64, c64 = diff.double(), v_cond.double()
-        unit = c64 / c64.norm(p=2, dim=dims, keepdim=True)
+        # clamp: an untrained (adaLN-zero) decoder predicts exactly zero velocity.
+        unit = c64 / c64.norm(p=2, dim=dims, keepdim=True).clamp_min(1e-12)
         parallel = (d64 * unit).sum(dim=dims, keepdim=True) * unit
         orthogonal = (d64 - parallel).to(diff.dtype)
         update = orthogonal + self.eta * parallel.to(diff.dtype)

@@ -1,0 +1,102 @@
+"""``flexitok detokenize``: a tokens file -> images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from flexitok.cli.common import (
+    DEFAULT_MODEL,
+    add_batch_size_arg,
+    add_model_args,
+    add_sampling_args,
+    info,
+    load_model,
+    positive_int,
+    resolve_device,
+    sampling_kwargs,
+)
+from flexitok.cli.token_files import read_token_file, validate_tokens
+from flexitok.errors import InvalidInputError
+from flexitok.io.images import is_image_file, save_image
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detokenize",
+        help="token ids -> images",
+        description="Decode a tokens file (.json from `flexitok tokenize`, or an integer .npy [B, K]) into images.",
+    )
+    p.add_argument("tokens", metavar="TOKENS", help="tokens file (.json or .npy)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="output folder (one PNG per sequence, named after the source images when known); "
+        "an image file name is accepted when the file holds one sequence",
+    )
+    p.add_argument(
+        "-k", "--num-tokens", type=positive_int, default=None, help="decode only the first K tokens of each sequence"
+    )
+    add_model_args(p, model_default=None)
+    p.epilog = f"--model defaults to the model recorded in a JSON tokens file, else {DEFAULT_MODEL!r}."
+    add_sampling_args(p)
+    add_batch_size_arg(p)
+    p.set_defaults(func=run)
+
+
+def _output_paths(output: Path, count: int, files: list[str] | None) -> list[Path]:
+    if is_image_file(output):
+        if count != 1:
+            raise InvalidInputError(f"--output {output} is one image file but the tokens file holds {count} sequences")
+        return [output]
+    if output.exists() and not output.is_dir():
+        raise InvalidInputError(f"--output {output} exists and is not a folder")
+    if files is None:
+        return [output / f"{i:05d}.png" for i in range(count)]
+    paths, seen = [], set()
+    for i, name in enumerate(files):
+        stem = Path(name).stem or f"{i:05d}"
+        candidate = stem if stem not in seen else f"{stem}_{i}"
+        seen.add(candidate)
+        paths.append(output / f"{candidate}.png")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    source = Path(args.tokens)
+    token_file = read_token_file(source)
+    tokens = token_file.tokens
+    if args.num_tokens is not None:
+        tokens = [t[: args.num_tokens] for t in tokens]
+    outputs = _output_paths(Path(args.output), len(tokens), token_file.files)
+
+    model_name = args.model or token_file.model or DEFAULT_MODEL
+    device = resolve_device(args.device)
+    model = load_model(model_name, device)
+    validate_tokens(tokens, model.vocab_size, model.n_registers, str(source))
+    if token_file.image_size is not None and tuple(token_file.image_size) != tuple(model.image_size):
+        info(
+            f"note: {source} was made for {token_file.image_size[0]}x{token_file.image_size[1]} images; "
+            f"this model decodes {model.image_size[0]}x{model.image_size[1]}"
+        )
+
+    # One CPU generator drawn image by image: the result for an image does not depend on --batch-size or device.
+    generator = torch.Generator().manual_seed(args.seed)
+    kwargs = sampling_kwargs(args)
+    bar = tqdm(total=len(tokens), desc="detokenizing", unit="img", disable=len(tokens) <= args.batch_size or None)
+    for start in range(0, len(tokens), args.batch_size):
+        chunk = tokens[start : start + args.batch_size]
+        noise = model.initial_noise(len(chunk), generator)
+        images = model.detokenize([t.to(device) for t in chunk], noise=noise, **kwargs)
+        for image, path in zip(images, outputs[start : start + len(chunk)], strict=True):
+            save_image(image, path)
+        bar.update(len(chunk))
+    bar.close()
+    where = outputs[0] if len(outputs) == 1 else Path(args.output)
+    info(f"wrote {len(outputs)} image(s) to {where}")
+    return 0

@@ -1,0 +1,179 @@
+"""Token files written by ``flexitok tokenize`` and read by ``flexitok detokenize``.
+
+Two formats, chosen by suffix:
+
+* ``.json``: ``{"model": str, "image_size": [H, W], "vocab_size": int, "n_registers": int, "files": [str, ...],
+  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Only ``tokens`` is required
+  when reading (a bare list of rows is accepted too).
+* ``.npy``: an integer array ``[B, K]`` (or ``[K]`` for one image), no metadata.
+
+Writes are atomic. Reading validates the structure; :func:`validate_tokens` checks ids and lengths against a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flexitok.errors import InvalidInputError
+from flexitok.io.checkpoint import atomic_write, atomic_write_bytes
+
+TOKEN_SUFFIXES = (".json", ".npy")
+
+
+@dataclass
+class TokenFile:
+    """Token sequences (each ``LongTensor [k_i]``) plus optional provenance."""
+
+    tokens: list[Tensor]
+    model: str | None = None
+    image_size: tuple[int, int] | None = None
+    files: list[str] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in TOKEN_SUFFIXES:
+        raise InvalidInputError(f"{path}: token files must end in .json or .npy, got {suffix or 'no suffix'!r}")
+    return suffix
+
+
+def _rows(tokens: Tensor | list[Tensor]) -> list[list[int]]:
+    if isinstance(tokens, Tensor):
+        return [row.tolist() for row in tokens.reshape(-1, tokens.shape[-1]).cpu()]
+    return [t.reshape(-1).cpu().tolist() for t in tokens]
+
+
+def tokens_to_json(
+    tokens: Tensor | list[Tensor],
+    model: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    files: list[str] | None = None,
+    vocab_size: int | None = None,
+    n_registers: int | None = None,
+) -> str:
+    """The JSON text of a token file; each token row is kept on one line so files stay readable."""
+    header: dict[str, object] = {}
+    for key, value in (
+        ("model", model),
+        ("image_size", list(image_size) if image_size else None),
+        ("vocab_size", vocab_size),
+        ("n_registers", n_registers),
+        ("files", files),
+    ):
+        if value is not None:
+            header[key] = value
+    rows = ",\n".join("    " + json.dumps(r) for r in _rows(tokens))
+    head = "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in header.items())
+    return "{\n" + head + '  "tokens": [\n' + rows + "\n  ]\n}\n"
+
+
+def write_token_file(
+    path: str | os.PathLike,
+    tokens: Tensor | list[Tensor],
+    model: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    files: list[str] | None = None,
+    vocab_size: int | None = None,
+    n_registers: int | None = None,
+) -> Path:
+    """Write ``tokens`` (``[B, K]`` or a list of ``[k_i]``) as .json or .npy (by suffix), atomically."""
+    path = Path(path)
+    if _suffix(path) == ".json":
+        text = tokens_to_json(tokens, model, image_size, files, vocab_size, n_registers)
+        atomic_write_bytes(path, text.encode())
+        return path
+    rows = _rows(tokens)
+    if len({len(r) for r in rows}) > 1:
+        raise InvalidInputError(f"{path}: .npy needs equal-length token sequences; use .json for different lengths")
+    arr = np.asarray(rows, dtype=np.int32)  # 64000 codes fit easily; halves the size of int64
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save(path) would append ".npy" to the temp name
+            np.save(f, arr)
+
+    atomic_write(path, write)
+    return path
+
+
+def _as_id_row(row: object, i: int, source: str) -> Tensor:
+    if not isinstance(row, list):
+        raise InvalidInputError(f"{source}: tokens[{i}] must be a list of integer ids, got {type(row).__name__}")
+    for j, v in enumerate(row):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InvalidInputError(f"{source}: tokens[{i}][{j}] = {v!r} is not an integer token id")
+    return torch.tensor(row, dtype=torch.long)
+
+
+def read_token_file(path: str | os.PathLike) -> TokenFile:
+    """Read a .json or .npy token file; structural problems raise InvalidInputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such token file")
+    if _suffix(path) == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InvalidInputError(f"{path}: not a valid .npy integer array ({e})") from None
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidInputError(f"{path}: token ids must be integers, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise InvalidInputError(f"{path}: expected an array of shape [B, K] or [K], got {list(arr.shape)}")
+        return TokenFile(tokens=[torch.from_numpy(np.array(r, dtype=np.int64)) for r in arr])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, list):
+        data = {"tokens": data}
+    if not isinstance(data, dict) or "tokens" not in data:
+        raise InvalidInputError(f'{path}: expected a JSON object with a "tokens" list of id lists')
+    raw = data["tokens"]
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInputError(f'{path}: "tokens" must be a non-empty list of id lists')
+    tokens = [_as_id_row(r, i, str(path)) for i, r in enumerate(raw)]
+    files = data.get("files")
+    if files is not None and (not isinstance(files, list) or len(files) != len(tokens)):
+        raise InvalidInputError(f'{path}: "files" must list one name per token sequence ({len(tokens)})')
+    size = data.get("image_size")
+    image_size = None
+    if size is not None:
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) for s in size)):
+            raise InvalidInputError(f'{path}: "image_size" must be [H, W], got {size!r}')
+        image_size = (size[0], size[1])
+    model = data.get("model")
+    extra = {k: v for k, v in data.items() if k not in ("tokens", "files", "image_size", "model")}
+    return TokenFile(
+        tokens=tokens,
+        model=str(model) if model is not None else None,
+        image_size=image_size,
+        files=[str(f) for f in files] if files is not None else None,
+        extra=extra,
+    )
+
+
+def validate_tokens(tokens: list[Tensor], vocab_size: int, n_registers: int, source: str) -> None:
+    """Every sequence must hold 1..n_registers ids in [0, vocab_size); errors name the sequence and position."""
+    for i, row in enumerate(tokens):
+        if row.numel() == 0:
+            raise InvalidInputError(f"{source}: token sequence {i} is empty")
+        if row.numel() > n_registers:
+            raise InvalidInputError(
+                f"{source}: token sequence {i} has {row.numel()} tokens; this model takes at most {n_registers}"
+            )
+        bad = ((row < 0) | (row >= vocab_size)).nonzero()
+        if bad.numel():
+            j = int(bad[0, 0])
+            raise InvalidInputError(
+                f"{source}: token sequence {i} has id {int(row[j])} at position {j}; "
+                f"ids must lie in [0, {vocab_size}) for this model"
+            )

@@ -1,0 +1,97 @@
+"""``flexitok tokenize``: images -> token ids (JSON or .npy)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from flexitok.cli.common import (
+    add_batch_size_arg,
+    add_model_args,
+    collect_image_paths,
+    info,
+    load_model,
+    model_reference,
+    positive_int,
+    resolve_device,
+)
+from flexitok.cli.token_files import tokens_to_json, write_token_file
+from flexitok.errors import InvalidInputError
+from flexitok.io.images import load_image
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tokenize",
+        help="images -> token ids",
+        description="Tokenize images into ordered 1D token sequences (coarse to fine). Images of any size and mode "
+        "are converted to RGB, center-cropped to a square and resized to the model's resolution.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("-o", "--output", metavar="FILE", help="tokens file, .json or .npy (default: print JSON to stdout)")
+    p.add_argument(
+        "-k", "--num-tokens", type=positive_int, default=None, help="keep only the first K tokens of each image"
+    )
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="warn about and skip unreadable files instead of stopping"
+    )
+    add_model_args(p)
+    add_batch_size_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = collect_image_paths(args.inputs)
+    if args.output is not None and Path(args.output).suffix.lower() not in (".json", ".npy"):
+        raise InvalidInputError(f"--output must end in .json or .npy, got {args.output!r}")
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    if args.num_tokens is not None and args.num_tokens > model.n_registers:
+        raise InvalidInputError(f"--num-tokens {args.num_tokens} exceeds this model's {model.n_registers} tokens")
+
+    rows: list[torch.Tensor] = []
+    done: list[str] = []
+    bar = tqdm(total=len(paths), desc="tokenizing", unit="img", disable=len(paths) <= args.batch_size or None)
+    for start in range(0, len(paths), args.batch_size):
+        batch, names = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                loaded = load_image(path, model.image_size)
+            except InvalidInputError as e:
+                if not args.skip_invalid:
+                    raise
+                info(f"skipped: {e}")
+                continue
+            if loaded.note:
+                info(f"{path}: {loaded.note}")
+            batch.append(loaded.tensor)
+            names.append(str(path))
+        if batch:
+            ids = model.tokenize(torch.stack(batch).to(device))
+            if args.num_tokens is not None:
+                ids = ids[:, : args.num_tokens]
+            rows.extend(ids.cpu())
+            done.extend(names)
+        bar.update(len(paths[start : start + args.batch_size]))
+    bar.close()
+    if not rows:
+        raise InvalidInputError("none of the inputs could be read as an image")
+
+    tokens = torch.stack(rows)
+    meta = {
+        "model": model_reference(args.model),
+        "image_size": model.image_size,
+        "files": done,
+        "vocab_size": model.vocab_size,
+        "n_registers": model.n_registers,
+    }
+    if args.output is None:
+        sys.stdout.write(tokens_to_json(tokens, **meta))
+        return 0
+    out = write_token_file(args.output, tokens, **meta)
+    info(f"wrote {tokens.shape[0]} x {tokens.shape[1]} tokens to {out}")
+    return 0

@@ -1,0 +1,26 @@
+"""Shared pieces of the datasets: the error type, the item type, per-index seeding."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import torch
+
+from flexitok.errors import FlexiTokError
+
+
+class DatasetError(FlexiTokError):
+    """A dataset is missing, empty, malformed or configured inconsistently."""
+
+
+class ImageItem(TypedDict, total=False):
+    image: torch.Tensor  # FloatTensor [3, S, S] in [-1, 1]
+    label: int  # -1 when unknown
+    caption: str
+
+
+def index_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, index): reproducible per item, order-independent."""
+    # Mix the two integers so neighbouring indices do not give correlated Philox streams.
+    mixed = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)

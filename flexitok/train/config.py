@@ -1,0 +1,273 @@
+"""Typed run configs for ``flexitok train``: YAML files plus dotted command-line overrides.
+
+A run config is a tree of dataclasses. ``load_run_config(cls, path, ["train.lr=3e-4", "data.image_size=32"])``
+reads the YAML into nested dicts, applies the overrides, then builds the dataclasses field by field; an unknown
+key anywhere raises :class:`ConfigError` naming the dotted path and the closest valid key.
+
+``model`` in a tokenizer config is either a preset name (``d12-d12``, ``tiny``, ...; see
+:func:`flexitok.config.preset`) or a mapping of :class:`flexitok.config.FlexTokConfig` fields, optionally with a
+``preset`` key to start from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from flexitok.config import PRESETS, FlexTokConfig, preset
+from flexitok.data import DataConfig
+from flexitok.errors import FlexiTokError, InvalidInputError
+from flexitok.train.tokenizer import TokenizerTaskConfig
+from flexitok.train.trainer import TrainConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(InvalidInputError):
+    """A run config (YAML or override) has an unknown key or a value of the wrong type."""
+
+
+# ---------------------------------------------------------------------------------------------- run configs
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """``flexitok train tokenizer``: model + data + optimisation + task options."""
+
+    model: FlexTokConfig = field(default_factory=lambda: preset("tiny"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: TokenizerTaskConfig = field(default_factory=TokenizerTaskConfig)
+    eval_data: DataConfig | None = None  # reconstruction grids; None = data's test split
+    latents: str | None = None  # pre-computed latent cache folder (flexitok.data.latents); replaces data
+    init_from: str | None = None  # start from these FlexTok weights (fine-tuning) instead of random init
+
+
+@dataclass
+class VAEModelConfig:
+    """A diffusers ``AutoencoderKL``: built from these sizes, or fine-tuned from ``pretrained``.
+
+    Downsampling is ``2 ** (len(block_out_channels) - 1)``.
+    """
+
+    pretrained: str | None = None
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (64, 128, 256)
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    scaling_factor: float = 1.0
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class VAETaskConfig:
+    recon_loss: Literal["l1", "l2"] = "l1"
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 0.0  # EfficientNet-Lite0 feature distance
+    gan_weight: float = 0.0  # 0 = no discriminator
+    gan_start: int = 0  # step at which the adversarial loss switches on
+    disc_lr: float = 1e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+    eval_images: int = 8
+
+    def __post_init__(self) -> None:
+        if self.recon_loss not in ("l1", "l2"):
+            raise ConfigError(f"task.recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
+        for name in ("kl_weight", "perceptual_weight", "gan_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class VAETrainConfig:
+    """``flexitok train vae``."""
+
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: VAETaskConfig = field(default_factory=VAETaskConfig)
+    eval_data: DataConfig | None = None
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 3e-4). Values are parsed as YAML (lists, bools, null, numbers)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=3e-4)")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key component")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return parts, parsed
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in the nested dict ``tree`` (creating intermediate mappings; validated at build)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = tree
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None or (i == 0 and part == "model" and isinstance(child, str)):
+                child = _expand_model(child) if i == 0 and part == "model" else {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _expand_model(value: Any) -> Any:
+    """A preset name, or a mapping with an optional ``preset`` key, -> a FlexTokConfig field dict."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise ConfigError(f"model: unknown preset {value!r}; choose one of {sorted(PRESETS)}")
+        return preset(value).to_dict()
+    if isinstance(value, dict) and "preset" in value:
+        rest = dict(value)
+        base = _expand_model(rest.pop("preset"))
+        return _deep_merge(base, rest)
+    return value
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _strip_optional(hint: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    hint, optional = _strip_optional(hint)
+    if value is None:
+        if optional or hint is Any:
+            return None
+        raise ConfigError(f"{where} must not be null")
+    if hint is FlexTokConfig and isinstance(value, str):
+        value = _expand_model(value)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {hint.__name__} fields, got {value!r}")
+        return build_dataclass(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if typing.get_args(hint) == (int, int) and isinstance(value, int) and not isinstance(value, bool):
+            value = (value, value)  # image_size=32 means 32x32
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item_hint = args[0] if args else Any
+        return tuple(_convert(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where} must be one of {list(typing.get_args(hint))}, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build ``cls`` from a dict, recursively, rejecting unknown keys with a did-you-mean hint."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    if cls is FlexTokConfig:
+        values = _expand_model(values)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {(f'{where}.' if where else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint} (valid: {', '.join(names)})")
+        kwargs[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except FlexiTokError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"invalid {where or cls.__name__} config: {e}") from e
+
+
+def load_run_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """YAML file (optional) + dotted overrides -> a typed run config ``cls``."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must contain a mapping at the top level")
+        tree = loaded or {}
+    if "model" in tree and cls is TokenizerTrainConfig:
+        tree["model"] = _expand_model(tree["model"])
+    tree = apply_overrides(tree, list(overrides or []))
+    return build_dataclass(cls, tree)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A run config as plain YAML-able data (tuples become lists)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))

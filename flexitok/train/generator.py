@@ -1,0 +1,238 @@
+"""Training task for the autoregressive generator: next-token cross-entropy on pre-tokenized shards.
+
+The YAML config (``configs/generator-*.yaml``) has four sections::
+
+    model:   {preset: tiny, condition: class, ...}   # GeneratorConfig fields; vocab/n_tokens default to the shards'
+    data:    {path: shards/fmnist-train, limit: null, eval_path: null}
+    train:   {...}                                    # flexitok.train.trainer.TrainConfig fields
+    task:    {train_tokens: null, cond_dropout: 0.1, text_max_length: 64}
+
+``task.train_tokens = k`` trains on (and computes the loss over) the first k tokens only, for generators meant to
+produce short, coarse sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from flexitok.errors import InvalidInputError
+from flexitok.models.generator import Generator, GeneratorConfig, generator_preset
+from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder
+
+if TYPE_CHECKING:
+    from flexitok.train.run import TargetArgs
+
+EXPORT_DIR = "generator"  # save_pretrained folder written under the run's out_dir
+
+
+@dataclass
+class GeneratorTaskConfig:
+    """Loss options. ``train_tokens``: loss over the first k tokens only (None = all). ``cond_dropout``: probability
+    of replacing a row's class/prompt by the null condition (needed for classifier-free guidance)."""
+
+    train_tokens: int | None = None
+    cond_dropout: float = 0.1
+    text_max_length: int = 64
+    eval_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if self.train_tokens is not None and self.train_tokens < 1:
+            raise InvalidInputError(f"task.train_tokens must be >= 1 or null, got {self.train_tokens}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise InvalidInputError(f"task.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+@dataclass
+class TokenDataSpec:
+    """Token shards written by ``flexitok pretokenize`` (``eval_path``: optional held-out shards for eval loss)."""
+
+    path: str
+    limit: int | None = None
+    eval_path: str | None = None
+
+
+@dataclass
+class GeneratorTrainingConfig:
+    model: GeneratorConfig
+    data: TokenDataSpec
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, built when the trainer is imported
+    task: GeneratorTaskConfig = field(default_factory=GeneratorTaskConfig)
+
+
+def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None = None) -> GeneratorConfig:
+    """``{"preset": name, **overrides}`` or plain fields; ``vocab_size``, ``n_tokens`` and (for class models)
+    ``num_classes``/``class_names`` default to what the token shards recorded."""
+    d = dict(d)
+    meta = shard_meta or {}
+    for key in ("vocab_size", "n_tokens"):
+        if d.get(key) in (None, "auto") and key in meta:
+            d[key] = int(meta[key])
+    if d.get("condition", "class") == "class" and meta.get("class_names"):
+        d.setdefault("class_names", tuple(meta["class_names"]))
+        d.setdefault("num_classes", len(meta["class_names"]))
+    d = {k: v for k, v in d.items() if v != "auto"}
+    name = d.pop("preset", None)
+    try:
+        return generator_preset(name, **d) if name is not None else GeneratorConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"bad generator model config: {e}") from e
+
+
+def load_training_config(path: str | Path | None, overrides: list[str] | None = None) -> GeneratorTrainingConfig:
+    """Read a generator YAML config plus dotted overrides (``train.lr=3e-4``); the data shards' index supplies
+    vocab size / token count / class defaults for the model."""
+    from flexitok.data.tokens import TokenShardDataset
+    from flexitok.train.config import apply_overrides
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InvalidInputError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InvalidInputError(f"config file {p} is not valid YAML: {e}") from None
+    raw = apply_overrides(raw, list(overrides or []))
+    unknown = set(raw) - {"model", "data", "train", "task"}
+    if unknown:
+        raise InvalidInputError(f"unknown config sections {sorted(unknown)} (expected model, data, train, task)")
+    if "path" not in (raw.get("data") or {}):
+        raise InvalidInputError("data.path (token shards from `flexitok pretokenize`) is required")
+    try:
+        data = TokenDataSpec(**raw["data"])
+        task = GeneratorTaskConfig(**(raw.get("task") or {}))
+    except TypeError as e:
+        raise InvalidInputError(f"bad data/task config: {e}") from None
+    meta = TokenShardDataset(data.path).meta
+    return GeneratorTrainingConfig(
+        model=model_config_from_dict(raw.get("model") or {}, meta),
+        data=data,
+        train=dict(raw.get("train") or {}),
+        task=task,
+    )
+
+
+class GeneratorTask:
+    """:class:`flexitok.train.trainer.TrainTask` for :class:`Generator` on token-shard batches
+    ``{"tokens": LongTensor [B, N], "label": LongTensor [B], "caption": list[str] (text models)}``."""
+
+    def __init__(
+        self,
+        model: Generator,
+        cfg: GeneratorTaskConfig | None = None,
+        text_encoder: nn.Module | None = None,
+        eval_dataset: torch.utils.data.Dataset | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg or GeneratorTaskConfig()
+        self.eval_dataset = eval_dataset
+        self.text_encoder = text_encoder
+        if model.config.condition == "text" and text_encoder is None:
+            enc = TextEncoder(model.config.text_encoder, max_length=self.cfg.text_max_length)
+            if enc.dim != model.config.text_dim:
+                raise InvalidInputError(
+                    f"text encoder {model.config.text_encoder!r} gives {enc.dim}-wide features; model.text_dim is "
+                    f"{model.config.text_dim}"
+                )
+            self.text_encoder = CachedTextEncoder(enc)
+
+    def _prefix(self, model: Generator, batch: dict[str, Any], drop: Tensor | None) -> tuple[Tensor, Tensor]:
+        c = model.config
+        if c.condition == "class":
+            return model.prefix(labels=torch.as_tensor(batch["label"]), null=drop)
+        if c.condition == "text":
+            if "caption" not in batch:
+                raise InvalidInputError("text-conditioned training needs captions in the token shards")
+            assert self.text_encoder is not None
+            feats, mask = self.text_encoder(list(batch["caption"]))
+            return model.prefix(text_features=feats, text_mask=mask, null=drop)
+        return model.prefix(batch_size=batch["tokens"].shape[0])
+
+    def batch_loss(self, model: Generator, batch: dict[str, Any], drop_prob: float) -> Tensor:
+        """Mean next-token cross-entropy over the first ``train_tokens`` tokens. -> scalar."""
+        dev = model.tok_emb.weight.device
+        tokens = torch.as_tensor(batch["tokens"]).to(dev).long()
+        if self.cfg.train_tokens is not None:
+            tokens = tokens[:, : self.cfg.train_tokens]
+        drop = None
+        if drop_prob > 0:
+            drop = torch.rand(tokens.shape[0], device=dev) < drop_prob
+        prefix, valid = self._prefix(model, batch, drop)
+        logits = model(tokens[:, :-1], prefix, valid)  # [B, k, V]
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
+        loss = self.batch_loss(self.model, batch, self.cfg.cond_dropout)
+        return loss, {"loss": float(loss.detach())}
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        """Called by the trainer at the end with the final (EMA) weights: write ``<out_dir>/generator``."""
+        assert isinstance(model, Generator)
+        model.save_pretrained(Path(out_dir) / EXPORT_DIR)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Held-out next-token loss (no condition dropout) on the first ``eval_batches`` batches."""
+        if self.eval_dataset is None:
+            return {}
+        assert isinstance(model, Generator)
+        was_training = model.training
+        model.eval()
+        loader = torch.utils.data.DataLoader(self.eval_dataset, batch_size=64, shuffle=False)
+        losses = []
+        for i, batch in enumerate(loader):
+            if i >= self.cfg.eval_batches:
+                break
+            losses.append(float(self.batch_loss(model, batch, 0.0)))
+        model.train(was_training)
+        return {"eval_loss": sum(losses) / max(len(losses), 1)}
+
+
+def run_training(cfg: GeneratorTrainingConfig, resume: bool = False) -> Path:
+    """Train a generator with the generic trainer. The final (EMA, when on) weights are exported as a
+    ``Generator.save_pretrained`` folder at ``<out_dir>/generator``; returns that folder."""
+    from flexitok.data.tokens import TokenShardDataset
+    from flexitok.train.run import prepare_out_dir
+    from flexitok.train.trainer import TrainConfig, train
+
+    dataset = TokenShardDataset(cfg.data.path, limit=cfg.data.limit)
+    meta = dataset.meta
+    if "vocab_size" in meta and int(meta["vocab_size"]) != cfg.model.vocab_size:
+        raise InvalidInputError(
+            f"model.vocab_size={cfg.model.vocab_size} but the shards were made by a tokenizer with "
+            f"vocab_size={meta['vocab_size']}"
+        )
+    if "n_tokens" in meta and int(meta["n_tokens"]) < cfg.model.n_tokens:
+        raise InvalidInputError(f"model.n_tokens={cfg.model.n_tokens} but the shards hold {meta['n_tokens']} tokens")
+    eval_ds = TokenShardDataset(cfg.data.eval_path) if cfg.data.eval_path else None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(cfg.train) - known
+    if unknown:
+        raise InvalidInputError(f"unknown train options {sorted(unknown)}; known: {sorted(known)}")
+    train_cfg = TrainConfig(**cfg.train)
+    if resume:
+        train_cfg.resume = True
+    prepare_out_dir(cfg, train_cfg)
+    torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
+    task = GeneratorTask(Generator(cfg.model), cfg.task, eval_dataset=eval_ds)
+    train(task, dataset, train_cfg)
+    return Path(train_cfg.out_dir) / EXPORT_DIR
+
+
+def main(args: TargetArgs) -> int:
+    """``flexitok train generator --config FILE [--resume] [section.key=value ...]``."""
+    cfg = load_training_config(args.config, args.overrides)
+    out = run_training(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"generator: {out}")
+    return 0

@@ -1,0 +1,310 @@
+"""FlexTok tokenizer training task: rectified flow on VAE latents with nested dropout, CFG dropout, FSQ tricks, REPA.
+
+Per batch: ``x0 = vae.encode(image)`` (frozen VAE) or pre-computed ``latents``; ``z = encoder(x0)``;
+``codes = fsq(z)``; keep the first ``k`` registers (nested dropout) and mask the rest; replace the condition by
+the null condition with probability ``cfg_dropout``; draw ``t`` and noise, ``x_t = t*noise + (1-t)*x0`` and
+regress the velocity ``noise - x0`` (MSE). Optionally REPA aligns decoder patch features at one layer (through
+an MLP projector) with a frozen image encoder's features by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from flexitok.errors import InvalidInputError
+
+TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
+KSampling = Literal["uniform", "pow2", "uniform_pow2"]
+
+
+@dataclass
+class TokenizerTaskConfig:
+    t_sampling: TSampling = "logit_normal"
+    t_mean: float = 0.0  # logit-normal location
+    t_std: float = 1.0  # logit-normal scale
+    mode_scale: float = 1.29  # mode-scaled sampling (SD3): > 0 puts more mass in the middle of [0, 1]
+    k_sampling: KSampling = "pow2"  # nested dropout: uniform 1..N, powers of two, uniform rounded up to 2^m
+    cfg_dropout: float = 0.1  # probability of the null condition (classifier-free guidance)
+    fsq_drop_quant: float = 0.0  # fraction of samples decoded from the continuous (unrounded) FSQ values
+    token_corruption: float = 0.0  # fraction of token ids replaced by random ids
+    repa_layer: int | None = None  # decoder block (0-based) whose patch features are aligned; None = REPA off
+    repa_weight: float = 1.0
+    repa_blocks: int = 10  # EfficientNet-Lite0 block for the target features (10: stride 16, 112 channels)
+    repa_resolution: int | None = None  # resize images for the target encoder (None = native)
+    repa_hidden: int = 1024  # projector MLP width
+    eval_images: int = 8
+    eval_ks: tuple[int, ...] | None = None  # None: 1, 2, 4, ..., N
+    eval_steps: int = 20
+    eval_guidance: float = 1.0
+    eval_apg: bool = False
+
+    def __post_init__(self) -> None:
+        if self.eval_ks is not None:
+            self.eval_ks = tuple(int(k) for k in self.eval_ks)
+        checks = [
+            (self.t_sampling in ("logit_normal", "uniform", "mode_scaled"), f"unknown t_sampling {self.t_sampling!r}"),
+            (self.k_sampling in ("uniform", "pow2", "uniform_pow2"), f"unknown k_sampling {self.k_sampling!r}"),
+            (self.t_std > 0, f"t_std must be > 0, got {self.t_std}"),
+        ]
+        for name in ("cfg_dropout", "fsq_drop_quant", "token_corruption"):
+            v = getattr(self, name)
+            checks.append((0.0 <= v <= 1.0, f"{name} must lie in [0, 1], got {v}"))
+        for ok, msg in checks:
+            if not ok:
+                raise InvalidInputError(f"tokenizer task: {msg}")
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+
+
+def sample_t(batch_size: int, cfg: TokenizerTaskConfig, device: torch.device | str = "cpu") -> Tensor:
+    """Flow times ``t [B]`` in (0, 1) (t = 1 is pure noise)."""
+    if cfg.t_sampling == "uniform":
+        return torch.rand(batch_size, device=device)
+    if cfg.t_sampling == "logit_normal":
+        return torch.sigmoid(torch.randn(batch_size, device=device) * cfg.t_std + cfg.t_mean)
+    # Mode sampling with heavy tails (Esser et al. 2024, eq. 20): t = 1 - u - s*(cos^2(pi u / 2) - 1 + u).
+    u = torch.rand(batch_size, device=device)
+    t = 1 - u - cfg.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    return t.clamp(0.0, 1.0)
+
+
+def sample_k(batch_size: int, n: int, mode: KSampling, device: torch.device | str = "cpu") -> Tensor:
+    """Nested-dropout lengths ``k [B]`` in 1..n (LongTensor)."""
+    if mode == "uniform":
+        return torch.randint(1, n + 1, (batch_size,), device=device)
+    pows = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
+    if mode == "pow2":
+        choice = torch.randint(0, len(pows), (batch_size,), device=device)
+        return torch.tensor(pows, device=device)[choice]
+    # uniform_pow2: uniform k, rounded up to the next power of two (capped at n).
+    k = torch.randint(1, n + 1, (batch_size,), device=device)
+    up = torch.exp2(torch.ceil(torch.log2(k.double()))).long()
+    return up.clamp(max=n)
+
+
+# ---------------------------------------------------------------------------------------------- REPA
+
+
+class REPAProjector(nn.Module):
+    """MLP ``[B, P, D] -> [B, P, D']`` from decoder patch features to the target encoder's feature space."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def repa_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """``-mean cosine similarity`` between ``pred [B,P,D']`` and ``target [B,P,D']``."""
+    return -F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()
+
+
+# ---------------------------------------------------------------------------------------------- the task
+
+
+class TokenizerTask:
+    """Implements :class:`flexitok.train.trainer.TrainTask` for a :class:`flexitok.FlexTok`.
+
+    ``repa_encoder``: any callable ``images [B,3,H,W] -> [B,D',h',w']`` or ``[B,M,D']``; when None and REPA is
+    on, a frozen EfficientNet-Lite0 trunk is used. ``eval_dataset`` (items with ``"image"``) feeds periodic
+    reconstruction grids.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TokenizerTaskConfig,
+        eval_dataset: Dataset | None = None,
+        repa_encoder: Callable[[Tensor], Tensor] | None = None,
+        repa_out_dim: int | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.eval_dataset = eval_dataset
+        self.model.vae.requires_grad_(False)  # stage 0 is frozen
+        self.aux_modules = nn.ModuleDict()
+        self.repa_encoder: Callable[[Tensor], Tensor] | None = None
+        if cfg.repa_layer is not None:
+            depth = len(model.decoder.trunk.blocks)
+            if not 0 <= cfg.repa_layer < depth:
+                raise InvalidInputError(f"repa_layer must lie in 0..{depth - 1}, got {cfg.repa_layer}")
+            if repa_encoder is None:
+                from flexitok.train.features import EfficientNetLite0FeatureMaps
+
+                repa_encoder = EfficientNetLite0FeatureMaps(blocks=(cfg.repa_blocks,), resolution=cfg.repa_resolution)
+            if isinstance(repa_encoder, nn.Module):
+                repa_encoder.requires_grad_(False).eval()
+            self.repa_encoder = repa_encoder
+            out_dim = repa_out_dim or getattr(repa_encoder, "out_dim", None) or self._probe_dim(repa_encoder)
+            dim = model.config.decoder.transformer.dim
+            self.aux_modules["repa_projector"] = REPAProjector(dim, cfg.repa_hidden, int(out_dim))
+
+    def _probe_dim(self, encoder: Callable[[Tensor], Tensor]) -> int:
+        h, w = self.model.image_size
+        with torch.no_grad():
+            f = encoder(torch.zeros(1, 3, h, w))
+        return int(f.shape[1] if f.ndim == 4 else f.shape[-1])
+
+    # ------------------------------------------------------------------ pieces
+    def latents(self, batch: dict[str, Any]) -> Tensor:
+        if "latents" in batch:
+            return batch["latents"].float()
+        if "image" not in batch:
+            raise InvalidInputError("tokenizer batches need an 'image' [B,3,H,W] or a 'latents' [B,C,h,w] entry")
+        with torch.no_grad():
+            return self.model.vae.encode(batch["image"]).float()
+
+    def codes(self, x0: Tensor) -> Tensor:
+        """Latents ``[B,C,h,w]`` -> decoder input codes ``[B,N,d]`` with the FSQ training options applied."""
+        model, cfg = self.model, self.cfg
+        z = model.encoder(x0)
+        codes, _ = model.fsq(z)
+        b, n, d = codes.shape
+        if cfg.fsq_drop_quant > 0:
+            # Continuous FSQ values on the same [-1, 1] scale as the codes, but not rounded.
+            half_width = torch.tensor([lv // 2 for lv in model.fsq.levels_tuple], device=z.device, dtype=codes.dtype)
+            continuous = model.fsq.bound(z) / half_width
+            drop = torch.rand(b, device=z.device) < cfg.fsq_drop_quant
+            codes = torch.where(drop[:, None, None], continuous, codes)
+        if cfg.token_corruption > 0:
+            corrupt = torch.rand(b, n, device=z.device) < cfg.token_corruption
+            random_ids = torch.randint(0, model.fsq.codebook_size, (b, n), device=z.device)
+            random_codes = model.fsq.ids_to_codes(random_ids).to(codes.dtype)
+            codes = torch.where(corrupt[..., None], random_codes, codes)
+        return codes
+
+    def condition(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Codes ``[B,N,d]`` -> (cond ``[B,N,D]`` with nested dropout and CFG dropout, keep_k ``[B]``)."""
+        model, cfg = self.model, self.cfg
+        b, n, _ = codes.shape
+        keep_k = sample_k(b, n, cfg.k_sampling, codes.device)
+        cond = model.decoder.condition(codes, keep_k)
+        if cfg.cfg_dropout > 0:
+            null = model.decoder.null_condition(b).to(cond.dtype)
+            drop = torch.rand(b, device=codes.device) < cfg.cfg_dropout
+            cond = torch.where(drop[:, None, None], null, cond)
+        return cond, keep_k
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Any]]:
+        cfg = self.cfg
+        x0 = self.latents(batch)
+        b = x0.shape[0]
+        cond, _ = self.condition(self.codes(x0))
+        t = sample_t(b, cfg, x0.device)
+        noise = torch.randn_like(x0)
+        tt = t[:, None, None, None]
+        x_t = tt * noise + (1 - tt) * x0
+        target = noise - x0
+        if cfg.repa_layer is None:
+            v = self.model.decoder(x_t, t, cond)
+            flow = F.mse_loss(v.float(), target)
+            return flow, {"flow": flow.detach()}
+        v, feats = self.model.decoder(x_t, t, cond, return_features_at=cfg.repa_layer)
+        flow = F.mse_loss(v.float(), target)
+        if "image" not in batch:
+            raise InvalidInputError("REPA needs the images ('image' in the batch), not only pre-computed latents")
+        ph, pw = self.model.config.decoder.patch_size
+        grid = (x0.shape[-2] // ph, x0.shape[-1] // pw)
+        from flexitok.train.features import features_on_grid
+
+        with torch.no_grad():
+            target_feats = features_on_grid(self.repa_encoder(batch["image"]), grid)  # type: ignore[misc]
+        align = repa_loss(self.aux_modules["repa_projector"](feats), target_feats)
+        total = flow + cfg.repa_weight * align
+        return total, {"flow": flow.detach(), "repa_cos": -align.detach()}
+
+    # ------------------------------------------------------------------ evaluation / export
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Reconstruction grid PNG (rows: originals, then one row per k) and per-k PSNR."""
+        if self.eval_dataset is None or self.cfg.eval_images <= 0:
+            return {}
+        cfg = self.cfg
+        n = min(cfg.eval_images, len(self.eval_dataset))  # type: ignore[arg-type]
+        ks = list(cfg.eval_ks) if cfg.eval_ks else _pow2_ks(model.n_registers)
+        ks = [k for k in ks if 1 <= k <= model.n_registers]
+        try:
+            from flexitok.eval.reconstruction import evaluate_reconstruction
+        except ImportError:
+            evaluate_reconstruction = None
+        if evaluate_reconstruction is not None:
+            res = evaluate_reconstruction(
+                model,
+                self.eval_dataset,
+                ks=ks,
+                n_images=n,
+                batch_size=n,
+                steps=cfg.eval_steps,
+                guidance_scale=cfg.eval_guidance,
+                apg=cfg.eval_apg,
+                seed=0,
+                extractor=None,
+                n_examples=n,
+                progress=False,
+            )
+            ex = res["examples"]
+            rows = [ex["original"]] + [ex[k] for k in ks]
+            metrics = {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
+        else:
+            images = torch.stack([self.eval_dataset[i]["image"] for i in range(n)]).to(_device_of(model))
+            gen = torch.Generator(device=images.device).manual_seed(0)
+            noise = model.initial_noise(n, gen)
+            tokens = model.tokenize(images)
+            rows = [images.clamp(-1, 1)]
+            for k in ks:
+                rows.append(
+                    model.detokenize(
+                        tokens[:, :k],
+                        steps=cfg.eval_steps,
+                        guidance_scale=cfg.eval_guidance,
+                        apg=cfg.eval_apg,
+                        noise=noise,
+                    ).clamp(-1, 1)
+                )
+            metrics = {}
+        save_grid(rows, out_dir / f"recon_step{step:08d}.png")
+        return metrics
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        """Write the final (EMA) model with ``save_pretrained`` into ``<out_dir>/model``."""
+        model.save_pretrained(Path(out_dir) / "model")
+
+
+def _pow2_ks(n: int) -> list[int]:
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def save_grid(rows: list[Tensor], path: Path) -> Path:
+    """Rows of images ``[n,3,H,W]`` in [-1, 1] -> one PNG (atomic write)."""
+    import os
+
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(r.detach().float().cpu().clamp(-1, 1)), dim=2) for r in rows], dim=1)
+    arr = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,209 @@
+"""Stage-0 VAE training task: a diffusers ``AutoencoderKL`` with L1/L2 + KL (+ perceptual, + patch-GAN) losses.
+
+The trainer's optimizer updates the autoencoder. The optional discriminator is owned by the task: it has its own
+AdamW, takes one hinge-loss step inside every :meth:`VAETask.loss` call once ``gan_start`` is reached, and is
+checkpointed through ``extra_state`` / ``load_extra_state``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from flexitok.errors import InvalidInputError
+from flexitok.train.config import VAEModelConfig, VAETaskConfig
+from flexitok.train.tokenizer import save_grid
+
+
+def build_autoencoder(cfg: VAEModelConfig) -> nn.Module:
+    """A diffusers ``AutoencoderKL`` from ``cfg`` (random init) or loaded from ``cfg.pretrained``."""
+    from diffusers import AutoencoderKL
+
+    if cfg.pretrained is not None:
+        if not Path(cfg.pretrained).exists():
+            raise InvalidInputError(f"pretrained VAE folder {cfg.pretrained} does not exist")
+        return AutoencoderKL.from_pretrained(cfg.pretrained)
+    bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
+    if bad:
+        raise InvalidInputError(
+            f"model.block_out_channels {cfg.block_out_channels} must all be multiples of norm_num_groups "
+            f"({cfg.norm_num_groups})"
+        )
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        scaling_factor=cfg.scaling_factor,
+    )
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: ``images [B,3,H,W] -> logits [B,1,h,w]`` (stride-2 convs, GroupNorm, LeakyReLU)."""
+
+    def __init__(self, channels: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        ch = channels
+        for i in range(1, layers):
+            out = channels * min(2**i, 8)
+            mods += [nn.Conv2d(ch, out, 4, 2, 1, bias=False), nn.GroupNorm(min(32, out // 4), out), nn.LeakyReLU(0.2)]
+            ch = out
+        mods.append(nn.Conv2d(ch, 1, 3, 1, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def perceptual_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
+    """LPIPS-style distance without learned weights: MSE of channel-normalised feature maps, summed over layers."""
+    total = feats_a[0].new_zeros(())
+    for a, b in zip(feats_a, feats_b, strict=True):
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-8)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-8)
+        total = total + (a - b).pow(2).sum(1).mean()
+    return total
+
+
+class VAETask:
+    """Implements :class:`flexitok.train.trainer.TrainTask` for a diffusers ``AutoencoderKL``."""
+
+    def __init__(self, vae: nn.Module, cfg: VAETaskConfig, eval_dataset: Dataset | None = None) -> None:
+        self.model = vae
+        self.cfg = cfg
+        self.eval_dataset = eval_dataset
+        self.perceptual: nn.Module | None = None
+        if cfg.perceptual_weight > 0:
+            from flexitok.train.features import EfficientNetLite0FeatureMaps
+
+            self.perceptual = EfficientNetLite0FeatureMaps(blocks=(2, 4, 10))
+        self.disc: PatchDiscriminator | None = None
+        self.disc_opt: torch.optim.Optimizer | None = None
+        self._disc_ddp: nn.Module | None = None
+        if cfg.gan_weight > 0:
+            self.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
+        self._device: torch.device | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _to(self, device: torch.device) -> None:
+        """Move the task-owned modules (and the discriminator's optimizer state) next to the batch."""
+        if self._device == device:
+            return
+        self._device = device
+        if self.perceptual is not None:
+            self.perceptual.to(device)
+        if self.disc is not None:
+            self.disc.to(device)
+            assert self.disc_opt is not None
+            for state in self.disc_opt.state.values():
+                for k, v in state.items():
+                    if isinstance(v, Tensor) and k != "step":
+                        state[k] = v.to(device)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                self._disc_ddp = nn.parallel.DistributedDataParallel(
+                    self.disc, device_ids=[device.index] if device.type == "cuda" else None
+                )
+
+    def reconstruct(self, images: Tensor, sample: bool = True) -> tuple[Tensor, Any]:
+        """``images [B,3,H,W]`` -> (reconstruction ``[B,3,H,W]``, posterior)."""
+        posterior = self.model.encode(images).latent_dist
+        z = posterior.sample() if sample else posterior.mode()
+        return self.model.decode(z).sample, posterior
+
+    # ------------------------------------------------------------------ TrainTask
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Any]]:
+        cfg = self.cfg
+        if "image" not in batch:
+            raise InvalidInputError("VAE training batches need an 'image' [B,3,H,W] entry")
+        x = batch["image"]
+        self._to(x.device)
+        recon, posterior = self.reconstruct(x)
+        recon_f = recon.float()
+        rec = F.l1_loss(recon_f, x) if cfg.recon_loss == "l1" else F.mse_loss(recon_f, x)
+        # KL summed per sample, divided by the pixel count: same relative scale as summed pixel losses (LDM).
+        kl = posterior.kl().mean() / x[0].numel()
+        total = rec + cfg.kl_weight * kl
+        logs: dict[str, Any] = {"rec": rec.detach(), "kl": kl.detach()}
+        if self.perceptual is not None:
+            p = perceptual_distance(self.perceptual.feature_maps(recon_f), self.perceptual.feature_maps(x))
+            total = total + cfg.perceptual_weight * p
+            logs["perceptual"] = p.detach()
+        if self.disc is not None and step >= cfg.gan_start:
+            # Discriminator first (on detached fakes): updating it after building the generator's graph would
+            # modify weights that graph still needs.
+            logs["d_loss"] = self._discriminator_step(x, recon_f.detach())
+            # Generator term through the raw (non-DDP) discriminator with frozen weights.
+            self.disc.requires_grad_(False)
+            g_adv = -self.disc(recon_f).mean()
+            self.disc.requires_grad_(True)
+            total = total + cfg.gan_weight * g_adv
+            logs["g_adv"] = g_adv.detach()
+        return total, logs
+
+    def _discriminator_step(self, real: Tensor, fake: Tensor) -> Tensor:
+        assert self.disc is not None and self.disc_opt is not None
+        disc = self._disc_ddp if self._disc_ddp is not None else self.disc
+        logits = disc(torch.cat([real, fake])).float()
+        lr, lf = logits.chunk(2)
+        d_loss = F.relu(1.0 - lr).mean() + F.relu(1.0 + lf).mean()  # hinge
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.disc_opt.step()
+        return d_loss.detach()
+
+    def extra_state(self) -> dict[str, Any]:
+        if self.disc is None:
+            return {}
+        assert self.disc_opt is not None
+        return {"disc": self.disc.state_dict(), "disc_opt": self.disc_opt.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.disc is None or not state:
+            return
+        assert self.disc_opt is not None
+        self.disc.load_state_dict(state["disc"])
+        self.disc_opt.load_state_dict(state["disc_opt"])
+        self._device = None  # re-place optimizer state on the next batch's device
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Grid PNG (originals / reconstructions from the posterior mode) and mean PSNR."""
+        if self.eval_dataset is None or self.cfg.eval_images <= 0:
+            return {}
+        n = min(self.cfg.eval_images, len(self.eval_dataset))  # type: ignore[arg-type]
+        device = next(model.parameters()).device
+        images = torch.stack([self.eval_dataset[i]["image"] for i in range(n)]).to(device)
+        posterior = model.encode(images).latent_dist
+        recon = model.decode(posterior.mode()).sample.float().clamp(-1, 1)
+        save_grid([images, recon], out_dir / f"vae_recon_step{step:08d}.png")
+        mse = (recon.double() - images.double()).pow(2).flatten(1).mean(1)
+        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-12))  # data range 2 ([-1, 1])
+        return {"psnr": float(psnr.mean())}
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        """``save_pretrained`` into ``<out_dir>/vae`` (written to a temp folder, then renamed into place)."""
+        final = Path(out_dir) / "vae"
+        tmp = Path(out_dir) / f".tmp-vae-{uuid.uuid4().hex[:8]}"
+        model.save_pretrained(str(tmp))
+        if final.exists():
+            old = Path(out_dir) / f".old-vae-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
