@@ -181,7 +181,8 @@ class _MemoryProbe:
 
 
 # ---------------------------------------------------------------------------------------------- benchmark
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued accelerator work (CUDA, MPS) so wall-clock timings cover it; a no-op on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -225,13 +226,13 @@ def _time_phase(
     with torch.inference_mode(), autocast:
         for _ in range(cfg.warmup):
             out = fn()
-        _sync(device)
+        synchronize(device)
         times = []
         with _MemoryProbe(device) as mem:
             for _ in range(cfg.repeats):
                 t0 = time.perf_counter()
                 out = fn()
-                _sync(device)
+                synchronize(device)
                 times.append(time.perf_counter() - t0)
     assert out is not None
     t = statistics.median(times)

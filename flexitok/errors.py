@@ -11,3 +11,15 @@ class InvalidInputError(FlexiTokError, ValueError):
 
 class CheckpointError(FlexiTokError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
+
+
+class ConfigError(InvalidInputError):
+    """A run config (YAML or override) has an unknown key or a value of the wrong type."""
+
+
+class DatasetError(FlexiTokError):
+    """A dataset is missing, empty, malformed or configured inconsistently."""
+
+
+class FeatureExtractorError(FlexiTokError):
+    """A feature network's package or weights (EfficientNet-Lite0, Inception) are not available."""

@@ -121,3 +121,34 @@ def test_hub_style_config_json(tmp_path, official_dir, cases):
     shutil.copytree(official_dir / "vae", tmp_path / "vae")
     model = FlexTok.from_pretrained(tmp_path)
     assert torch.equal(model.tokenize(cases["images"]), cases["tokens"])
+
+
+def test_hub_repo_id_resolution_uses_snapshot_download(tmp_path, official_dir, cases, monkeypatch):
+    """A short name maps to its official repo id and loads what huggingface_hub downloads (here: a local copy)."""
+    import shutil
+
+    import huggingface_hub
+
+    shutil.copy(official_dir / "model.safetensors", tmp_path / "model.safetensors")
+    shutil.copytree(official_dir / "vae", tmp_path / "vae")
+    asked = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.append(repo_id)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = FlexTok.from_pretrained("d18-d28-dfn")
+    assert asked == ["EPFL-VILAB/flextok_d18_d28_dfn"]
+    assert torch.equal(model.tokenize(cases["images"]), cases["tokens"])
+
+
+def test_hub_errors_are_clear(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="cannot download 'EPFL-VILAB/flextok_d12_d12_in1k'"):
+        FlexTok.from_pretrained("EPFL-VILAB/flextok_d12_d12_in1k")

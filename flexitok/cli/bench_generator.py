@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from flexitok.bench import synchronize
 from flexitok.cli.common import info, load_model, positive_int, resolve_device
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import GENERATOR_PRESETS, Generator, generator_preset
@@ -55,21 +56,16 @@ class GeneratorBenchResult:
         )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, repeats: int, warmup: int) -> tuple[float, torch.Tensor]:
     out = None
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     assert out is not None
     return statistics.median(times), out

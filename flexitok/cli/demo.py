@@ -6,7 +6,16 @@ import argparse
 import socket
 from pathlib import Path
 
-from flexitok.cli.common import add_model_args, info, load_model, model_reference, positive_int, resolve_device
+from flexitok.cli.common import (
+    DEFAULT_MODEL,
+    add_model_args,
+    info,
+    load_model,
+    model_reference,
+    positive_int,
+    resolve_device,
+)
+from flexitok.cli.quickstart import SAMPLES
 from flexitok.errors import FlexiTokError, InvalidInputError
 
 
@@ -24,12 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB (default 10; larger: 413)"
     )
-    p.add_argument("--samples", default=None, metavar="FOLDER", help="extra sample images to offer")
+    p.add_argument(
+        "--samples", default=str(SAMPLES), metavar="FOLDER", help="sample images to offer (default: the bundled ones)"
+    )
     p.add_argument(
         "--generator",
-        default=None,
+        default="auto",
         metavar="NAME_OR_PATH",
-        help="AR generator for the generation panel ('default' = the bundled one); omitted: no generation panel",
+        help="AR generator for the generation panel (default 'auto': the bundled one when --model is the bundled "
+        "default; 'none': no generation panel)",
     )
     p.add_argument("--steps", type=positive_int, default=20, help="decoder Euler steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="decoder guidance scale (default 7.5)")
@@ -47,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port must lie in 0..65535, got {args.port}")
+    if args.generator == "auto":
+        from flexitok.models.generator import DEFAULT_GENERATOR
+
+        args.generator = DEFAULT_GENERATOR if args.model == DEFAULT_MODEL else None
+    elif args.generator == "none":
+        args.generator = None
     samples = Path(args.samples) if args.samples else None
     if samples is not None and not samples.is_dir():
         raise InvalidInputError(f"--samples {samples}: not a folder")

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     paths = collect_image_paths([args.images])
-    images = torch.stack([li.tensor for li in load_images(paths, model.image_size)]).to(device)
+    images = load_images(paths, model.image_size, progress=False)[0].to(device)
     tokens = model.tokenize(images)
     tok_file = out / "tokens.json"
     tok_file.write_text(json.dumps({"files": [p.name for p in paths], "tokens": tokens.tolist()}) + "\n")

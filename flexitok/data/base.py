@@ -6,11 +6,9 @@ from typing import TypedDict
 
 import torch
 
-from flexitok.errors import FlexiTokError
+from flexitok.errors import DatasetError
 
-
-class DatasetError(FlexiTokError):
-    """A dataset is missing, empty, malformed or configured inconsistently."""
+__all__ = ["DatasetError", "ImageItem", "index_generator"]
 
 
 class ImageItem(TypedDict, total=False):

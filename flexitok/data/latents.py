@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from flexitok.data.base import DatasetError
-from flexitok.data.shards import ShardReader, ShardWriter
+from flexitok.data.shards import ShardDataset, ShardWriter
 
 LATENT_FORMAT = "flexitok-latents"
 
@@ -78,23 +78,11 @@ def write_latent_cache(
     return Path(out_dir)
 
 
-class LatentCacheDataset(Dataset):
+class LatentCacheDataset(ShardDataset[LatentItem]):
     """Map-style reader of :func:`write_latent_cache` output: ``{"latents": [C,h,w] float32, "label": int}``
     (plus ``"caption"`` when captions were stored)."""
 
-    def __init__(self, root: str | Path, limit: int | None = None) -> None:
-        self.reader = ShardReader(root, LATENT_FORMAT)
-        self.meta = self.reader.meta
-        self.num_items = len(self.reader) if limit is None else min(limit, len(self.reader))
+    FORMAT = LATENT_FORMAT
 
-    def __len__(self) -> int:
-        return self.num_items
-
-    def __getitem__(self, index: int) -> LatentItem:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        fields, caption = self.reader.get(index % len(self))
-        item: LatentItem = {"latents": fields["latents"].float(), "label": int(fields["labels"])}
-        if caption is not None:
-            item["caption"] = caption
-        return item
+    def _item(self, fields: dict[str, torch.Tensor]) -> LatentItem:
+        return {"latents": fields["latents"].float(), "label": int(fields["labels"])}

@@ -12,18 +12,19 @@ half-written set.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from bisect import bisect_right
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch.utils.data import Dataset
 
 from flexitok.data.base import DatasetError
+from flexitok.io.checkpoint import replace_dir
 
 INDEX_FILE = "index.json"
 INDEX_VERSION = 1
@@ -122,10 +123,8 @@ class ShardWriter:
                 "meta": self.meta,
             }
             (self._tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
-            if self.out_dir.exists():
-                # Only reached when overwrite=True or the folder is empty.
-                shutil.rmtree(self.out_dir)
-            os.replace(self._tmp, self.out_dir)
+            # An existing folder is only replaced when overwrite=True or it is empty.
+            replace_dir(self._tmp, self.out_dir)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -187,3 +186,36 @@ class ShardReader:
         fields = {name: handle.get_slice(name)[local : local + 1][0] for name in handle.keys()}
         captions = self._captions[shard]
         return fields, (captions[local] if captions is not None else None)
+
+
+ItemT = TypeVar("ItemT")
+
+
+class ShardDataset(Dataset, Generic[ItemT]):
+    """Map-style dataset over a :class:`ShardReader` folder of format ``FORMAT``.
+
+    Subclasses turn one item's stored fields into the dataset item (:meth:`_item`); the caption, when captions were
+    stored, is added as ``"caption"``. ``limit`` keeps only the first ``limit`` items.
+    """
+
+    FORMAT: ClassVar[str]
+
+    def __init__(self, root: str | Path, limit: int | None = None) -> None:
+        self.reader = ShardReader(root, self.FORMAT)
+        self.meta = self.reader.meta
+        self.num_items = len(self.reader) if limit is None else min(limit, len(self.reader))
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def _item(self, fields: dict[str, torch.Tensor]) -> ItemT:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> ItemT:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        fields, caption = self.reader.get(index % len(self))
+        item = self._item(fields)
+        if caption is not None:
+            item["caption"] = caption  # type: ignore[index]
+        return item

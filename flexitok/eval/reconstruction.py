@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.features import FeatureExtractor, build_extractor
 from flexitok.eval.metrics import frechet_distance, psnr, ssim
 from flexitok.eval.plots import image_grid, plot_metrics_vs_k
+from flexitok.io.checkpoint import atomic_write_bytes
 
 
 def default_ks(n_registers: int) -> list[int]:
@@ -172,17 +171,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -200,14 +188,14 @@ def write_reconstruction_report(
     if extra:
         summary = {**extra, **summary}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "metrics_vs_k.png"}
-    _atomic_write_bytes(paths["json"], (json.dumps(_json_safe(summary), indent=2) + "\n").encode())
+    atomic_write_bytes(paths["json"], (json.dumps(_json_safe(summary), indent=2) + "\n").encode())
     header = f"# Reconstruction vs kept tokens ({result['n_images']} images, {result['steps']} steps)\n\n"
-    _atomic_write_bytes(paths["markdown"], (header + markdown_table(result)).encode())
-    _atomic_write_bytes(paths["plot"], _png_bytes(plot_metrics_vs_k(result["rows"], result["metrics"])))
+    atomic_write_bytes(paths["markdown"], (header + markdown_table(result)).encode())
+    atomic_write_bytes(paths["plot"], _png_bytes(plot_metrics_vs_k(result["rows"], result["metrics"])))
     examples = result.get("examples")
     if examples:
         rows = [examples["original"]] + [examples[k] for k in result["ks"] if k in examples]
         labels = ["original"] + [f"k={k}" for k in result["ks"] if k in examples]
         paths["examples"] = out / "examples.png"
-        _atomic_write_bytes(paths["examples"], _png_bytes(image_grid(rows, labels)))
+        atomic_write_bytes(paths["examples"], _png_bytes(image_grid(rows, labels)))
     return paths

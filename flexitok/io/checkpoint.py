@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Rename the folder ``src`` to ``dst``, replacing an existing ``dst``.
+
+    ``os.replace`` cannot overwrite a non-empty folder, so an existing ``dst`` is first renamed aside (in the same
+    parent) and deleted only after ``src`` is in place: ``dst`` never holds a half-written folder.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        trash = dst.parent / f".old-{dst.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, trash)
+        os.replace(src, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def safetensors_ready(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Independent contiguous CPU copies: safetensors refuses shared or non-contiguous storage."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
 def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Save contiguous CPU copies of ``tensors`` atomically (shared storage is duplicated, as safetensors needs)."""
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    clean = safetensors_ready(tensors)
     atomic_write(path, lambda p: save_file(clean, str(p), metadata=metadata))
 
 

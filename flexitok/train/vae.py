@@ -7,8 +7,6 @@ checkpointed through ``extra_state`` / ``load_extra_state``.
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from flexitok.errors import InvalidInputError
+from flexitok.eval.metrics import psnr
+from flexitok.io.checkpoint import replace_dir
+from flexitok.io.images import save_grid
 from flexitok.train.config import VAEModelConfig, VAETaskConfig
-from flexitok.train.tokenizer import save_grid
 
 
 def build_autoencoder(cfg: VAEModelConfig) -> nn.Module:
@@ -190,20 +190,13 @@ class VAETask:
         images = torch.stack([self.eval_dataset[i]["image"] for i in range(n)]).to(device)
         posterior = model.encode(images).latent_dist
         recon = model.decode(posterior.mode()).sample.float().clamp(-1, 1)
-        save_grid([images, recon], out_dir / f"vae_recon_step{step:08d}.png")
-        mse = (recon.double() - images.double()).pow(2).flatten(1).mean(1)
-        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-12))  # data range 2 ([-1, 1])
-        return {"psnr": float(psnr.mean())}
+        save_grid([images, recon], out_dir / f"vae_recon_step{step:08d}.png", pad=0)
+        # A finite floor on the MSE keeps a perfect reconstruction loggable (126 dB instead of inf).
+        return {"psnr": float(psnr(recon, images, min_mse=1e-12).mean())}
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """``save_pretrained`` into ``<out_dir>/vae`` (written to a temp folder, then renamed into place)."""
         final = Path(out_dir) / "vae"
         tmp = Path(out_dir) / f".tmp-vae-{uuid.uuid4().hex[:8]}"
         model.save_pretrained(str(tmp))
-        if final.exists():
-            old = Path(out_dir) / f".old-vae-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)

@@ -1,0 +1,95 @@
+"""The bundled default models: they load offline and do their job (quality checks are in the slow tier)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexitok import FlexTok
+from flexitok.cli.main import main
+from flexitok.cli.quickstart import SAMPLES
+from flexitok.io.images import load_images
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> FlexTok:
+    return FlexTok.from_pretrained("default")
+
+
+def _ks(n: int) -> list[int]:
+    return [2**i for i in range(n.bit_length()) if 2**i < n] + [n]
+
+
+def test_default_tokenizer_loads_and_roundtrips_sample_images(tokenizer):
+    paths = sorted(SAMPLES.glob("*.png"))
+    assert len(paths) == 10
+    images, _ = load_images(paths, tokenizer.image_size)
+    tokens = tokenizer.tokenize(images)
+    assert tokens.shape == (10, tokenizer.n_registers)
+    assert tokens.max() < tokenizer.vocab_size
+    # Different garments get different token sequences.
+    assert len({tuple(t.tolist()) for t in tokens}) == 10
+    recon = tokenizer.detokenize(tokens, steps=4, generator=torch.Generator().manual_seed(0))
+    assert recon.shape == images.shape and torch.isfinite(recon).all()
+
+
+def test_bundled_generators_match_the_tokenizer(tokenizer):
+    from flexitok.models.generator import Generator
+
+    for name, kind in (("default", "class"), ("default-text", "text")):
+        gen = Generator.from_pretrained(name)
+        assert gen.config.condition == kind
+        assert gen.vocab_size == tokenizer.vocab_size and gen.config.n_tokens == tokenizer.n_registers
+
+
+@pytest.mark.slow
+def test_quickstart_main_job(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path), "--steps", "8"]) == 0
+    for name in ("tokens.json", "reconstruction_grid.png", "class_conditioned_samples.png", "text_conditioned_samples.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "coarse-to-fine reconstruction" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_default_tokenizer_reconstruction_improves_monotonically_with_k(tokenizer):
+    from flexitok.data import DataConfig, build_dataset
+    from flexitok.eval.metrics import psnr
+
+    ds = build_dataset(DataConfig(kind="fashion_mnist", split="test", image_size=32, limit=128))
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    tokens = tokenizer.tokenize(images)
+    noise = tokenizer.initial_noise(len(images), torch.Generator().manual_seed(0))
+    scores = []
+    for k in _ks(tokenizer.n_registers):
+        recon = tokenizer.detokenize(tokens, keep_k=k, steps=20, noise=noise)
+        scores.append(float(psnr(recon, images).mean()))
+    assert all(b > a for a, b in zip(scores, scores[1:], strict=False)), scores
+    assert scores[-1] > 18.0, scores  # recognisable reconstructions at k = N
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
+    from flexitok.cli.generate import condition_kwargs, row_generators
+    from flexitok.data import FASHION_MNIST_CLASSES
+    from flexitok.data.fashion_mnist import fashion_mnist_caption
+    from flexitok.models.classifier import SmallCNN
+    from flexitok.models.generator import Generator
+    from flexitok.sampling.ar import ARSamplingConfig, generate
+
+    gen = Generator.from_pretrained("default" if kind == "class" else "default-text")
+    clf = SmallCNN.load(SAMPLES.parent / "classifiers" / "fmnist32.safetensors")
+    labels = [c for c in range(10) for _ in range(5)]
+    if kind == "class":
+        kw = condition_kwargs(gen, labels, None, None)
+    else:
+        from flexitok.models.text_encoder import TextEncoder
+
+        prompts = [fashion_mnist_caption(c, i) for i, c in enumerate(labels)]
+        kw = condition_kwargs(gen, None, prompts, TextEncoder(gen.config.text_encoder))
+    cfg = ARSamplingConfig(n_tokens=gen.config.n_tokens, guidance_scale=3.0)
+    tokens = generate(gen, cfg, generator=row_generators(0, len(labels), torch.device("cpu")), **kw)
+    images = tokenizer.detokenize(tokens, steps=20, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    acc = (clf.predict(images) == torch.tensor(labels)).float().mean().item()
+    assert acc > 0.5, f"{kind}-conditioned samples classified as their class {acc:.0%} of the time (chance 10%)"
+    assert len(FASHION_MNIST_CLASSES) == 10
