@@ -45,7 +45,12 @@ def test_bundled_generators_match_the_tokenizer(tokenizer):
 @pytest.mark.slow
 def test_quickstart_main_job(tmp_path, capsys):
     assert main(["quickstart", "--out", str(tmp_path), "--steps", "8"]) == 0
-    for name in ("tokens.json", "reconstruction_grid.png", "class_conditioned_samples.png", "text_conditioned_samples.png"):
+    for name in (
+        "tokens.json",
+        "reconstruction_grid.png",
+        "class_conditioned_samples.png",
+        "text_conditioned_samples.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
     assert "coarse-to-fine reconstruction" in capsys.readouterr().out
 

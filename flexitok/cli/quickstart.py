@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _ks(n: int) -> list[int]:
-    ks, k = [], 1
-    while k < n:
-        ks.append(k)
-        k *= 2
-    return ks + [n]
-
-
 def run(args: argparse.Namespace) -> int:
     from flexitok import FlexTok
     from flexitok.cli.common import collect_image_paths
+    from flexitok.cli.token_files import write_token_file
     from flexitok.eval.metrics import psnr
+    from flexitok.eval.reconstruction import default_ks
     from flexitok.io.images import load_images, save_grid
 
     torch.manual_seed(args.seed)
@@ -71,11 +64,13 @@ def run(args: argparse.Namespace) -> int:
     images = load_images(paths, model.image_size, progress=False)[0].to(device)
     tokens = model.tokenize(images)
     tok_file = out / "tokens.json"
-    tok_file.write_text(json.dumps({"files": [p.name for p in paths], "tokens": tokens.tolist()}) + "\n")
+    # The same token-file format as `flexitok tokenize`, so `flexitok detokenize` can read it.
+    write_token_file(tok_file, tokens.cpu(), args.model, model.image_size, [p.name for p in paths],
+                     model.vocab_size, model.n_registers)  # fmt: skip
     steps.append(Step("tokenize", time.perf_counter() - t0, str(tok_file), f"{len(paths)} images -> {tokens.shape[1]} ids each"))  # fmt: skip
 
     t0 = time.perf_counter()
-    ks = _ks(model.n_registers)
+    ks = default_ks(model.n_registers)
     g = torch.Generator().manual_seed(args.seed)
     noise = model.initial_noise(len(paths), g)  # one noise per image, shared by all k: columns differ only in k
     columns, scores = [], []
@@ -102,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace, model, out: Path, device: torch.device) -> list[Step]:
     from flexitok.cli.generate import condition_kwargs, row_generators
     from flexitok.errors import CheckpointError
+    from flexitok.io.checkpoint import atomic_write_bytes
     from flexitok.io.images import save_grid
     from flexitok.models.generator import Generator
     from flexitok.sampling.ar import ARSamplingConfig, generate
@@ -136,7 +132,7 @@ def _generate(args: argparse.Namespace, model, out: Path, device: torch.device) 
         rows = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
         path = out / f"{kind}_conditioned_samples.png"
         save_grid(rows, path)
-        (out / f"{kind}_conditioned_rows.txt").write_text("\n".join(row_names) + "\n")
+        atomic_write_bytes(out / f"{kind}_conditioned_rows.txt", ("\n".join(row_names) + "\n").encode())
         steps.append(Step(f"{kind}-conditioned generation", time.perf_counter() - t0, str(path),
                           f"{len(row_names)} rows x {per} samples, {gen.config.n_tokens} tokens, CFG 3"))  # fmt: skip
     return steps

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,8 +201,11 @@ def config_from_official(
     )
     e_grid, d_grid = _grid(e_pos), _grid(d_pos)
     e_ps = tuple(int(x) for x in e_patch["patch_sizes"])
+    largest = (e_grid[0] * e_ps[0] * downsample, e_grid[1] * e_ps[1] * downsample)
     if image_size is None:
-        image_size = (e_grid[0] * e_ps[0] * downsample, e_grid[1] * e_ps[1] * downsample)
+        image_size = largest
+    elif image_size[0] > largest[0] or image_size[1] > largest[1]:
+        raise CheckpointError(f"image_size {tuple(image_size)} exceeds what the position tables cover ({largest})")
     return FlexTokConfig(
         image_size=tuple(image_size),  # type: ignore[arg-type]
         vae=vae,
@@ -273,11 +278,12 @@ def convert_state_dict(tensors: dict[str, Tensor], cfg: dict[str, Any]) -> dict[
     return out
 
 
-def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int = 32) -> dict[str, Any]:
+def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int | None = None) -> dict[str, Any]:
     """Rebuild a diffusers AutoencoderKL config from ``vae.vae.*`` weights.
 
     Everything but ``norm_num_groups`` (GroupNorm has no group count in its weights) is read off the tensors;
-    pass the VAE's ``config.json`` when it is available.
+    that one defaults to the diffusers default 32, or the largest count that divides every block width when
+    32 does not. Pass the VAE's ``config.json`` when it is available.
     """
     p = "vae.vae."
     if f"{p}encoder.conv_in.weight" not in tensors:
@@ -287,6 +293,8 @@ def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int = 32) -> d
     )
     channels = [int(tensors[f"{p}encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in blocks]
     layers = len({k.split(".")[5] for k in tensors if k.startswith(f"{p}encoder.down_blocks.0.resnets.")})
+    if norm_num_groups is None:
+        norm_num_groups = math.gcd(32, *channels)
     return {
         "in_channels": int(tensors[f"{p}encoder.conv_in.weight"].shape[1]),
         "out_channels": int(tensors[f"{p}decoder.conv_out.weight"].shape[0]),
@@ -302,11 +310,17 @@ def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int = 32) -> d
     }
 
 
+_VAE_ARCH_KEYS = ("block_out_channels", "down_block_types", "latent_channels")
+
+
 def _resolve_vae_config(
     path: Path, cfg: dict[str, Any], tensors: dict[str, Tensor], vae_config: dict | str | Path | None
 ) -> dict[str, Any]:
     if isinstance(vae_config, dict):
-        return dict(vae_config)
+        if any(k in vae_config for k in _VAE_ARCH_KEYS):
+            return dict(vae_config)
+        # A partial dict (e.g. {"norm_num_groups": 8}) overrides what the weights cannot tell.
+        return {**infer_vae_config(tensors), **vae_config}
     candidates = []
     if vae_config is not None:
         candidates.append(Path(vae_config))
@@ -324,6 +338,11 @@ def _resolve_vae_config(
             return json.loads(Path(hf_hub_download(str(hub), "config.json")).read_text())
         except Exception:  # offline or unknown repo: fall back to the weights
             pass
+    warnings.warn(
+        "no VAE config found: the VAE architecture is inferred from the weights, guessing norm_num_groups "
+        "(GroupNorm weights do not record it); pass vae_config={'norm_num_groups': G} or the VAE's config.json",
+        stacklevel=3,
+    )
     return infer_vae_config(tensors)
 
 

@@ -49,7 +49,8 @@ class FlexTokDecoder(nn.Module):
         if cfg.learned_null_cond:
             self.null_cond = nn.Parameter(torch.randn(d) * 0.02)
         else:
-            self.register_buffer("null_cond", torch.zeros(d))
+            # Not persistent: official ZeroNullCond checkpoints store no tensor for it.
+            self.register_buffer("null_cond", torch.zeros(d), persistent=False)
         self.patch_embed = PatchEmbed(latent_channels, d, cfg.patch_size)
         self.posemb = SinCosPosEmb2D(d, cfg.posemb_grid or self.grid)
         self.time_embed = TimestepEmbedder(d, cfg.time_freq_dim, cfg.max_timestep)

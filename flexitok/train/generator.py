@@ -219,7 +219,10 @@ def run_training(cfg: GeneratorTrainingConfig, resume: bool = False) -> Path:
     unknown = set(cfg.train) - known
     if unknown:
         raise InvalidInputError(f"unknown train options {sorted(unknown)}; known: {sorted(known)}")
-    train_cfg = TrainConfig(**cfg.train)
+    from flexitok.train.config import build_dataclass
+
+    # Typed conversion (YAML reads '3e-4' as a string) with did-you-mean errors for unknown keys.
+    train_cfg = build_dataclass(TrainConfig, dict(cfg.train), where="train")
     if resume:
         train_cfg.resume = True
     prepare_out_dir(cfg, train_cfg)
