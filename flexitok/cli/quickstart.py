@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-generator", default="default-text", help="text-conditioned generator")
     p.add_argument("--images", default=str(SAMPLES), help="image file or folder (default: bundled samples)")
     p.add_argument("--steps", type=int, default=20, help="decoder sampling steps (default 20)")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=3.0,
+        help="decoder guidance (APG) scale (default 3.0: best for the small bundled tokenizer, see its model card)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
     p.set_defaults(func=run)
@@ -75,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     noise = model.initial_noise(len(paths), g)  # one noise per image, shared by all k: columns differ only in k
     columns, scores = [], []
     for k in ks:
-        recon = model.detokenize(tokens, keep_k=k, steps=args.steps, noise=noise).clamp(-1, 1)
+        recon = model.detokenize(tokens, keep_k=k, steps=args.steps, guidance_scale=args.guidance_scale, noise=noise)
+        recon = recon.clamp(-1, 1)
         columns.append(recon.cpu())
         scores.append(float(psnr(recon, images).mean()))
     rows = [[images[i].cpu()] + [c[i] for c in columns] for i in range(len(paths))]
@@ -128,7 +135,8 @@ def _generate(args: argparse.Namespace, model, out: Path, device: torch.device) 
         n = next(iter(kw.values())).shape[0]
         toks = generate(gen, scfg, generator=row_generators(args.seed, n, device), **kw)
         noise = torch.cat([model.initial_noise(1, g) for g in row_generators(args.seed, n, device, 10**6)])
-        imgs = model.detokenize(toks, steps=args.steps, noise=noise).clamp(-1, 1).cpu()
+        imgs = model.detokenize(toks, steps=args.steps, guidance_scale=args.guidance_scale, noise=noise)
+        imgs = imgs.clamp(-1, 1).cpu()
         rows = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
         path = out / f"{kind}_conditioned_samples.png"
         save_grid(rows, path)
