@@ -95,6 +95,15 @@ def test_unsupported_option_value_is_refused(tmp_path, official_dir):
         load_official(tmp_path / "model.safetensors", vae_config=official_dir / "vae")
 
 
+def test_avg_pool_register_ordering_is_refused(tmp_path, official_dir):
+    tensors, meta = read_safetensors(official_dir / "model.safetensors")
+    meta = dict(meta)
+    meta["encoder"] = meta["encoder"].replace("'ordering_mode': 'nested'", "'ordering_mode': 'avg_pool'")
+    save_safetensors(tensors, tmp_path / "model.safetensors", metadata=meta)
+    with pytest.raises(CheckpointError, match="ordering_mode"):
+        load_official(tmp_path / "model.safetensors", vae_config=official_dir / "vae")
+
+
 def test_missing_key_is_reported(tmp_path, official_dir):
     tensors, meta = read_safetensors(official_dir / "model.safetensors")
     tensors.pop("decoder.module_dict.dec_latent_dropout.nullcond")

@@ -60,6 +60,7 @@ _SUPPORTED_VALUES: dict[str, dict[str, set[Any]]] = {
     "dec_head": {"use_mup_readout": {False}},
     "patch_embed": {"flatten_patches": {False}},
     "packer": {"mask_mode": {"causal_last", "full"}},
+    "registers": {"ordering_mode": {"nested"}},
 }
 
 
