@@ -40,3 +40,27 @@ def tiny_vae_config(latent_channels: int = 4, blocks: int = 2, groups: int = 4) 
         "latent_channels": latent_channels,
         "norm_num_groups": groups,
     }
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU run far faster without intra-op threading."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(seed: int = 0):
+    """A tiny random FlexTok whose zero-initialised (adaLN-zero) weights are randomised too, so that its
+    reconstructions depend on the tokens."""
+    from flexitok.config import tiny_config
+    from flexitok.models.flextok import FlexTok
+
+    torch.manual_seed(seed)
+    model = FlexTok(tiny_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.abs().any():
+                p.normal_(0, 0.05)
+    return model

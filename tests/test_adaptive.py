@@ -23,22 +23,10 @@ from flexitok.adaptive import (
     spearman,
 )
 from flexitok.cli.main import main
-from flexitok.config import tiny_config
 from flexitok.errors import InvalidInputError
 from flexitok.eval.metrics import psnr
 from flexitok.io.ftok import read_ftok
-from flexitok.models.flextok import FlexTok
-
-
-def tiny_model(seed: int = 0) -> FlexTok:
-    """A tiny random FlexTok with its zero-initialised weights randomised (so outputs depend on the tokens)."""
-    torch.manual_seed(seed)
-    model = FlexTok(tiny_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().any():
-                p.normal_(0, 0.05)
-    return model
+from tests.conftest import tiny_model
 
 
 # ---------------------------------------------------------------------------- targets

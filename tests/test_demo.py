@@ -26,12 +26,12 @@ import torch
 import uvicorn  # the [demo] extra
 from PIL import Image
 
-from flexitok.config import tiny_config
 from flexitok.demo import DemoConfig, create_app
 from flexitok.demo.app import decode_data_url
 from flexitok.demo.generation import ARGeneratorBackend
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import Generator, generator_preset
+from tests.conftest import tiny_model
 
 MAX_UPLOAD = 64 * 1024
 
@@ -48,17 +48,6 @@ CHROMIUM = _find_chromium()
 CHROMEDRIVER = shutil.which("chromedriver") or (
     "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None
 )
-
-
-def tiny_model(seed: int = 0) -> FlexTok:
-    """A tiny random FlexTok with its zero-initialised weights randomised (so outputs depend on the tokens)."""
-    torch.manual_seed(seed)
-    model = FlexTok(tiny_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().any():
-                p.normal_(0, 0.05)
-    return model
 
 
 def _free_port() -> int:

@@ -28,18 +28,7 @@ from flexitok.io.ftok import (
     write_ftok,
 )
 from flexitok.models.flextok import FlexTok
-
-
-def tiny_model(seed: int = 0) -> FlexTok:
-    """A tiny random FlexTok whose zero-initialised (adaLN-zero) weights are randomised too, so that its
-    reconstructions depend on the tokens."""
-    torch.manual_seed(seed)
-    model = FlexTok(tiny_config()).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().any():
-                p.normal_(0, 0.05)
-    return model
+from tests.conftest import tiny_model
 
 
 @pytest.fixture(scope="module")

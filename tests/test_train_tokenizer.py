@@ -14,13 +14,7 @@ from flexitok.models.flextok import FlexTok
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig, sample_k, sample_t
 from flexitok.train.trainer import TrainConfig, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(n_registers: int = 8, image_size: int = 16) -> FlexTok:

@@ -21,14 +21,7 @@ from flexitok.train.checkpoint import load_checkpoint, resolve_last, save_checkp
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
 from flexitok.train.trainer import TrainConfig, lr_lambda, param_groups, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared CPU run far faster without intra-op threading.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NoisyImages(torch.utils.data.Dataset):

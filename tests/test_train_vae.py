@@ -13,13 +13,7 @@ from flexitok.train.config import VAEModelConfig, VAETaskConfig
 from flexitok.train.trainer import TrainConfig, train
 from flexitok.train.vae import PatchDiscriminator, VAETask, build_autoencoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Blobs(torch.utils.data.Dataset):
