@@ -65,9 +65,7 @@ def main() -> None:
         for r in res["rows"]
     ]
     curves = {c: codec_curve(originals, c, qualities=(0, 5, 10, 20, 30, 50, 70, 90)) for c in ("JPEG", "WEBP")}
-    matched = {
-        c: {pt.label: codec_at_budget(originals, c, int(pt.bytes)) for pt in flextok} for c in ("JPEG", "WEBP")
-    }
+    matched = {c: {pt.label: codec_at_budget(originals, c, int(pt.bytes)) for pt in flextok} for c in ("JPEG", "WEBP")}
     floors = {c: codec_floor(originals, c) for c in ("JPEG", "WEBP")}
     args.out.mkdir(parents=True, exist_ok=True)
     plot = plot_rate_distortion(

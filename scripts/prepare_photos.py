@@ -25,7 +25,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-TRAIN_PACKAGES = ("plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "ukui-wallpapers")
+TRAIN_PACKAGES = (
+    "plasma-workspace-wallpapers",
+    "lomiri-wallpapers-16.04",
+    "lomiri-wallpapers-20.04",
+    "ukui-wallpapers",
+)
 TEST_PACKAGES = ("mate-backgrounds",)
 # Held-out photos: the nature/ set of mate-backgrounds. Its abstract/ and desktop/ sets are drawings, logos
 # and transparent PNGs (blank once composited on white), not photos.
@@ -135,8 +140,14 @@ def cmd_latents(args: argparse.Namespace) -> None:
     from flexitok.models.vae import DiffusersVAE
 
     torch.set_num_threads(args.threads)
-    vae = DiffusersVAE(VAEConfig(kind="diffusers", latent_channels=args.latent_channels, pretrained=args.vae,
-                                 scaling_factor=args.scaling_factor)).eval()
+    vae = DiffusersVAE(
+        VAEConfig(
+            kind="diffusers",
+            latent_channels=args.latent_channels,
+            pretrained=args.vae,
+            scaling_factor=args.scaling_factor,
+        )
+    ).eval()
     crops = RandomCrops(Path(args.photos) / "train", args.n, args.size, (args.min_scale, 1.0), args.seed)
     write_latent_cache(vae, crops, args.out, batch_size=64, meta={"source": "scripts/prepare_photos.py"})
     print(f"wrote {args.n} latents to {args.out}")
