@@ -11,10 +11,12 @@ from flexitok.config import (
 )
 from flexitok.errors import CheckpointError, FlexiTokError, InvalidInputError
 from flexitok.models.flextok import FlexTok
+from flexitok.sampling.decode import DecodeConfig
 
 __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
+    "DecodeConfig",
     "DecoderConfig",
     "EncoderConfig",
     "FlexTok",

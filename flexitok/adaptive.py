@@ -29,6 +29,7 @@ from torch import Tensor
 
 from flexitok.errors import InvalidInputError
 from flexitok.io.checkpoint import atomic_write_bytes
+from flexitok.sampling.decode import DecodeConfig
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -103,32 +104,11 @@ def build_scorer(metric: str, device: torch.device | str = "cpu") -> Scorer:
     raise InvalidInputError(f"unknown quality metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    """Decoder settings that make a reconstruction reproducible (seeded initial noise)."""
-
-    seed: int = 0
-    steps: int = 20
-    guidance_scale: float = 7.5
-    apg: bool = True
-
-
-def seeded_noise(model: FlexTok, seed: int) -> Tensor:
-    """The decoder's initial noise ``[1, C, h, w]`` for ``seed``, drawn on the CPU so every device agrees."""
-    return model.initial_noise(1, torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
-def decode(model: FlexTok, tokens: Tensor, settings: DecodeSettings) -> Tensor:
-    """Token ids ``LongTensor [k]`` -> image ``[1, 3, H, W]`` clamped to [-1, 1], deterministic given ``settings``."""
-    images = model.detokenize(
-        tokens.reshape(1, -1),
-        steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        apg=settings.apg,
-        noise=seeded_noise(model, settings.seed),
-    )
-    return images.clamp(-1, 1)  # type: ignore[union-attr]
+def decode_tokens(model: FlexTok, tokens: Tensor, config: DecodeConfig) -> Tensor:
+    """Token ids ``LongTensor [k]`` -> image ``[1, 3, H, W]`` clamped to [-1, 1], deterministic given ``config``
+    (the noise comes from ``config.seed``, drawn on the CPU so every device agrees)."""
+    return model.detokenize(tokens.reshape(1, -1), config).clamp(-1, 1)  # type: ignore[union-attr]
 
 
 @dataclass
@@ -148,7 +128,7 @@ def search_k(
     image: Tensor,
     target: QualityTarget,
     scorer: Scorer | None = None,
-    settings: DecodeSettings | None = None,
+    decode: DecodeConfig | None = None,
     tokens: Tensor | None = None,
 ) -> AdaptiveResult:
     """Smallest k in ``1..N`` whose reconstruction of ``image [3,H,W]`` (or ``[1,3,H,W]``, in [-1, 1]) meets
@@ -156,7 +136,7 @@ def search_k(
 
     ``tokens`` (``LongTensor [N]``) skips tokenization when already known. Costs ``1 + ceil(log2(N))`` decodes.
     """
-    settings = settings or DecodeSettings()
+    decode = decode or DecodeConfig()
     scorer = scorer or build_scorer(target.metric, model.device)
     ref = image.reshape(1, *image.shape[-3:]).float()
     if tokens is None:
@@ -164,7 +144,7 @@ def search_k(
     tokens = tokens.reshape(-1)
 
     def score(k: int) -> float:
-        return scorer(ref, decode(model, tokens[:k], settings).cpu())
+        return scorer(ref, decode_tokens(model, tokens[:k], decode).cpu())
 
     return bisect_k(tokens.numel(), score, target)
 

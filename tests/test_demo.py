@@ -26,6 +26,7 @@ import torch
 import uvicorn  # the [demo] extra
 from PIL import Image
 
+from flexitok import DecodeConfig
 from flexitok.demo import DemoConfig, create_app
 from flexitok.demo.app import decode_data_url
 from flexitok.demo.generation import ARGeneratorBackend
@@ -89,7 +90,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> FlexTok:
 
 @pytest.fixture(scope="module")
 def server(model: FlexTok) -> Iterator[_Server]:
-    config = DemoConfig(model_name="tiny-test", max_upload_bytes=MAX_UPLOAD, steps=3, skimage_samples=("coffee",))
+    config = DemoConfig(
+        model_name="tiny-test", max_upload_bytes=MAX_UPLOAD, decode=DecodeConfig(steps=3), skimage_samples=("coffee",)
+    )
     s = _Server(create_app(model, config))
     yield s
     s.stop()
@@ -102,7 +105,7 @@ def gen_server(model: FlexTok) -> Iterator[_Server]:
         "tiny", vocab_size=model.vocab_size, n_tokens=model.n_registers, num_classes=3, class_names=("a", "b", "c")
     )
     backend = ARGeneratorBackend(Generator(cfg).eval(), model)
-    s = _Server(create_app(model, DemoConfig(model_name="tiny-gen", steps=3), backend))
+    s = _Server(create_app(model, DemoConfig(model_name="tiny-gen", decode=DecodeConfig(steps=3)), backend))
     yield s
     s.stop()
 

@@ -11,6 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from flexitok import DecodeConfig
 from flexitok.errors import InvalidInputError
 from flexitok.eval.features import EfficientNetLite0Features, FeatureExtractor, FeatureExtractorError, build_extractor
 from flexitok.eval.metrics import frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr, ssim
@@ -166,7 +167,8 @@ def _dataset(n: int) -> torch.utils.data.Dataset:
 def test_evaluate_reconstruction_tiny_flextok(tmp_path: Path) -> None:
     pytest.importorskip("flexitok.models.flextok")
     model, ds = _tiny_model(), _dataset(5)
-    kwargs = dict(ks=[1, 4, 16], n_images=5, steps=2, guidance_scale=3.0, seed=7, extractor=_PooledPixels())
+    decode = DecodeConfig(steps=2, guidance_scale=3.0, seed=7)
+    kwargs = dict(ks=[1, 4, 16], n_images=5, decode=decode, extractor=_PooledPixels())
     res = evaluate_reconstruction(model, ds, batch_size=2, n_examples=2, progress=False, **kwargs)
     assert res["ks"] == [1, 4, 16] and res["n_images"] == 5
     assert res["metrics"] == ["PSNR", "SSIM", "FD-pixels"]
@@ -205,7 +207,9 @@ class _NaNForK1(torch.nn.Module):
     def initial_noise(self, b: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(b, 3, 8, 8, generator=generator)
 
-    def detokenize(self, tokens: torch.Tensor, keep_k: int, noise: torch.Tensor, **kw: object) -> torch.Tensor:
+    def detokenize(
+        self, tokens: torch.Tensor, decode: object = None, *, keep_k: int, noise: torch.Tensor, **kw: object
+    ) -> torch.Tensor:
         out = torch.zeros(tokens.shape[0], 3, 32, 32) + 0.1 * noise.mean()
         return out * float("nan") if keep_k == 1 else out
 

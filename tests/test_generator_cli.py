@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from flexitok import DecodeConfig
 from flexitok.cli.main import main
 from flexitok.config import tiny_config
 from flexitok.data.tokens import TokenShardDataset
@@ -114,7 +115,8 @@ def test_evaluate_generation_rows_and_classifier(workdir: Path) -> None:
     extractor = _MeanColour()
     ref = extractor(torch.rand(32, 3, 16, 16) * 2 - 1)
     clf = SmallCNN(ClassifierConfig(image_size=16, num_classes=10, width=8))
-    cfg = GenerationEvalConfig(token_counts=(1, 8), cfg_scales=(1.0, 2.0), n_samples=6, batch_size=4, decoder_steps=1)
+    decode = DecodeConfig(steps=1)
+    cfg = GenerationEvalConfig(token_counts=(1, 8), cfg_scales=(1.0, 2.0), n_samples=6, batch_size=4, decode=decode)
     rows = evaluate_generation(gen, tok, extractor, ref, cfg, classifier=clf, progress=False)
     assert [(r["tokens"], r["cfg_scale"]) for r in rows] == [(1, 1.0), (1, 2.0), (8, 1.0), (8, 2.0)]
     assert all(r["FD-test"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexitok import FlexTok
+from flexitok import DecodeConfig, FlexTok
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError
 from flexitok.io.checkpoint import read_safetensors, save_safetensors
@@ -59,8 +59,8 @@ def test_export_import_roundtrip_is_exact(name, tmp_path):
     tokens = model.tokenize(images)
     noise = torch.randn(3, 4, *model.config.latent_size)
     keep = [1, model.n_registers // 2, model.n_registers]
-    a = model.detokenize(tokens, keep_k=keep, noise=noise, steps=3, guidance_scale=3.0)
-    b = loaded.detokenize(tokens, keep_k=keep, noise=noise, steps=3, guidance_scale=3.0)
+    a = model.detokenize(tokens, DecodeConfig(steps=3, guidance_scale=3.0), keep_k=keep, noise=noise)
+    b = loaded.detokenize(tokens, DecodeConfig(steps=3, guidance_scale=3.0), keep_k=keep, noise=noise)
     assert torch.equal(a, b)
 
 

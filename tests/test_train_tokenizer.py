@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from flexitok import DecodeConfig
 from flexitok.config import tiny_config
 from flexitok.models.flextok import FlexTok
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig, sample_k, sample_t
@@ -180,7 +181,14 @@ def test_tiny_overfit_loss_decreases_and_eval_writes_grid(tmp_path: Path) -> Non
     model = _model()
     data = Shapes()
     task = TokenizerTask(
-        model, TokenizerTaskConfig(eval_images=4, eval_ks=(1, 8), eval_steps=4, cfg_dropout=0.0), eval_dataset=data
+        model,
+        TokenizerTaskConfig(
+            eval_images=4,
+            eval_ks=(1, 8),
+            eval_decode=DecodeConfig(steps=4, guidance_scale=1.0, apg=False),
+            cfg_dropout=0.0,
+        ),
+        eval_dataset=data,
     )
     cfg = TrainConfig(
         out_dir=str(tmp_path),

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from flexitok.bench import synchronize
-from flexitok.cli.common import info, load_model, positive_int, resolve_device
+from flexitok.cli.common import add_decode_args, decode_config, info, load_model, positive_int
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import GENERATOR_PRESETS, Generator, generator_preset
 from flexitok.sampling.ar import ARSamplingConfig, generate
+from flexitok.utils.device import resolve_device
 
 
 @dataclass
@@ -114,7 +115,8 @@ def run_generator_benchmark(args: argparse.Namespace) -> GeneratorBenchResult:
         if tok.vocab_size != gen.vocab_size:
             raise InvalidInputError(f"tokenizer vocab {tok.vocab_size} != generator vocab {gen.vocab_size}")
         info("timing AR + decoding ...")
-        t_p, _ = _timed(lambda: tok.detokenize(run(True), steps=args.steps), device, args.repeats, args.warmup)
+        decode = decode_config(args)
+        t_p, _ = _timed(lambda: tok.detokenize(run(True), decode), device, args.repeats, args.warmup)
         pipeline = b / t_p
     return GeneratorBenchResult(
         device=str(device),
@@ -151,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--cfg-scale", type=float, default=3.0, help="guidance (doubles the batch unless 1; default 3)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--steps", type=positive_int, default=20, help="decoder steps for the pipeline timing")
+    add_decode_args(p, seed=False)  # the decoder settings of the pipeline timing
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 runs under autocast")
     p.add_argument("--warmup", type=int, default=1)

@@ -6,15 +6,17 @@ Messages for the user go to stderr (stdout is kept for data, e.g. ``flexitok tok
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file
+from flexitok.sampling.decode import DecodeConfig
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -44,16 +46,57 @@ def add_model_args(parser: argparse.ArgumentParser, model_default: str | None = 
     )
 
 
-def add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    """Decoder sampling flags: ``--steps``, ``--guidance-scale``, ``--no-apg``, ``--seed``."""
-    parser.add_argument("--steps", type=positive_int, default=20, help="Euler steps of the flow decoder (default 20)")
+def add_decode_args(
+    parser: argparse.ArgumentParser,
+    defaults: DecodeConfig | None = DecodeConfig(),
+    *,
+    guidance_flag: str = "--guidance-scale",
+    seed: bool = True,
+    seed_help: str = "seed of the decoder's initial noise",
+) -> None:
+    """The decoder flags that :func:`decode_config` turns into a :class:`DecodeConfig`: ``--steps``,
+    ``--guidance-scale`` (or ``guidance_flag``), ``--apg/--no-apg`` and ``--seed`` (unless ``seed=False``).
+
+    ``defaults=None``: every flag defaults to "unset" and :func:`decode_config` takes the value from a base
+    config (e.g. the settings stored in a .ftok file).
+    """
+    d = defaults
+
+    def default(name: str) -> str:
+        return "from the file" if d is None else str(getattr(d, name))
+
     parser.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale; 1 disables it (default 7.5)"
+        "--steps",
+        type=positive_int,
+        default=None if d is None else d.steps,
+        help=f"Euler steps of the flow decoder (default {default('steps')})",
     )
     parser.add_argument(
-        "--no-apg", action="store_true", help="plain classifier-free guidance instead of adaptive projected guidance"
+        guidance_flag,
+        dest="guidance_scale",
+        type=float,
+        default=None if d is None else d.guidance_scale,
+        help=f"decoder guidance scale; 1 disables guidance (default {default('guidance_scale')})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the decoder's initial noise (default 0)")
+    parser.add_argument(
+        "--apg",
+        action=argparse.BooleanOptionalAction,
+        default=None if d is None else d.apg,
+        help="adaptive projected guidance; --no-apg: plain classifier-free guidance (default "
+        + ("from the file" if d is None else "APG" if d.apg else "CFG")
+        + ")",
+    )
+    if seed:
+        parser.add_argument(
+            "--seed", type=int, default=None if d is None else d.seed, help=f"{seed_help} (default {default('seed')})"
+        )
+
+
+def decode_config(args: argparse.Namespace, base: DecodeConfig | None = None) -> DecodeConfig:
+    """The :class:`DecodeConfig` selected by :func:`add_decode_args`; unset flags take ``base``'s values."""
+    base = base or DecodeConfig()
+    given = {name: getattr(args, name, None) for name in ("steps", "guidance_scale", "apg", "seed")}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def add_batch_size_arg(parser: argparse.ArgumentParser, default: int = 8) -> None:
@@ -73,22 +116,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``mps`` -> a device that exists here (a clear error otherwise)."""
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if mps_ok else torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
-    if name == "mps" and not mps_ok:
-        raise InvalidInputError("--device mps was requested but Apple MPS is not available; use --device cpu or auto")
-    if name not in ("cpu", "cuda", "mps"):
-        raise InvalidInputError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
 def load_model(name_or_path: str, device: torch.device) -> FlexTok:
     """Load a FlexTok model in eval mode on ``device`` (errors for missing/corrupt checkpoints come from the loader)."""
     from flexitok.models.flextok import FlexTok
@@ -102,11 +129,6 @@ def model_reference(name_or_path: str) -> str:
     """What to record as the model in output files: an absolute path for local paths, else the name as given."""
     path = Path(name_or_path)
     return str(path.resolve()) if path.exists() else name_or_path
-
-
-def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``FlexTok.detokenize`` keyword arguments selected by :func:`add_sampling_args`."""
-    return {"steps": args.steps, "guidance_scale": args.guidance_scale, "apg": not args.no_apg}
 
 
 def collect_image_paths(inputs: Sequence[str | Path]) -> list[Path]:

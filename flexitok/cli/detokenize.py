@@ -5,23 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
     DEFAULT_MODEL,
     add_batch_size_arg,
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
+    decode_config,
     info,
     load_model,
     positive_int,
-    resolve_device,
-    sampling_kwargs,
 )
 from flexitok.cli.token_files import read_token_file, validate_tokens
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file, save_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p, model_default=None)
     p.epilog = f"--model defaults to the model recorded in a JSON tokens file, else {DEFAULT_MODEL!r}."
-    add_sampling_args(p)
+    add_decode_args(p)
     add_batch_size_arg(p)
     p.set_defaults(func=run)
 
@@ -86,13 +85,13 @@ def run(args: argparse.Namespace) -> int:
         )
 
     # One CPU generator drawn image by image: the result for an image does not depend on --batch-size or device.
-    generator = torch.Generator().manual_seed(args.seed)
-    kwargs = sampling_kwargs(args)
+    decode = decode_config(args)
+    generator = decode.generator()
     bar = tqdm(total=len(tokens), desc="detokenizing", unit="img", disable=len(tokens) <= args.batch_size or None)
     for start in range(0, len(tokens), args.batch_size):
         chunk = tokens[start : start + args.batch_size]
         noise = model.initial_noise(len(chunk), generator)
-        images = model.detokenize([t.to(device) for t in chunk], noise=noise, **kwargs)
+        images = model.detokenize([t.to(device) for t in chunk], decode, noise=noise)
         for image, path in zip(images, outputs[start : start + len(chunk)], strict=True):
             save_image(image, path)
         bar.update(len(chunk))

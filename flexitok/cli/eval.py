@@ -7,15 +7,16 @@ from pathlib import Path
 
 from flexitok.cli.common import (
     add_batch_size_arg,
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
+    decode_config,
     info,
     load_model,
     model_reference,
     positive_int,
-    resolve_device,
 )
 from flexitok.errors import InvalidInputError
+from flexitok.utils.device import resolve_device
 
 
 def parse_ks(text: str, n_registers: int) -> list[int] | None:
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="features for the Frechet distance (default efflite0 = FD-EffLite0, offline)",
     )
     p.add_argument("--examples", type=int, default=8, help="images shown per row in examples.png (0: none)")
-    add_sampling_args(p)
+    add_decode_args(p)
     add_batch_size_arg(p, default=16)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=run)
@@ -85,10 +86,7 @@ def run(args: argparse.Namespace) -> int:
         ks=ks,
         n_images=args.n_images,
         batch_size=args.batch_size,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        apg=not args.no_apg,
-        seed=args.seed,
+        decode=decode_config(args),
         extractor=None if args.extractor == "none" else args.extractor,
         n_examples=max(0, args.examples),
     )

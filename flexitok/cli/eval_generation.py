@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flexitok.cli.common import info, load_model, positive_int, resolve_device
+from flexitok.cli.common import add_decode_args, decode_config, info, load_model, positive_int
 from flexitok.cli.generate import DEFAULT_TOKENIZER
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import DEFAULT_GENERATOR
+from flexitok.utils.device import resolve_device
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -47,10 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--steps", type=positive_int, default=20, help="decoder Euler steps")
-    p.add_argument("--decoder-guidance", type=float, default=7.5)
-    p.add_argument("--no-apg", action="store_true", help="plain CFG instead of APG in the decoder")
-    p.add_argument("--seed", type=int, default=0)
+    add_decode_args(p, guidance_flag="--decoder-guidance", seed_help="base seed; sample i uses seed + i")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     p.set_defaults(func=run)
@@ -79,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        decoder_steps=args.steps,
-        decoder_guidance=args.decoder_guidance,
-        apg=not args.no_apg,
-        seed=args.seed,
+        decode=decode_config(args),
     )
     size = tok.image_size[0]
     dataset = build_dataset(

@@ -14,10 +14,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from flexitok.cli.common import add_batch_size_arg, info, load_model, positive_int, resolve_device
+from flexitok.cli.common import (
+    add_batch_size_arg,
+    add_decode_args,
+    decode_config,
+    info,
+    load_model,
+    positive_int,
+)
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import DEFAULT_GENERATOR, Generator
 from flexitok.sampling.ar import ARSamplingConfig, generate
+from flexitok.utils.device import resolve_device
 
 # The bundled tokenizer paired with the bundled generator.
 DEFAULT_TOKENIZER = "default"
@@ -59,10 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=positive_int, default=None, help="tokens per image, 1..N (default: all N)")
     p.add_argument("-n", "--num-samples", type=positive_int, default=16, help="number of images (default 16)")
     p.add_argument("-o", "--output", required=True, help="grid image (e.g. grid.png) or a folder for single images")
-    p.add_argument("--seed", type=int, default=0, help="base seed; sample i uses seed + i (default 0)")
-    p.add_argument("--steps", type=positive_int, default=20, help="decoder Euler steps (default 20)")
-    p.add_argument("--decoder-guidance", type=float, default=7.5, help="decoder guidance scale (default 7.5)")
-    p.add_argument("--no-apg", action="store_true", help="plain CFG instead of APG in the decoder")
+    add_decode_args(p, guidance_flag="--decoder-guidance", seed_help="base seed; sample i uses seed + i")
     p.add_argument("--save-tokens", default=None, help="also save the sampled tokens [n, K] to this .pt file")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     add_ar_sampling_args(p)
@@ -163,18 +168,17 @@ def run(args: argparse.Namespace) -> int:
     if gen.config.condition == "class" and args.classes is None and args.prompts is None:
         raise InvalidInputError("this generator is class-conditioned: pass --class (id or name)")
 
+    decode = decode_config(args)
     tokens_all, images_all = [], []
     for s in tqdm(range(0, n, args.batch_size), desc="generate", unit="batch"):
         e = min(s + args.batch_size, n)
         kw = condition_kwargs(gen, labels[s:e] if labels else None, prompts[s:e] if prompts else None, text_encoder)
         if gen.config.condition == "none":
             kw["batch_size"] = e - s
-        gens = row_generators(args.seed + s, e - s, device)
+        gens = row_generators(decode.seed + s, e - s, device)
         tokens = generate(gen, scfg, generator=gens, **kw)
-        noise = torch.cat([tok.initial_noise(1, g) for g in row_generators(args.seed + s, e - s, device, 10**6)])
-        images = tok.detokenize(
-            tokens, steps=args.steps, guidance_scale=args.decoder_guidance, apg=not args.no_apg, noise=noise
-        )
+        noise = torch.cat([tok.initial_noise(1, g) for g in row_generators(decode.seed + s, e - s, device, 10**6)])
+        images = tok.detokenize(tokens, decode, noise=noise)
         tokens_all.append(tokens.cpu())
         images_all.append(images.clamp(-1, 1).cpu())
     tokens = torch.cat(tokens_all)

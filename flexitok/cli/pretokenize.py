@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from flexitok.cli.common import add_batch_size_arg, add_model_args, info, load_model, model_reference, resolve_device
+from flexitok.cli.common import add_batch_size_arg, add_model_args, info, load_model, model_reference
 from flexitok.errors import InvalidInputError
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:

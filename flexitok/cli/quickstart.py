@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from flexitok.cli.common import info, resolve_device
+from flexitok.cli.common import add_decode_args, decode_config, info
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.device import resolve_device
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
 PROMPTS = ["a photo of a sneaker", "a pair of trousers", "a handbag", "an ankle boot", "a dress", "a t-shirt"]
@@ -34,14 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-generator", default="default", help="class-conditioned generator (bundled name or path)")
     p.add_argument("--text-generator", default="default-text", help="text-conditioned generator")
     p.add_argument("--images", default=str(SAMPLES), help="image file or folder (default: bundled samples)")
-    p.add_argument("--steps", type=int, default=20, help="decoder sampling steps (default 20)")
-    p.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=3.0,
-        help="decoder guidance (APG) scale (default 3.0: best for the small bundled tokenizer, see its model card)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    # Guidance 3.0: best for the small bundled tokenizer (see its model card).
+    add_decode_args(p, DecodeConfig(guidance_scale=3.0))
     p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
     p.set_defaults(func=run)
 
@@ -54,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from flexitok.eval.reconstruction import default_ks
     from flexitok.io.images import load_images, save_grid
 
-    torch.manual_seed(args.seed)
+    decode = decode_config(args)
+    torch.manual_seed(decode.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -77,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     ks = default_ks(model.n_registers)
-    g = torch.Generator().manual_seed(args.seed)
-    noise = model.initial_noise(len(paths), g)  # one noise per image, shared by all k: columns differ only in k
+    noise = model.initial_noise(
+        len(paths), decode.generator()
+    )  # one noise per image, shared by all k: columns differ only in k
     columns, scores = [], []
     for k in ks:
-        recon = model.detokenize(tokens, keep_k=k, steps=args.steps, guidance_scale=args.guidance_scale, noise=noise)
+        recon = model.detokenize(tokens, decode, keep_k=k, noise=noise)
         recon = recon.clamp(-1, 1)
         columns.append(recon.cpu())
         scores.append(float(psnr(recon, images).mean()))
@@ -91,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     detail = "PSNR by k: " + ", ".join(f"{k}:{s:.1f}" for k, s in zip(ks, scores, strict=True))
     steps.append(Step("coarse-to-fine reconstruction", time.perf_counter() - t0, str(grid), detail))
 
-    steps += _generate(args, model, out, device)
+    steps += _generate(args, decode, model, out, device)
 
     print()
     print(f"{'step':32s} {'time':>7s}  {'output':44s} detail")
@@ -101,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, model, out: Path, device: torch.device) -> list[Step]:
+def _generate(args: argparse.Namespace, decode: DecodeConfig, model, out: Path, device: torch.device) -> list[Step]:
     from flexitok.cli.generate import condition_kwargs, row_generators
     from flexitok.errors import CheckpointError
     from flexitok.io.checkpoint import atomic_write_bytes
@@ -133,9 +131,9 @@ def _generate(args: argparse.Namespace, model, out: Path, device: torch.device) 
             kw = condition_kwargs(gen, None, prompts, TextEncoder(gen.config.text_encoder).to(device))
             row_names = PROMPTS
         n = next(iter(kw.values())).shape[0]
-        toks = generate(gen, scfg, generator=row_generators(args.seed, n, device), **kw)
-        noise = torch.cat([model.initial_noise(1, g) for g in row_generators(args.seed, n, device, 10**6)])
-        imgs = model.detokenize(toks, steps=args.steps, guidance_scale=args.guidance_scale, noise=noise)
+        toks = generate(gen, scfg, generator=row_generators(decode.seed, n, device), **kw)
+        noise = torch.cat([model.initial_noise(1, g) for g in row_generators(decode.seed, n, device, 10**6)])
+        imgs = model.detokenize(toks, decode, noise=noise)
         imgs = imgs.clamp(-1, 1).cpu()
         rows = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
         path = out / f"{kind}_conditioned_samples.png"

@@ -17,11 +17,11 @@ from flexitok.cli.common import (
     load_model,
     model_reference,
     positive_int,
-    resolve_device,
 )
 from flexitok.cli.token_files import tokens_to_json, write_token_file
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import load_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from flexitok.cli.common import info, positive_int, resolve_device
+from flexitok.cli.common import info, positive_int
 from flexitok.models.classifier import ClassifierConfig, accuracy, train_classifier
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:

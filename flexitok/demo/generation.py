@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from flexitok.adaptive import DecodeSettings, decode
+from flexitok.adaptive import decode_tokens
 from flexitok.errors import InvalidInputError
+from flexitok.sampling.decode import DecodeConfig
 
 
 class ARGeneratorBackend:
@@ -21,7 +23,7 @@ class ARGeneratorBackend:
         self,
         generator: Any,
         tokenizer: Any,
-        settings: DecodeSettings | None = None,
+        decode: DecodeConfig | None = None,
         cfg_scale: float = 3.0,
         temperature: float = 1.0,
     ) -> None:
@@ -29,7 +31,7 @@ class ARGeneratorBackend:
 
         check_pair(generator, tokenizer.vocab_size, tokenizer.n_registers)
         self.generator, self.tokenizer = generator, tokenizer
-        self.settings = settings or DecodeSettings()
+        self.decode = decode or DecodeConfig()
         self.cfg_scale, self.temperature = cfg_scale, temperature
         c = generator.config
         self.condition: str = c.condition
@@ -41,10 +43,10 @@ class ARGeneratorBackend:
         self._text_encoder: Any = None
 
     @classmethod
-    def load(cls, name_or_path: str, tokenizer: Any, settings: DecodeSettings | None = None) -> ARGeneratorBackend:
+    def load(cls, name_or_path: str, tokenizer: Any, decode: DecodeConfig | None = None) -> ARGeneratorBackend:
         from flexitok.models.generator import Generator
 
-        return cls(Generator.from_pretrained(name_or_path, device=tokenizer.device), tokenizer, settings)
+        return cls(Generator.from_pretrained(name_or_path, device=tokenizer.device), tokenizer, decode)
 
     @torch.no_grad()
     def generate(self, k: int, seed: int, class_index: int | None, prompt: str | None) -> Tensor:
@@ -71,5 +73,4 @@ class ARGeneratorBackend:
         cfg = ARSamplingConfig(n_tokens=k, temperature=self.temperature, guidance_scale=self.cfg_scale)
         device = self.generator.tok_emb.weight.device
         tokens = generate(self.generator, cfg, generator=[torch.Generator(device=device).manual_seed(seed)], **kwargs)
-        s = DecodeSettings(seed, self.settings.steps, self.settings.guidance_scale, self.settings.apg)
-        return decode(self.tokenizer, tokens[0], s)[0]
+        return decode_tokens(self.tokenizer, tokens[0], replace(self.decode, seed=seed))[0]

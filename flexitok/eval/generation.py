@@ -19,11 +19,13 @@ from flexitok.eval.metrics import frechet_distance
 from flexitok.models.classifier import SmallCNN
 from flexitok.models.generator import Generator
 from flexitok.sampling.ar import ARSamplingConfig, generate
+from flexitok.sampling.decode import DecodeConfig
 
 
 @dataclass
 class GenerationEvalConfig:
-    """What to sweep. Sample i uses seed + i for its tokens and decoder noise (same across sweep cells)."""
+    """What to sweep. Sample i uses ``decode.seed + i`` for its tokens and ``decode.seed + 10**6 + i`` for its
+    decoder noise (the same in every sweep cell)."""
 
     token_counts: tuple[int, ...] = (1, 4, 16, 64, 256)
     cfg_scales: tuple[float, ...] = (1.0, 3.0)
@@ -33,10 +35,7 @@ class GenerationEvalConfig:
     top_k: int = 0
     top_p: float = 1.0
     cfg_schedule: str = "constant"
-    decoder_steps: int = 20
-    decoder_guidance: float = 7.5
-    apg: bool = True
-    seed: int = 0
+    decode: DecodeConfig = DecodeConfig()
 
 
 def _device_of(module: object) -> torch.device:
@@ -98,13 +97,12 @@ def sample_images(
             kw.update(text_features=feats.to(dev), text_mask=mask.to(dev))
         else:
             kw["batch_size"] = e - s
-        gens = [torch.Generator(device=dev).manual_seed(cfg.seed + i) for i in range(s, e)]
+        seed = cfg.decode.seed
+        gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(s, e)]
         tokens = generate(generator, scfg, generator=gens, **kw)
-        noise_gens = [torch.Generator(device=dev).manual_seed(cfg.seed + 10**6 + i) for i in range(s, e)]
+        noise_gens = [torch.Generator(device=dev).manual_seed(seed + 10**6 + i) for i in range(s, e)]
         noise = torch.cat([tokenizer.initial_noise(1, g) for g in noise_gens])
-        images = tokenizer.detokenize(
-            tokens, steps=cfg.decoder_steps, guidance_scale=cfg.decoder_guidance, apg=cfg.apg, noise=noise
-        )
+        images = tokenizer.detokenize(tokens, cfg.decode, noise=noise)
         out.append(images.clamp(-1, 1).cpu())
     return torch.cat(out)
 

@@ -14,8 +14,8 @@ from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
 from flexitok.models.vae import build_vae
 from flexitok.nn.fsq import FSQ
+from flexitok.sampling.decode import DecodeConfig
 from flexitok.sampling.flow import euler_sample
-from flexitok.sampling.guidance import APG, GuidanceScale
 
 TokensLike = Tensor | Sequence[Tensor]
 
@@ -146,9 +146,8 @@ class FlexTok(nn.Module):
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = 20,
-        guidance_scale: GuidanceScale = 7.5,
-        apg: bool | APG = True,
+        decode: DecodeConfig | None = None,
+        *,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         keep_k: int | Sequence[int] | Tensor | None = None,
@@ -158,38 +157,35 @@ class FlexTok(nn.Module):
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
         ``tokens``: ``LongTensor [B, K]`` (K <= N) or a list of 1D tensors of different lengths. Each image is
-        decoded from its first ``keep_k`` tokens (default: all given). ``guidance_scale`` 1.0 disables
-        guidance; ``apg`` selects adaptive projected guidance over plain CFG. ``noise [B, C, h, w]`` fixes the
-        starting point; otherwise it is drawn from ``generator``.
+        decoded from its first ``keep_k`` tokens (default: all given). ``decode`` holds the sampler settings
+        (steps, guidance, APG, seed; default :class:`DecodeConfig()`). The initial noise is ``noise [B, C, h, w]``
+        when given, else drawn from ``generator``, else from a CPU generator seeded with ``decode.seed``.
         """
+        decode = decode or DecodeConfig()
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
         if noise is None:
-            noise = self.initial_noise(b, generator)
+            noise = self.initial_noise(b, generator if generator is not None else decode.generator())
         else:
             expected = (b, self.config.vae.latent_channels, *self.config.latent_size)
             if tuple(noise.shape) != expected:
                 raise InvalidInputError(f"noise must have shape {list(expected)}, got {list(noise.shape)}")
             noise = noise.to(self.device, torch.float32)
         cond = self.decoder.condition(self.fsq.ids_to_codes(ids), keep)
-        guider = apg if isinstance(apg, APG) else (APG() if apg else None)
-        latents = euler_sample(
-            self.decoder,
-            noise,
-            cond,
-            self.decoder.null_condition(b),
-            steps=steps,
-            guidance_scale=guidance_scale,
-            apg=guider,
-            progress=progress,
-        )
+        latents = euler_sample(self.decoder, noise, cond, self.decoder.null_condition(b), decode, progress=progress)
         images = self.vae.decode(latents)
         return (images, latents) if return_latents else images
 
     @torch.no_grad()
-    def autoencode(self, images: Tensor, keep_k: int | Sequence[int] | Tensor | None = None, **kwargs) -> Tensor:
+    def autoencode(
+        self,
+        images: Tensor,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        decode: DecodeConfig | None = None,
+        **kwargs,
+    ) -> Tensor:
         """Tokenize then detokenize, keeping the first ``keep_k`` tokens (int or one per image)."""
-        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)  # type: ignore[return-value]
+        return self.detokenize(self.tokenize(images), decode, keep_k=keep_k, **kwargs)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
+from flexitok.sampling.decode import DecodeConfig
 
 TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
 KSampling = Literal["uniform", "pow2", "uniform_pow2"]
@@ -45,9 +46,7 @@ class TokenizerTaskConfig:
     repa_hidden: int = 1024  # projector MLP width
     eval_images: int = 8
     eval_ks: tuple[int, ...] | None = None  # None: 1, 2, 4, ..., N
-    eval_steps: int = 20
-    eval_guidance: float = 1.0
-    eval_apg: bool = False
+    eval_decode: DecodeConfig = DecodeConfig(steps=20, guidance_scale=1.0, apg=False, seed=0)
 
     def __post_init__(self) -> None:
         if self.eval_ks is not None:
@@ -244,10 +243,7 @@ class TokenizerTask:
             ks=ks,
             n_images=n,
             batch_size=n,
-            steps=cfg.eval_steps,
-            guidance_scale=cfg.eval_guidance,
-            apg=cfg.eval_apg,
-            seed=0,
+            decode=cfg.eval_decode,
             extractor=None,
             n_examples=n,
             progress=False,
