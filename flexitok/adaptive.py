@@ -108,7 +108,7 @@ def build_scorer(metric: str, device: torch.device | str = "cpu") -> Scorer:
 def decode_tokens(model: FlexTok, tokens: Tensor, config: DecodeConfig) -> Tensor:
     """Token ids ``LongTensor [k]`` -> image ``[1, 3, H, W]`` clamped to [-1, 1], deterministic given ``config``
     (the noise comes from ``config.seed``, drawn on the CPU so every device agrees)."""
-    return model.detokenize(tokens.reshape(1, -1), config).clamp(-1, 1)  # type: ignore[union-attr]
+    return model.detokenize(tokens.reshape(1, -1), config).clamp(-1, 1)
 
 
 @dataclass

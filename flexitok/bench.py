@@ -31,6 +31,7 @@ from torch import Tensor
 
 from flexitok.config import PRESETS, FlexTokConfig, preset, tiny_config
 from flexitok.errors import InvalidInputError
+from flexitok.models.flextok import FlexTok
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.utils.device import resolve_device
 
@@ -211,9 +212,7 @@ def bench_config_for(cfg: BenchConfig) -> FlexTokConfig | None:
     return config
 
 
-def _build_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
-    from flexitok.models.flextok import FlexTok
-
+def _build_model(cfg: BenchConfig, device: torch.device) -> FlexTok:
     config = bench_config_for(cfg)
     if config is not None:
         torch.manual_seed(cfg.seed)
