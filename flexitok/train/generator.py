@@ -116,6 +116,8 @@ class GeneratorTask(TrainTask):
     """:class:`~flexitok.train.task.TrainTask` for :class:`Generator` on token-shard batches
     ``{"tokens": LongTensor [B, N], "label": LongTensor [B], "caption": list[str] (text models)}``."""
 
+    model: Generator
+
     def __init__(
         self,
         model: Generator,

@@ -63,6 +63,8 @@ def init_distributed(fsdp: bool = False) -> DistInfo:
 class TaskModule(nn.Module):
     """One root holding the task's trained modules, so DDP/FSDP see a module whose ``forward`` is the loss."""
 
+    _task: TrainTask
+
     def __init__(self, task: TrainTask) -> None:
         super().__init__()
         self.model = task.model
@@ -80,13 +82,14 @@ def apply_fsdp(root: TaskModule, info: DistInfo) -> None:
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     for m in list(root.modules()):
-        if m is not root and isinstance(getattr(m, "blocks", None), nn.ModuleList):
-            for blk in m.blocks:
+        blocks = getattr(m, "blocks", None)
+        if m is not root and isinstance(blocks, nn.ModuleList):
+            for blk in blocks:
                 fully_shard(blk, mesh=mesh)
     fully_shard(root, mesh=mesh)
 
 
-def wrap_ddp(root: TaskModule, info: DistInfo) -> nn.Module:
+def wrap_ddp(root: TaskModule, info: DistInfo) -> nn.parallel.DistributedDataParallel:
     return nn.parallel.DistributedDataParallel(
         root,
         device_ids=[info.device.index] if info.device.type == "cuda" else None,

@@ -50,6 +50,7 @@ class TrainState:
 def rng_state() -> dict[str, Any]:
     """This process's Python, NumPy, torch (and CUDA) RNG states, as checkpointable tensors and ints."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy (tuple) form, the default
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

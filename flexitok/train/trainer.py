@@ -223,7 +223,10 @@ class Trainer:
         if self.ddp is not None and not sync:
             return self.ddp.no_sync()
         if self.cfg.fsdp and self.info.enabled:
-            self.root.set_requires_gradient_sync(sync)  # type: ignore[operator]
+            from torch.distributed.fsdp import FSDPModule
+
+            assert isinstance(self.root, FSDPModule)  # fully_shard swaps the root's class in place
+            self.root.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
 
     def step_extra_optimizers(self, batches: list[Any], window: MetricsWindow) -> None:
@@ -251,9 +254,9 @@ class Trainer:
         loss, images_per_s, logs = window.summary(self.info)
         if not math.isfinite(loss):
             raise self._diverged(f"the loss is {loss}")
-        metrics = {
+        metrics: dict[str, float] = {
             "loss": loss,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": float(self.scheduler.get_last_lr()[0]),
             "grad_norm": as_float(full_tensor(grad_norm)),
             "images_per_s": images_per_s,
             "epoch": self.state.epoch,
