@@ -75,7 +75,6 @@ def test_default_tokenizer_reconstruction_improves_monotonically_with_k(tokenize
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["class", "text"])
 def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
-    from flexitok.cli.generate import condition_kwargs, row_generators
     from flexitok.data import FASHION_MNIST_CLASSES
     from flexitok.data.fashion_mnist import fashion_mnist_caption
     from flexitok.models.classifier import SmallCNN
@@ -86,14 +85,15 @@ def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
     clf = SmallCNN.from_pretrained("fmnist32")
     labels = [c for c in range(10) for _ in range(5)]
     if kind == "class":
-        kw = condition_kwargs(gen, labels, None, None)
+        condition = gen.conditioning.from_inputs(labels=labels)
     else:
         from flexitok.models.text_encoder import TextEncoder
 
         prompts = [fashion_mnist_caption(c, i) for i, c in enumerate(labels)]
-        kw = condition_kwargs(gen, None, prompts, TextEncoder(gen.config.text_encoder))
+        condition = gen.conditioning.from_inputs(prompts=prompts, text_encoder=TextEncoder(gen.config.text_encoder))
     cfg = ARSamplingConfig(n_tokens=gen.config.n_tokens, guidance_scale=3.0)
-    tokens = generate(gen, cfg, generator=row_generators(0, len(labels), torch.device("cpu")), **kw)
+    row_generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+    tokens = generate(gen, cfg, condition, generator=row_generators)
     images = tokenizer.detokenize(
         tokens, DecodeConfig(steps=20, guidance_scale=3.0), generator=torch.Generator().manual_seed(1)
     )

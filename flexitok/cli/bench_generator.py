@@ -86,19 +86,13 @@ def run_generator_benchmark(args: argparse.Namespace) -> GeneratorBenchResult:
         raise InvalidInputError(f"--tokens must be in 1..{gen.config.n_tokens}, got {k}")
     b = args.batch_size
     dev = gen.tok_emb.weight.device
-    kw: dict = {}
-    if gen.config.condition == "class":
-        kw["labels"] = torch.arange(b, device=dev) % gen.config.num_classes
-    elif gen.config.condition == "text":
-        kw["text_features"] = torch.randn(b, 8, gen.config.text_dim, device=dev)  # stand-in prompt features
-    else:
-        kw["batch_size"] = b
+    condition = gen.conditioning.placeholder(b)  # stand-in labels / prompt features
 
     def run(use_cache: bool) -> torch.Tensor:
         cfg = ARSamplingConfig(
             n_tokens=k, temperature=args.temperature, guidance_scale=args.cfg_scale, use_cache=use_cache
         )
-        return generate(gen, cfg, generator=torch.Generator(device=dev).manual_seed(args.seed), **kw)
+        return generate(gen, cfg, condition, generator=torch.Generator(device=dev).manual_seed(args.seed))
 
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
     ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)

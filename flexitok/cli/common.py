@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file
+from flexitok.sampling.ar import ARSamplingConfig, GuidanceScheduleKind
 from flexitok.sampling.decode import DecodeConfig
 
 if TYPE_CHECKING:
@@ -97,6 +99,42 @@ def decode_config(args: argparse.Namespace, base: DecodeConfig | None = None) ->
     base = base or DecodeConfig()
     given = {name: getattr(args, name, None) for name in ("steps", "guidance_scale", "apg", "seed")}
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def add_ar_sampling_args(parser: argparse.ArgumentParser, cfg_scale: bool = True) -> None:
+    """The AR generator's sampling flags that :func:`ar_sampling_config` turns into an ``ARSamplingConfig``:
+    ``--temperature``, ``--top-k``, ``--top-p``, ``--cfg-scale`` (unless ``cfg_scale=False``, for commands that sweep
+    scales), ``--cfg-schedule`` and ``--no-cache``."""
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    if cfg_scale:
+        parser.add_argument(
+            "--cfg-scale", type=float, default=3.0, help="generator classifier-free guidance (1 = off; default 3)"
+        )
+    parser.add_argument(
+        "--cfg-schedule",
+        default="constant",
+        choices=list(typing.get_args(GuidanceScheduleKind)),
+        help="guidance over token positions: constant, or a ramp from 1 to the CFG scale",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="recompute the whole sequence each step (slow; for checks)"
+    )
+
+
+def ar_sampling_config(args: argparse.Namespace, **overrides: Any) -> ARSamplingConfig:
+    """The ``ARSamplingConfig`` selected by :func:`add_ar_sampling_args` (``overrides`` replace fields)."""
+    fields: dict[str, Any] = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "guidance_schedule": args.cfg_schedule,
+        "use_cache": not args.no_cache,
+    }
+    if hasattr(args, "cfg_scale"):
+        fields["guidance_scale"] = args.cfg_scale
+    return ARSamplingConfig(**{**fields, **overrides})
 
 
 def add_batch_size_arg(parser: argparse.ArgumentParser, default: int = 8) -> None:

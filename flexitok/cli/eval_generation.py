@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flexitok.cli.common import add_decode_args, decode_config, info, load_model, positive_int
-from flexitok.cli.generate import DEFAULT_TOKENIZER
+from flexitok.cli.common import (
+    add_ar_sampling_args,
+    add_decode_args,
+    ar_sampling_config,
+    decode_config,
+    info,
+    positive_int,
+)
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import DEFAULT_GENERATOR
+from flexitok.pipelines import DEFAULT_TOKENIZER
 from flexitok.utils.device import resolve_device
 
 
@@ -47,9 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg-scales", type=_floats, default=(1.0, 3.0), help="generator CFG scales (default 1,3)")
     p.add_argument("-n", "--num-samples", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    add_ar_sampling_args(p, cfg_scale=False)
     add_decode_args(p, guidance_flag="--decoder-guidance", seed_help="base seed; sample i uses seed + i")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
@@ -58,30 +63,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flexitok.cli.common import default_k_list
-    from flexitok.cli.generate import check_pair
     from flexitok.data import DataConfig, build_dataset
     from flexitok.eval.features import build_extractor
     from flexitok.eval.generation import GenerationEvalConfig, evaluate_generation, format_table, reference_features
     from flexitok.io.checkpoint import atomic_write_json
     from flexitok.models.classifier import SmallCNN
-    from flexitok.models.generator import Generator
+    from flexitok.pipelines import GenerationPipeline
 
     device = resolve_device(args.device)
-    gen = Generator.from_pretrained(args.generator, device=device)
-    tok = load_model(args.tokenizer, device)
-    check_pair(gen, tok.vocab_size, tok.n_registers)
-    tokens = args.tokens or tuple(default_k_list(gen.config.n_tokens))
+    pipe = GenerationPipeline.from_pretrained(args.generator, args.tokenizer, device=device)
+    tokens = args.tokens or tuple(default_k_list(pipe.generator.config.n_tokens))
     cfg = GenerationEvalConfig(
         token_counts=tokens,
         cfg_scales=args.cfg_scales,
         n_samples=args.num_samples,
         batch_size=args.batch_size,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
+        sampling=ar_sampling_config(args),
         decode=decode_config(args),
     )
-    size = tok.image_size[0]
+    size = pipe.tokenizer.image_size[0]
     dataset = build_dataset(
         DataConfig(kind=args.data, path=args.data_path, split=args.split, image_size=size, limit=args.num_samples)
     )
@@ -90,27 +90,15 @@ def run(args: argparse.Namespace) -> int:
     if len(ref) < 2:
         raise InvalidInputError("need at least 2 reference images for a Frechet distance")
     cfg.n_samples = min(cfg.n_samples, len(ref))
-    text_encoder = None
-    if gen.config.condition == "text":
+    if pipe.conditioning.needs_text_encoder:
         from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder
 
-        if not captions:
-            raise InvalidInputError(f"dataset {args.data!r} has no captions to prompt a text-conditioned generator")
-        text_encoder = CachedTextEncoder(TextEncoder(gen.config.text_encoder))
+        # Fashion-MNIST has ten captions: encode each once.
+        pipe = GenerationPipeline(
+            pipe.generator, pipe.tokenizer, CachedTextEncoder(TextEncoder(pipe.generator.config.text_encoder))
+        )
     classifier = SmallCNN.from_pretrained(args.classifier, device) if args.classifier else None
-    # Class models are prompted with the reference split's labels so the FD compares like with like.
-    use_labels = labels if (labels >= 0).all() and gen.config.condition != "none" else None
-    rows = evaluate_generation(
-        gen,
-        tok,
-        extractor,
-        ref,
-        cfg,
-        labels=use_labels,
-        prompts=captions,
-        text_encoder=text_encoder,
-        classifier=classifier,
-    )
+    rows = evaluate_generation(pipe, extractor, ref, cfg, labels=labels, prompts=captions, classifier=classifier)
     print(format_table(rows))
     if args.json:
         atomic_write_json(Path(args.json), {"generator": args.generator, "tokenizer": args.tokenizer, "rows": rows})

@@ -100,45 +100,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, decode: DecodeConfig, model, out: Path, device: torch.device) -> list[Step]:
-    from flexitok.cli.generate import condition_kwargs, row_generators
     from flexitok.errors import CheckpointError
     from flexitok.io.checkpoint import atomic_write_bytes
     from flexitok.io.images import save_grid
     from flexitok.models.generator import Generator
-    from flexitok.sampling.ar import ARSamplingConfig, generate
+    from flexitok.pipelines import GenerationPipeline
+    from flexitok.sampling.ar import ARSamplingConfig
+
+    per = 6  # samples per row; a row is one class or one prompt
+
+    def class_rows(pipe: GenerationPipeline) -> tuple[list[str], dict]:
+        names = pipe.conditioning.class_names
+        return names, {"labels": [c for c in range(len(names)) for _ in range(per)]}
+
+    def text_rows(pipe: GenerationPipeline) -> tuple[list[str], dict]:
+        return PROMPTS, {"prompts": [p for p in PROMPTS for _ in range(per)]}
 
     steps: list[Step] = []
-    for name, kind in ((args.class_generator, "class"), (args.text_generator, "text")):
+    for kind, name, rows_of in (("class", args.class_generator, class_rows), ("text", args.text_generator, text_rows)):
         t0 = time.perf_counter()
         try:
-            gen = Generator.from_pretrained(name, device=device)
+            pipe = GenerationPipeline(Generator.from_pretrained(name, device=device), model)
         except CheckpointError as e:
             info(f"skipping {kind}-conditioned generation: {e}")
             continue
-        scfg = ARSamplingConfig(n_tokens=gen.config.n_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                                guidance_scale=3.0, use_cache=True)  # fmt: skip
-        if kind == "class":
-            classes = gen.config.class_names or [str(i) for i in range(gen.config.num_classes)]
-            per = 6
-            labels = [c for c in range(len(classes)) for _ in range(per)]
-            kw = condition_kwargs(gen, labels, None, None)
-            row_names = list(classes)
-        else:
-            from flexitok.models.text_encoder import TextEncoder
-
-            per = 6
-            prompts = [p for p in PROMPTS for _ in range(per)]
-            kw = condition_kwargs(gen, None, prompts, TextEncoder(gen.config.text_encoder).to(device))
-            row_names = PROMPTS
-        n = next(iter(kw.values())).shape[0]
-        toks = generate(gen, scfg, generator=row_generators(decode.seed, n, device), **kw)
-        noise = torch.cat([model.initial_noise(1, g) for g in row_generators(decode.seed, n, device, 10**6)])
-        imgs = model.detokenize(toks, decode, noise=noise)
-        imgs = imgs.clamp(-1, 1).cpu()
-        rows = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
+        row_names, inputs = rows_of(pipe)
+        imgs = pipe(**inputs, sampling=ARSamplingConfig(guidance_scale=3.0), decode=decode).images  # one batch
+        grid = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
         path = out / f"{kind}_conditioned_samples.png"
-        save_grid(rows, path)
+        save_grid(grid, path)
         atomic_write_bytes(out / f"{kind}_conditioned_rows.txt", ("\n".join(row_names) + "\n").encode())
         steps.append(Step(f"{kind}-conditioned generation", time.perf_counter() - t0, str(path),
-                          f"{len(row_names)} rows x {per} samples, {gen.config.n_tokens} tokens, CFG 3"))  # fmt: skip
+                          f"{len(row_names)} rows x {per} samples, {pipe.generator.config.n_tokens} tokens, CFG 3"))  # fmt: skip
     return steps

@@ -38,7 +38,9 @@ class TokenFile:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _suffix(path: Path) -> str:
+def check_token_path(path: str | os.PathLike) -> str:
+    """The suffix (``.json`` or ``.npy``) of a token file name; anything else raises InvalidInputError."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TOKEN_SUFFIXES:
         raise InvalidInputError(f"{path}: token files must end in .json or .npy, got {suffix or 'no suffix'!r}")
@@ -86,7 +88,7 @@ def write_token_file(
 ) -> Path:
     """Write ``tokens`` (``[B, K]`` or a list of ``[k_i]``) as .json or .npy (by suffix), atomically."""
     path = Path(path)
-    if _suffix(path) == ".json":
+    if check_token_path(path) == ".json":
         text = tokens_to_json(tokens, model, image_size, files, vocab_size, n_registers)
         atomic_write_bytes(path, text.encode())
         return path
@@ -117,7 +119,7 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such token file")
-    if _suffix(path) == ".npy":
+    if check_token_path(path) == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from flexitok.errors import InvalidInputError
 
-if TYPE_CHECKING:  # sampling sits below models: the model class is only an annotation here
+if TYPE_CHECKING:  # sampling sits below models: the model classes are only annotations here
+    from flexitok.models.conditioning import Condition
     from flexitok.models.generator import Generator
 
 GuidanceScheduleKind = Literal["constant", "linear", "cosine"]
@@ -175,15 +176,12 @@ def sample_tokens(
 def generate(
     model: Generator,
     cfg: ARSamplingConfig,
-    labels: Tensor | None = None,
-    text_features: Tensor | None = None,
-    text_mask: Tensor | None = None,
-    batch_size: int | None = None,
+    condition: Condition,
     schedule: GuidanceSchedule | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
-    """Sample token sequences for class labels [B], text features [B, L, Dt] (+ mask [B, L]) or, for an
-    unconditional model, ``batch_size`` rows. -> LongTensor [B, cfg.n_tokens]."""
-    prefix, valid = model.prefix(labels=labels, text_features=text_features, text_mask=text_mask, batch_size=batch_size)
-    null = model.null_prefix(prefix.shape[0]) if model.config.condition != "none" else None
+    """Sample token sequences for a condition (``ClassLabels [B]``, ``TextFeatures [B, L, Dt]`` or
+    ``Unconditional(B)``, see :mod:`flexitok.models.conditioning`). -> LongTensor [B, cfg.n_tokens]."""
+    prefix, valid = model.prefix(condition)
+    null = model.null_prefix(prefix.shape[0])
     return sample_tokens(model, prefix, valid, cfg, null, schedule, generator)
