@@ -1,6 +1,6 @@
 """Tokenizer throughput benchmark: tokenize / detokenize images per second, seconds per image and peak memory.
 
-Used by ``flexitok bench``; importable so tests and scripts can run it::
+Used by ``flexitok bench tokenizer``; importable so tests and scripts can run it::
 
     from flexitok import DecodeConfig
     from flexitok.bench import BenchConfig, run_benchmark

@@ -12,20 +12,12 @@ import torch
 from PIL import Image
 
 from flexitok import DecodeConfig
-from flexitok.adaptive import (
-    QualityTarget,
-    bisect_k,
-    build_scorer,
-    decode_tokens,
-    gradient_magnitude,
-    png_bits_per_pixel,
-    search_k,
-    spearman,
-)
 from flexitok.cli.main import main
+from flexitok.codec.adaptive import QualityTarget, bisect_k, build_scorer, decode_tokens, search_k
+from flexitok.codec.ftok import read_ftok
+from flexitok.codec.report import gradient_magnitude, png_bits_per_pixel, spearman
 from flexitok.errors import InvalidInputError
 from flexitok.eval.metrics import psnr
-from flexitok.io.ftok import read_ftok
 from tests.conftest import tiny_model
 
 
@@ -114,7 +106,7 @@ def test_scorers_agree_with_metrics() -> None:
 
 
 def test_feature_distance_scorer() -> None:
-    pytest.importorskip("efficientnet_lite_pytorch")  # an optional [eval] extra
+    pytest.importorskip("efficientnet_lite_pytorch", reason="EfficientNet-Lite0 features need the [eval] extra")
     score = build_scorer("lpips-like")
     a = torch.rand(1, 3, 32, 32) * 2 - 1
     assert score(a, a.clone()) == pytest.approx(0.0, abs=1e-5)

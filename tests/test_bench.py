@@ -70,6 +70,7 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     rc = main(
         [
             "bench",
+            "tokenizer",
             "--model",
             str(tmp_path / "m"),
             "--steps",
@@ -94,5 +95,5 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     data = json.loads(out.read_text())
     assert data["detokenize"]["images_per_second"] > 0 and data["image_size"] == [32, 32]
     with pytest.raises(SystemExit) as info:  # argparse rejects a non-positive step count
-        main(["bench", "--preset", "tiny", "--steps", "0"])
+        main(["bench", "tokenizer", "--preset", "tiny", "--steps", "0"])
     assert info.value.code == 2 and "positive integer" in capsys.readouterr().err

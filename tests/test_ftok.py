@@ -15,10 +15,9 @@ import torch
 from PIL import Image
 
 from flexitok import DecodeConfig
-from flexitok.adaptive import decode_tokens
 from flexitok.cli.main import main
-from flexitok.config import tiny_config
-from flexitok.io.ftok import (
+from flexitok.codec.adaptive import decode_tokens
+from flexitok.codec.ftok import (
     FtokError,
     FtokFile,
     bits_per_token,
@@ -28,6 +27,7 @@ from flexitok.io.ftok import (
     unpack_ids,
     write_ftok,
 )
+from flexitok.config import tiny_config
 from flexitok.models.flextok import FlexTok
 from tests.conftest import tiny_model
 

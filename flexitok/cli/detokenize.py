@@ -17,7 +17,7 @@ from flexitok.cli.common import (
     load_model,
     positive_int,
 )
-from flexitok.cli.token_files import read_token_file, validate_tokens
+from flexitok.codec.token_files import read_token_file, validate_tokens
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file, save_image
 from flexitok.utils.device import resolve_device

@@ -22,7 +22,7 @@ from flexitok.cli.common import (
     model_reference,
     positive_int,
 )
-from flexitok.cli.token_files import check_token_path, write_token_file
+from flexitok.codec.token_files import TokenFile, check_token_path, write_token_file
 from flexitok.models.generator import DEFAULT_GENERATOR
 from flexitok.pipelines import DEFAULT_TOKENIZER, GenerationPipeline
 from flexitok.utils.device import resolve_device
@@ -102,14 +102,10 @@ def run(args: argparse.Namespace) -> int:
         info(f"wrote {n} images ({k} tokens each) to {out}/")
     if args.save_tokens:
         tok = pipe.tokenizer
-        write_token_file(
-            args.save_tokens,
-            result.tokens,
-            model_reference(args.tokenizer),
-            tok.image_size,
-            vocab_size=tok.vocab_size,
-            n_registers=tok.n_registers,
+        meta = TokenFile(
+            list(result.tokens), model_reference(args.tokenizer), tok.image_size, tok.vocab_size, tok.n_registers
         )
+        write_token_file(args.save_tokens, meta)
         info(f"wrote the tokens to {args.save_tokens}")
     return 0
 

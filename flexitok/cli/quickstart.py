@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from flexitok import FlexTok
     from flexitok.cli.common import collect_image_paths
-    from flexitok.cli.token_files import write_token_file
+    from flexitok.codec.token_files import TokenFile, write_token_file
     from flexitok.eval.metrics import psnr
     from flexitok.eval.reconstruction import default_ks
     from flexitok.io.images import load_images, save_grid
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     tokens = model.tokenize(images)
     tok_file = out / "tokens.json"
     # The same token-file format as `flexitok tokenize`, so `flexitok detokenize` can read it.
-    write_token_file(tok_file, tokens.cpu(), args.model, model.image_size, [p.name for p in paths],
-                     model.vocab_size, model.n_registers)  # fmt: skip
+    write_token_file(tok_file, TokenFile(list(tokens.cpu()), args.model, model.image_size, model.vocab_size,
+                                         model.n_registers, [p.name for p in paths]))  # fmt: skip
     steps.append(Step("tokenize", time.perf_counter() - t0, str(tok_file), f"{len(paths)} images -> {tokens.shape[1]} ids each"))  # fmt: skip
 
     t0 = time.perf_counter()

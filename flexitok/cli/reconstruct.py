@@ -14,10 +14,9 @@ from flexitok.cli.common import (
     add_model_args,
     collect_image_paths,
     decode_config,
-    default_k_list,
     info,
     load_model,
-    parse_k_list,
+    parse_token_counts,
 )
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file, load_image, save_grid
@@ -35,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens",
         metavar="K1,K2,...",
-        default=None,
-        help="token counts to decode from (default: powers of 4 up to the model's N, plus N: 1,4,16,64,256)",
+        default="all",
+        help="token counts to decode from (default all: 1, 2, 4, ... up to the model's N, plus N)",
     )
     p.add_argument("-o", "--output", required=True, metavar="GRID.png", help="output grid image")
     add_model_args(p)
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_image_paths(args.inputs)
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    ks = parse_k_list(args.tokens, model.n_registers) if args.tokens else default_k_list(model.n_registers)
+    ks = parse_token_counts(args.tokens, model.n_registers)
 
     originals = []
     for path in paths:

@@ -32,10 +32,10 @@ from PIL import Image
 from pydantic import BaseModel
 from torch import Tensor
 
-from flexitok.adaptive import decode_tokens
+from flexitok.codec.adaptive import decode_tokens
+from flexitok.codec.ftok import FtokFile
 from flexitok.errors import FlexiTokError, InvalidInputError
 from flexitok.eval.metrics import psnr
-from flexitok.io.ftok import FtokFile
 from flexitok.io.images import load_image, load_pil, tensor_to_pil
 from flexitok.sampling.decode import DecodeConfig
 

@@ -94,7 +94,7 @@ def evaluate_generation(
         for scale in cfg.cfg_scales:
             sampling = dataclasses.replace(cfg.sampling, n_tokens=k, guidance_scale=scale)
             images = pipeline(
-                **inputs, sampling=sampling, decode=cfg.decode, batch_size=cfg.batch_size, progress=progress
+                **inputs, n_tokens=k, sampling=sampling, decode=cfg.decode, batch_size=cfg.batch_size, progress=progress
             ).images
             feats = torch.cat(
                 [extractor(images[i : i + cfg.batch_size].to(dev)).cpu() for i in range(0, n, cfg.batch_size)]

@@ -109,17 +109,20 @@ class GenerationPipeline:
     ) -> GenerationOutput:
         """Generate one image per class label, per prompt, or ``num_samples`` unconditional images.
 
-        ``n_tokens``: tokens per image (default: all the generator's tokens; it replaces ``sampling.n_tokens``).
+        ``n_tokens``: tokens per image (default: ``sampling.n_tokens``, else all the generator's tokens).
         ``sampling``: the AR options (temperature, top-k/p, CFG scale and schedule, KV cache; default
         :class:`ARSamplingConfig`, no CFG). ``decode``: the decoder's (steps, guidance, APG) and the base seed of the
-        rows. ``batch_size`` rows run at a time (default: all at once); the result does not depend on it.
+        rows. ``batch_size`` rows run at a time (default: all at once); the tokens do not depend on it, the images
+        at most in the last bits of the decoder's float sums.
         """
         gen = self.generator
         decode = decode or DecodeConfig()
-        k = n_tokens if n_tokens is not None else gen.config.n_tokens
+        sampling = sampling or ARSamplingConfig()
+        k = n_tokens if n_tokens is not None else sampling.n_tokens
+        k = k if k is not None else gen.config.n_tokens
         if not 1 <= k <= gen.config.n_tokens:
             raise InvalidInputError(f"the number of tokens must be in 1..{gen.config.n_tokens}, got {k}")
-        sampling = dataclasses.replace(sampling or ARSamplingConfig(), n_tokens=k)
+        sampling = dataclasses.replace(sampling, n_tokens=k)
         given = len(prompts) if prompts is not None else len(labels) if labels is not None else None
         if given is not None and num_samples is not None and given != num_samples:
             raise InvalidInputError(f"{given} conditions for {num_samples} samples")

@@ -31,7 +31,7 @@ GuidanceSchedule = Callable[[int, int], float]
 class ARSamplingConfig:
     """Sampling options. ``temperature=0`` is greedy decoding; ``top_k=0`` and ``top_p=1`` disable filtering."""
 
-    n_tokens: int = 256
+    n_tokens: int | None = None  # None: as many as the generator makes
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -40,7 +40,7 @@ class ARSamplingConfig:
     use_cache: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_tokens < 1:
+        if self.n_tokens is not None and self.n_tokens < 1:
             raise InvalidInputError(f"n_tokens must be >= 1, got {self.n_tokens}")
         if self.temperature < 0:
             raise InvalidInputError(f"temperature must be >= 0, got {self.temperature}")
@@ -132,12 +132,13 @@ def sample_tokens(
     schedule: GuidanceSchedule | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
-    """Sample ``cfg.n_tokens`` tokens after a prefix [B, P, D] (valid [B, P]) -> LongTensor [B, n_tokens].
+    """Sample ``cfg.n_tokens`` tokens (default: the generator's ``n_tokens``) after a prefix [B, P, D]
+    (valid [B, P]) -> LongTensor [B, n_tokens].
 
     Guidance is used when ``null_prefix`` is given and the scale is not 1 everywhere. ``schedule`` overrides
     ``cfg.guidance_schedule`` (any callable (i, n) -> scale).
     """
-    n = cfg.n_tokens
+    n = cfg.n_tokens if cfg.n_tokens is not None else model.config.n_tokens
     if n > model.config.n_tokens:
         raise InvalidInputError(f"asked for {n} tokens; the generator was built for at most {model.config.n_tokens}")
     sched = schedule if schedule is not None else guidance_schedule(cfg.guidance_schedule, cfg.guidance_scale)

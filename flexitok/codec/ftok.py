@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from flexitok.errors import FlexiTokError
-from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.models.flextok import FlexTok
 from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.files import atomic_write_bytes
 
 MAGIC = b"FTOK"
 VERSION = 1

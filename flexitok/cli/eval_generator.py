@@ -1,4 +1,4 @@
-"""``flexitok eval-generation``: FD per (tokens, generator CFG scale) and class accuracy of generated samples."""
+"""``flexitok eval generator``: FD per (tokens, generator CFG scale) and class accuracy of generated samples."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 
 from flexitok.cli.common import (
     add_ar_sampling_args,
+    add_data_args,
     add_decode_args,
     ar_sampling_config,
     decode_config,
     info,
+    parse_token_counts,
     positive_int,
 )
 from flexitok.errors import InvalidInputError
@@ -26,31 +28,27 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "eval-generation",
+        "generator",
         help="FD and classifier accuracy of generated images per token count and CFG scale",
         description="Generate images for a sweep of token counts and generator CFG scales and report the Frechet "
         "distance to a reference split (FD-EffLite0 offline by default) and, for class-conditioned generators, "
-        "the accuracy of an in-repo classifier (see `flexitok train-classifier`).",
+        "the accuracy of an in-repo classifier (see `flexitok train classifier`).",
     )
     p.add_argument("--generator", default=DEFAULT_GENERATOR)
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
-    p.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "folder", "webdataset", "skimage"])
-    p.add_argument("--data-path", default=None)
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    add_data_args(p)
     p.add_argument("--features", default="efflite0", help="feature extractor: efflite0 (offline) or inception")
     p.add_argument(
         "--classifier", default=None, help="classifier for the accuracy column: a folder, or the bundled fmnist32"
     )
-    p.add_argument("--tokens", type=_ints, default=None, help="token counts, e.g. 1,4,16 (default: powers of 4 and N)")
+    p.add_argument(
+        "--tokens",
+        metavar="K1,K2,...",
+        default="all",
+        help="token counts, e.g. 1,4,16, or 'all' = 1,2,4,...,N (default)",
+    )
     p.add_argument("--cfg-scales", type=_floats, default=(1.0, 3.0), help="generator CFG scales (default 1,3)")
     p.add_argument("-n", "--num-samples", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -62,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexitok.cli.common import default_k_list
     from flexitok.data import DataConfig, build_dataset
     from flexitok.eval.features import build_extractor
     from flexitok.eval.generation import GenerationEvalConfig, evaluate_generation, format_table, reference_features
@@ -72,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     pipe = GenerationPipeline.from_pretrained(args.generator, args.tokenizer, device=device)
-    tokens = args.tokens or tuple(default_k_list(pipe.generator.config.n_tokens))
+    tokens = tuple(parse_token_counts(args.tokens, pipe.generator.config.n_tokens))
     cfg = GenerationEvalConfig(
         token_counts=tokens,
         cfg_scales=args.cfg_scales,
