@@ -522,6 +522,8 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
             set_epoch = getattr(dataset, "set_epoch", None)
             if set_epoch is not None:
                 set_epoch(pos["epoch"])
+            if hasattr(dataset, "set_rank"):  # shards split by this process group, not the environment
+                dataset.set_rank(info.rank, info.world_size)
             loader = DataLoader(
                 dataset,
                 batch_size=cfg.batch_size,
@@ -533,6 +535,9 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
             )
             skip = pos["index"] // cfg.batch_size
             got = False
+            if hasattr(dataset, "skip_batches"):  # the dataset skips without decoding (same stream)
+                dataset.skip_batches(skip, cfg.batch_size, cfg.num_workers)
+                got, skip = skip > 0, 0
             for i, b in enumerate(loader):
                 got = True
                 if i < skip:
