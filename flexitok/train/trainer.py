@@ -85,7 +85,8 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 = off
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
-    precision: Precision = "bf16"  # bf16 autocast on CUDA only; CPU always runs fp32
+    precision: Precision = "bf16"  # bf16 autocast on CUDA; on CPU only with cpu_autocast
+    cpu_autocast: bool = False  # also autocast bf16 on CPU (smoke tests of the bf16 path; slow without bf16 units)
     compile: bool = False
     activation_checkpointing: bool = False
     fsdp: bool = False  # CUDA + torchrun only
@@ -427,7 +428,7 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
         raise InvalidInputError("fsdp=true needs CUDA and a multi-process torchrun launch")
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)
-    amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" and device.type == "cuda") else None
+    amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" and (device.type == "cuda" or cfg.cpu_autocast)) else None
 
     last = resolve_last(out_dir)
     if last is not None and not cfg.resume:
