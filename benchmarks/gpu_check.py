@@ -272,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's dense bf16 peak")
     ap.add_argument("--skip", nargs="*", default=[], choices=["train", "fsdp"], help="sections to leave out")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 1 with --tiny)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cpu" and (args.threads or args.tiny):
+        torch.set_num_threads(args.threads or 1)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; use --device cpu --tiny")
         return 2
