@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
+from flexitok.models.flextok import FlexTok
 from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, encoder_device, repa_loss
 
 __all__ = ["REPAProjector", "TokenizerTask", "TokenizerTaskConfig", "repa_loss", "sample_k", "sample_t"]
@@ -116,7 +117,7 @@ class TokenizerTask:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: FlexTok,
         cfg: TokenizerTaskConfig,
         eval_dataset: Dataset | None = None,
         repa_encoder: Callable[[Tensor], Tensor] | None = None,
@@ -233,6 +234,7 @@ class TokenizerTask:
     # ------------------------------------------------------------------ evaluation / export
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Reconstruction grid PNG (rows: originals, then one row per k) and per-k PSNR."""
+        assert isinstance(model, FlexTok)  # the task's model or its EMA copy
         if self.eval_dataset is None or self.cfg.eval_images <= 0:
             return {}
         cfg = self.cfg
@@ -260,4 +262,5 @@ class TokenizerTask:
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Write the final (EMA) model with ``save_pretrained`` into ``<out_dir>/model``."""
+        assert isinstance(model, FlexTok)
         model.save_pretrained(Path(out_dir) / "model")
