@@ -122,7 +122,7 @@ def _count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def _vae_module(cfg: Any) -> tuple[nn.Module | None, str]:
+def _vae_module(cfg: Any) -> tuple[Any, str]:
     """A meta-device diffusers AutoencoderKL for the config's VAE (architecture only) and where it came from."""
     vae = cfg.model.vae
     if vae.kind == "identity":
@@ -154,8 +154,8 @@ def _repa_module(task_cfg: Any, grid: tuple[int, int]) -> tuple[nn.Module | None
     if spec == EFFICIENTNET:
         from flexitok.train.features import EfficientNetLite0FeatureMaps
 
-        enc = EfficientNetLite0FeatureMaps(blocks=(task_cfg.repa_blocks,), resolution=task_cfg.repa_resolution)
-        return enc.to("meta"), EFFICIENTNET
+        eff = EfficientNetLite0FeatureMaps(blocks=(task_cfg.repa_blocks,), resolution=task_cfg.repa_resolution)
+        return eff.to("meta"), EFFICIENTNET
     import transformers
 
     conf = dinov2_config(spec)  # a local folder's config.json or a known hub architecture: no download
@@ -257,7 +257,7 @@ def estimate(cfg: Any, config_path: str = "", world_size: int = 8) -> Estimate:
     ema_params = sum(p.numel() for p in model.parameters() if p.is_floating_point())
     return Estimate(
         config_path=config_path,
-        image_size=tuple(model_cfg.image_size),  # type: ignore[arg-type]
+        image_size=(int(model_cfg.image_size[0]), int(model_cfg.image_size[1])),
         params_encoder=_count(model.encoder),
         params_decoder=_count(model.decoder),
         params_aux=_count(task.aux_modules),

@@ -88,7 +88,7 @@ class DINOv2Features(nn.Module):
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         super().__init__()
-        cfg = model.config  # type: ignore[union-attr]
+        cfg: Any = model.config
         self.model = model.eval().requires_grad_(False)
         self.patch_size = int(cfg.patch_size)
         self.resolution = (int(resolution[0]), int(resolution[1]))
@@ -99,6 +99,8 @@ class DINOv2Features(nn.Module):
         self.grid = (self.resolution[0] // self.patch_size, self.resolution[1] // self.patch_size)
         self.num_prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)  # CLS (+ registers)
         self.out_dim = int(cfg.hidden_size)
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
