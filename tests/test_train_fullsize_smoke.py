@@ -75,7 +75,7 @@ def test_d12_d12_fullsize_smoke(tmp_path: Path) -> None:
         task = run(2, resume=False)
         assert resolve_last(tmp_path / "run").name == "step_00000002"
         assert task.model.decoder.trunk.activation_checkpointing and task.model.encoder.trunk.activation_checkpointing
-        assert task.model.vae.vae.config.block_out_channels == (128, 256, 512, 512)  # the paper's VAE architecture
+        assert list(task.model.vae.vae.config.block_out_channels) == [128, 256, 512, 512]  # the paper VAE architecture
         assert task.model.vae.vae.config.latent_channels == 16
         assert dtypes and all(d == torch.bfloat16 for d in dtypes)  # bf16 autocast reached the REPA target
         run(3, resume=True)
