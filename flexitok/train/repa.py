@@ -229,7 +229,3 @@ def build_repa_encoder(
         return EfficientNetLite0FeatureMaps(blocks=(efficientnet_block,), resolution=resolution)
     return load_dinov2(spec, grid, resolution)
 
-
-def encoder_device(encoder: nn.Module) -> torch.device | None:
-    p = next(iter(encoder.parameters()), None)
-    return p.device if p is not None else None

@@ -24,7 +24,8 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
 from flexitok.models.flextok import FlexTok
-from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, encoder_device, repa_loss
+from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
+from flexitok.train.task import TrainTask
 
 __all__ = ["REPAProjector", "TokenizerTask", "TokenizerTaskConfig", "repa_loss", "sample_k", "sample_t"]
 
@@ -107,13 +108,15 @@ def sample_k(batch_size: int, n: int, mode: KSampling, device: torch.device | st
 # ---------------------------------------------------------------------------------------------- the task
 
 
-class TokenizerTask:
-    """Implements :class:`flexitok.train.trainer.TrainTask` for a :class:`flexitok.FlexTok`.
+class TokenizerTask(TrainTask):
+    """:class:`~flexitok.train.task.TrainTask` for a :class:`flexitok.FlexTok`.
 
     ``repa_encoder``: any callable ``images [B,3,H,W] -> [B,D',h',w']`` or ``[B,M,D']``; when None and REPA is
     on, the encoder named by ``cfg.repa_encoder`` is built (:func:`flexitok.train.repa.build_repa_encoder`).
     ``eval_dataset`` (items with ``"image"``) feeds periodic reconstruction grids.
     """
+
+    model: FlexTok
 
     def __init__(
         self,
@@ -123,11 +126,10 @@ class TokenizerTask:
         repa_encoder: Callable[[Tensor], Tensor] | None = None,
         repa_out_dim: int | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
         self.model.vae.requires_grad_(False)  # stage 0 is frozen
-        self.aux_modules = nn.ModuleDict()
         self.repa_encoder: Callable[[Tensor], Tensor] | None = None
         self.repa_layer: int | None = None
         if cfg.repa_enabled:
@@ -143,6 +145,7 @@ class TokenizerTask:
                 )
             if isinstance(repa_encoder, nn.Module):
                 repa_encoder.requires_grad_(False).eval()
+                self.frozen_modules["repa_encoder"] = repa_encoder  # the trainer moves it to the device
             self.repa_encoder = repa_encoder
             out_dim = repa_out_dim or getattr(repa_encoder, "out_dim", None) or self._probe_dim(repa_encoder)
             dim = model.config.decoder.transformer.dim
@@ -222,11 +225,8 @@ class TokenizerTask:
         grid = (x0.shape[-2] // ph, x0.shape[-1] // pw)
         from flexitok.train.features import features_on_grid
 
-        encoder = self.repa_encoder
-        if isinstance(encoder, nn.Module) and encoder_device(encoder) not in (None, batch["image"].device):
-            encoder.to(batch["image"].device)  # frozen and outside the trained root: the trainer does not move it
         with torch.no_grad():
-            target_feats = features_on_grid(encoder(batch["image"]), grid)  # type: ignore[misc]
+            target_feats = features_on_grid(self.repa_encoder(batch["image"]), grid)  # type: ignore[misc]
         align = repa_loss(self.aux_modules["repa_projector"](feats), target_feats)
         total = flow + cfg.repa_weight * align
         return total, {"flow": flow.detach(), "repa_cos": -align.detach()}
