@@ -228,4 +228,3 @@ def build_repa_encoder(
 
         return EfficientNetLite0FeatureMaps(blocks=(efficientnet_block,), resolution=resolution)
     return load_dinov2(spec, grid, resolution)
-
