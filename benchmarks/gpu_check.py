@@ -11,8 +11,8 @@ Rows:
   of ``flexitok.train.estimate``, against the GPU's dense bf16 peak or ``--peak-tflops``) and peak memory;
 * ``fsdp world 1``: :func:`flexitok.train.trainer.train` with ``fsdp=true`` in a one-process group (nccl on CUDA,
   gloo on CPU);
-* ``resume``: 4 steps straight vs 2 steps + ``--resume`` to 4 under the same setting: the largest weight
-  difference (0 = bit-identical).
+* ``resume``: 4 steps straight vs a run interrupted after its step-2 checkpoint and resumed to 4, under the same
+  setting: the largest weight difference of the exported models (0 = bit-identical).
 
 Weights are random: the check is about speed, memory and the code paths, not quality.
 """
@@ -177,6 +177,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _Interrupted(Exception):
+    pass
+
+
 def _exported(run_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -205,7 +209,7 @@ def fsdp_and_resume(args: argparse.Namespace, device: torch.device) -> list[Row]
         with tempfile.TemporaryDirectory() as tmp:
             data = RandomImages(16, cfg.data.image_size)
 
-            def run(out: str, steps: int, resume: bool) -> Path:
+            def run(out: str, steps: int, resume: bool, stop_at: int | None = None) -> Path:
                 tc = dataclasses.replace(
                     cfg.train,
                     out_dir=out,
@@ -222,7 +226,17 @@ def fsdp_and_resume(args: argparse.Namespace, device: torch.device) -> list[Row]
                     resume=resume,
                     num_workers=0,
                 )
-                return train(make_task(cfg, args.tiny, device), data, tc)
+                task = make_task(cfg, args.tiny, device)
+                if stop_at is not None:  # interrupt after the checkpoint at step stop_at (same schedule as 4 steps)
+                    loss = task.loss
+
+                    def interrupted(batch: Any, step: int) -> Any:
+                        if step == stop_at:
+                            raise _Interrupted
+                        return loss(batch, step)
+
+                    task.loss = interrupted  # type: ignore[method-assign]
+                return train(task, data, tc)
 
             t0 = time.perf_counter()
             try:
@@ -235,7 +249,10 @@ def fsdp_and_resume(args: argparse.Namespace, device: torch.device) -> list[Row]
                 traceback.print_exc()
                 return rows
             try:
-                run(f"{tmp}/b", 2, False)
+                try:
+                    run(f"{tmp}/b", 4, False, stop_at=2)
+                except _Interrupted:
+                    pass
                 run(f"{tmp}/b", 4, True)
                 # Compare the exported models (the same files whatever the checkpoint layout, sharded or not).
                 a, b = _exported(Path(tmp) / "a"), _exported(Path(tmp) / "b")
