@@ -34,7 +34,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from flexitok.data.base import DatasetError, ImageItem, index_generator
 from flexitok.data.folder import _LOAD_ERRORS, is_readable_image, list_images
-from flexitok.data.transforms import ImageTransform, resize_shorter_center_crop, to_rgb
+from flexitok.data.transforms import ImageTransform
+from flexitok.io.images import center_crop_resize, exif_transpose, to_rgb
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SHARD_INDEX = "shardindex.json"  # the wids shard-index format: {"wids_version": 1, "shardlist": [...]}
@@ -371,7 +372,8 @@ def write_folder_shards(
 
     Labels are the sorted first-level class sub-folder indices when every image sits in one (else -1).
     JPEG / PNG / WebP bytes are stored unchanged; other formats, and every image when ``max_side`` is set
-    (shorter side resized to ``max_side``, centre-cropped to a square), are re-encoded as JPEG (quality 95).
+    (central square resized to ``max_side``, as :func:`flexitok.io.images.load_image` does), are re-encoded as
+    JPEG (quality 95).
     ``shuffle_seed``: write the files in a seeded random order (None: sorted), so shards mix classes.
     """
     root = Path(folder)
@@ -400,9 +402,9 @@ def write_folder_shards(
                     files = {fmt: path.read_bytes()}
                 else:
                     img.load()
-                    out = to_rgb(img)
+                    out = to_rgb(exif_transpose(img))  # the inference loader's conversion; EXIF is not kept
                     if max_side is not None:
-                        out = resize_shorter_center_crop(out, max_side)
+                        out = center_crop_resize(out, (max_side, max_side))
                     files = {"jpg": _encode_image(out, "jpg")}
             label = class_index[rel[i][0]] if classes else -1
             files["cls"] = str(label).encode()

@@ -19,7 +19,6 @@ so the feature grid equals the decoder's grid without interpolation (224 = 14 x 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from flexitok.errors import CheckpointError, FeatureExtractorError
 from flexitok.eval.features import IMAGENET_MEAN, IMAGENET_STD
+from flexitok.utils.hub import is_repo_id
 
 EFFICIENTNET = "efficientnet-lite0"
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -46,7 +46,6 @@ DINOV2_ARCHITECTURES: dict[str, dict[str, Any]] = {
         "use_swiglu_ffn": True,
     },
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ---------------------------------------------------------------------------------------------- projector, loss
@@ -171,12 +170,12 @@ def resolve_dinov2_folder(spec: str) -> Path:
     folder = Path(spec)
     if folder.is_dir():
         return folder
-    if not _HUB_ID.match(spec) or spec.startswith((".", "/", "~")):
+    if not is_repo_id(spec):
         raise FeatureExtractorError(
             f"task.repa_encoder {spec!r} is neither {EFFICIENTNET!r}, an existing folder, nor a hub id like "
             "'facebook/dinov2-large'"
         )
-    from flexitok.io.hub import download_repo
+    from flexitok.utils.hub import download_repo
 
     try:
         return download_repo(spec)
