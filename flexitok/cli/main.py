@@ -19,6 +19,7 @@ COMMANDS: list[str] = [
     "eval",
     "bench",
     "pretokenize",
+    "shards",
     "convert",
     "demo",
     "quickstart",
