@@ -146,3 +146,57 @@ def test_the_checker_sees_function_level_imports_and_skips_type_checking() -> No
     assert "flexitok.pipelines" in quickstart
     assert "flexitok.models.generator" in (PACKAGE / "sampling" / "ar.py").read_text()
     assert not any(name.startswith("flexitok.models") for name, _ in imports_of(PACKAGE / "sampling" / "ar.py"))
+
+
+def _is_steps(name: str) -> bool:
+    return name in ("steps", "timesteps") or name.endswith("_steps") and name != "warmup_steps"
+
+
+def _is_guidance(name: str) -> bool:
+    return "guidance" in name or name == "apg" or name.endswith("_apg")
+
+
+def decode_settings_shapes() -> list[str]:
+    """Every class, function signature or CLI flag set that spells out decoder settings (a number of sampler steps
+    together with a guidance scale or APG switch)."""
+    shapes = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ClassDef):
+                names = [
+                    s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+                ]
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                flags = [
+                    c.args[0].value
+                    for c in ast.walk(node)
+                    if isinstance(c, ast.Call)
+                    and isinstance(c.func, ast.Attribute)
+                    and c.func.attr == "add_argument"
+                    and c.args
+                    and isinstance(c.args[0], ast.Constant)
+                    and isinstance(c.args[0].value, str)
+                ]
+                names += [f.lstrip("-").replace("-", "_") for f in flags]
+            if any(_is_steps(n) for n in names) and any(_is_guidance(n) for n in names):
+                shapes.append(f"{path.relative_to(ROOT)}:{node.lineno} {getattr(node, 'name', '?')}")
+    return shapes
+
+
+def test_one_shape_of_decoder_settings() -> None:
+    # DecodeConfig holds them; add_decode_args is the one set of CLI flags that builds it.
+    assert decode_settings_shapes() == [
+        "flexitok/cli/common.py:" + str(_line("flexitok/cli/common.py", "def add_decode_args(")) + " add_decode_args",
+        "flexitok/sampling/decode.py:"
+        + str(_line("flexitok/sampling/decode.py", "class DecodeConfig"))
+        + " DecodeConfig",
+    ]
+
+
+def _line(rel: str, text: str) -> int:
+    lines = (ROOT / rel).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if line.startswith(text))

@@ -263,7 +263,7 @@ def test_generation_api(gen_server: _Server) -> None:
     assert status == 400 and "1..16" in out["detail"]
 
 
-def test_generation_panel_is_the_pipeline(model: FlexTok) -> None:
+def test_generation_panel_is_the_pipeline(model: FlexTok, one_thread: None) -> None:
     # A demo request is row 0 of the GenerationPipeline seeded with the request's seed (as `flexitok generate`).
     torch.manual_seed(0)
     cfg = generator_preset("tiny", vocab_size=model.vocab_size, n_tokens=model.n_registers, num_classes=3)

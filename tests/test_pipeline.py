@@ -20,6 +20,7 @@ from flexitok.models.generator import generator_preset
 from tests.conftest import tiny_model
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "generation.md"
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only contend on a shared CPU
 
 
 def _generator(tokenizer, condition: str = "class", **kw) -> Generator:
