@@ -17,8 +17,8 @@ class IdentityAE(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``[B, 3, H, W]`` -> ``[B, 3, H, W]``."""
+    def encode(self, images: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
+        """``[B, 3, H, W]`` -> ``[B, 3, H, W]`` (there is no posterior to sample)."""
         return images * self.cfg.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -28,8 +28,9 @@ class IdentityAE(nn.Module):
 class DiffusersVAE(nn.Module):
     """Wraps ``diffusers.AutoencoderKL``; the module is stored as ``.vae`` (official key prefix ``vae.vae.*``).
 
-    ``encode`` returns the posterior mode (deterministic tokens) unless ``sample_posterior`` is set, multiplied by
-    the scaling factor; ``decode`` divides by it first.
+    ``encode`` returns the posterior mean, or a posterior sample when ``sample`` (default: the config's
+    ``sample_posterior``, the official wrapper's option) is set, multiplied by the scaling factor; ``decode``
+    divides by it first.
     """
 
     def __init__(self, cfg: VAEConfig, vae: nn.Module | None = None) -> None:
@@ -51,10 +52,11 @@ class DiffusersVAE(nn.Module):
                 f"{self.vae.config.latent_channels}"
             )
 
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def encode(self, images: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, C, H/f, W/f]``."""
         posterior = self.vae.encode(images).latent_dist
-        z = posterior.sample(generator) if self.cfg.sample_posterior else posterior.mode()
+        sample = self.cfg.sample_posterior if sample is None else sample
+        z = posterior.sample(generator) if sample else posterior.mode()
         return z * self.cfg.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:

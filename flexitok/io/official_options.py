@@ -1,0 +1,360 @@
+"""Every constructor option of the official (apple/ml-flextok) modules a checkpoint config can name.
+
+For each official class (keyed by its short name) :data:`OFFICIAL_OPTIONS` lists each constructor argument with
+the official default and what flexitok does with it:
+
+* ``supported``: translated into :class:`flexitok.config.FlexTokConfig` (or checked) with the official semantics;
+* ``wiring``: a data-dict key; supported by checking that the keys connect the modules the way FlexTok does
+  (:func:`flexitok.io.official.check_wiring`);
+* ``no-effect``: supported; it cannot change results (padding, compilation, attention back-end);
+* ``training``: accepted; it only matters during official training (dropout rates, sampling modes, inits);
+* a ``refused`` entry lists the values flexitok implements in ``allowed``; any other value is refused with
+  ``why``.
+
+A checkpoint option missing from this table is refused too (the official constructor has no such argument, so
+the official code could not build the model either). ``docs/official-checkpoints.md`` embeds
+:func:`options_markdown`, and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from flexitok.errors import CheckpointError
+
+Status = Literal["supported", "wiring", "no-effect", "training"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One official constructor argument: its default, flexitok's handling and, when only some values are
+    implemented, which ones (``allowed``) and why the others are refused (``why``)."""
+
+    status: Status
+    default: Any = REQUIRED
+    note: str = ""
+    allowed: tuple[Any, ...] | None = None
+    why: str = ""
+
+
+def _keys(*names: str, default: Any = REQUIRED) -> dict[str, Opt]:
+    return {n: Opt("wiring", default) for n in names}
+
+
+_NOT_READ = "no FlexTok module writes it, so the official forward fails with a KeyError"
+_LOW_PRECISION = "flexitok computes in the model's dtype (cast the model instead); per-module autocast is not emulated"
+
+OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
+    "FlexTok": {
+        name: Opt("supported", note="the module graph")
+        for name in ("vae", "encoder", "decoder", "regularizer", "flow_matching_noise_module", "pipeline")
+    },
+    "FlexTokFromHub": {"config": Opt("supported", note="the same config, from config.json")},
+    "StableDiffusionVAE": {
+        **_keys("images_read_key", "vae_latents_read_key", "vae_latents_write_key", "images_reconst_write_key"),
+        "vae_kl_loss_write_key": Opt("training", None, "KL loss output"),
+        "latent_channels": Opt("supported", 16),
+        "scaling_factor": Opt("supported", None, "falls back to the VAE config's when unset or 0"),
+        "dtype_override": Opt(
+            "supported", "fp32", "VAE encode/decode precision", ("fp32", "float32", None), _LOW_PRECISION
+        ),
+        "hf_hub_path": Opt("supported", None, "source of the VAE architecture; unset = the official base SD-VAE"),
+        "sample_posterior": Opt("supported", True, "tokenize(deterministic=None) follows it"),
+        "learnable_logvar": Opt("training", False, "loss weighting; its `vae.logvar` tensor is dropped"),
+        "logvar_init": Opt("training", 0.0),
+        "compile_encode_fn": Opt("no-effect", False, "torch.compile; fused `to_qkv` copies are dropped"),
+        "force_vae_encode": Opt("training", True, "re-encode pre-computed latents"),
+        "frozen": Opt("training", False),
+    },
+    "SequentialModuleDictWrapper": {"module_dict": Opt("supported", note="module roles and order are checked")},
+    "PerSampleOp": {
+        **_keys("read_key", "write_key"),
+        "per_sample_op": Opt("supported", note="channels_first_to_last / channels_last_to_first"),
+    },
+    "channels_first_to_last": {},
+    "channels_last_to_first": {},
+    "PatchEmbedder": {
+        **_keys("input_tensor_list_read_key", "patches_list_write_key"),
+        "n_patches_write_key": Opt("no-effect", note="patch counts; nothing in FlexTok reads them"),
+        "patch_sizes": Opt("supported"),
+        "channels_in": Opt("supported"),
+        "dim": Opt(
+            "supported",
+            None,
+            allowed=("<int>",),
+            why="dim=None (no patch projection) is not implemented; no FlexTok config uses it",
+        ),
+        "flatten_patches": Opt(
+            "supported",
+            True,
+            "encoder: one raster-order patch sequence with a 1-D learned table",
+            why="in the decoder the official ToPatchesLinearHead cannot un-patchify a flat sequence (it fails)",
+        ),
+        "weight_init_style": Opt("training", "xavier"),
+    },
+    "PositionalEmbeddingAdder": {
+        **_keys("read_key", "write_key"),
+        "dim": Opt("supported"),
+        "max_sizes": Opt("supported", note="table size; the image size per call may be anything that fits"),
+        "posemb_type": Opt(
+            "supported",
+            "sincos",
+            "sincos, learnable_sum, learnable_prod",
+            why="a 1-D sincos table fails in the official code (2-D only)",
+        ),
+        "posemb_scaling": Opt(
+            "supported",
+            "absolute",
+            "absolute (top-left crop), interpolate (bilinear, align_corners=True)",
+            why="interpolate on a 1-D table fails in the official code (bilinear needs 2-D)",
+        ),
+        "posemb_write_key": Opt("no-effect", None, "an extra copy of the embedding; nothing in FlexTok reads it"),
+    },
+    "Registers1D": {
+        **_keys("input_tensor_list_read_key", "register_sizes_read_write_key", "registers_write_key"),
+        "dim": Opt("supported"),
+        "n_min": Opt("training", note="smallest sampled register count"),
+        "n_max": Opt("supported", note="learned registers = decoder token capacity"),
+        "n_eval": Opt("supported", None, "registers (= tokens) at inference"),
+        "size_sampling_mode": Opt("training", "uniform"),
+        "ordering_mode": Opt("supported", "nested", "nested (first n), avg_pool (adaptive average pooling to n)"),
+        "extra_registers_write_key": Opt("no-effect", None, "a second register set nothing in FlexTok reads; dropped"),
+        "extra_registers_dim": Opt("no-effect", None),
+    },
+    "BlockWiseSequencePacker": {
+        **_keys(
+            "input_list_read_keys",
+            "packed_seq_write_key",
+            "block_mask_write_key",
+            "inner_packed_shapes_write_key",
+            "outer_packed_shapes_write_key",
+        ),
+        "mask_mode": Opt("supported", "full", "full, causal, causal_last"),
+        "max_seq_len": Opt("no-effect", None, "padding; padded positions are masked out"),
+        "pad_to_multiple": Opt("no-effect", None, "padding; padded positions are masked out"),
+        "emb_packing_fn_write_key": Opt("wiring", None),
+        "per_subseq_embs": Opt(
+            "supported", False, "must match adaLN_expansion", why="any other combination fails in the official code"
+        ),
+        "compile_block_mask": Opt("no-effect", True, "flex_attention back-end"),
+        "return_materialized_mask": Opt("no-effect", False, "dense-mask SDPA back-end"),
+    },
+    "FlexTransformer": {
+        **_keys("input_seq_read_key", "output_seq_write_key"),
+        "dim": Opt("supported", 768),
+        "depth": Opt("supported", 12),
+        "head_dim": Opt("supported", 64),
+        "mlp_ratio": Opt("supported", 4.0),
+        "qkv_bias": Opt("supported", False, allowed=(False,), why="biased attention projections are not implemented"),
+        "proj_bias": Opt("supported", False, allowed=(False,), why="a biased attention output is not implemented"),
+        "mlp_bias": Opt("supported", False, allowed=(False,), why="MLP biases are not implemented"),
+        "drop": Opt("training", 0.0, "dropout"),
+        "drop_path_rate": Opt("training", 0.0, "stochastic depth"),
+        "act_layer": Opt("supported", "SiLU", allowed=(), why="only the default SiLU is implemented"),
+        "norm_layer": Opt(
+            "supported", "Fp32LayerNorm", allowed=(), why="only the default affine-free fp32 LayerNorm is implemented"
+        ),
+        "gated_mlp": Opt("supported", True, allowed=(True,), why="only the gated (SwiGLU) MLP is implemented"),
+        "qk_norm": Opt("supported", True),
+        "use_act_checkpoint": Opt("training", False, "activation checkpointing"),
+        "weight_init_style": Opt("training", "xavier"),
+        "zero_init_query_proj": Opt("training", False),
+        "block_mask_read_key": Opt("wiring", None),
+        "score_mod_read_key": Opt("supported", None, allowed=(None,), why=_NOT_READ),
+        "adaLN_emb_read_key": Opt("wiring", None, "decoder: the time embedding; encoder: unset"),
+        "adaLN_packing_fn_read_key": Opt("wiring", None),
+        "adaLN_expansion": Opt("supported", 1, "1 (shared) or 2 (patches / registers)"),
+        "rope_forward_read_key": Opt("supported", None, allowed=(None,), why=_NOT_READ),
+        "intermediate_layer_write_key": Opt("training", None, "REPA features"),
+        "intermediate_layers": Opt("training", [], "REPA features"),
+    },
+    "SequenceUnpacker": _keys(
+        "packed_seq_read_key", "inner_seq_write_keys", "inner_packed_shapes_read_key", "outer_packed_shapes_read_key"
+    ),
+    "LinearHead": {
+        **_keys("read_key", "write_key"),
+        "dim": Opt("supported"),
+        "dim_out": Opt("supported"),
+        "use_mup_readout": Opt("supported", note="input divided by dim / base width; pass mup_base_width"),
+        "weight_init_style": Opt("training", "zero"),
+        "norm_layer": Opt("supported", "Fp32LayerNorm", allowed=(), why="only the default LayerNorm is implemented"),
+        "dtype_override": Opt("supported", None, allowed=(None, "fp32", "float32"), why=_LOW_PRECISION),
+        "adaLN_emb_read_key": Opt("supported", None, allowed=(None,), why="the encoder has no time embedding"),
+        "adaLN_packing_fn_read_key": Opt("supported", None, allowed=(None,), why="unused without adaLN"),
+        "adaLN_bias": Opt("no-effect", True, "unused without adaLN"),
+        "proj_bias": Opt("supported", True),
+    },
+    "ToPatchesLinearHead": {
+        **_keys("read_key", "write_key"),
+        "dim": Opt("supported"),
+        "channels_out": Opt("supported", note="must equal the VAE latent channels"),
+        "patch_sizes": Opt("supported", note="must equal the decoder patch size"),
+        "use_mup_readout": Opt("supported", note="input divided by dim / base width; pass mup_base_width"),
+        "weight_init_style": Opt("training", "zero"),
+        "norm_layer": Opt("supported", "Fp32LayerNorm", allowed=(), why="only the default LayerNorm is implemented"),
+        "dtype_override": Opt("supported", None, allowed=(None, "fp32", "float32"), why=_LOW_PRECISION),
+        "adaLN_emb_read_key": Opt("wiring", None, "the time embedding"),
+        "adaLN_packing_fn_read_key": Opt(
+            "supported", None, allowed=(None,), why="the packer's function spans registers too; the official head fails"
+        ),
+        "adaLN_bias": Opt("supported", True, allowed=(True,), why="a bias-free head modulation is not implemented"),
+        "proj_bias": Opt("supported", True, allowed=(True,), why="a bias-free output projection is not implemented"),
+    },
+    "FSQ": {
+        **_keys("latents_read_key", "quants_write_key", "tokens_write_key"),
+        "levels": Opt("supported"),
+        "drop_quant_p": Opt("training", 0.0),
+        "corrupt_tokens_p": Opt("training", 0.0),
+        "min_corrupt_tokens_p": Opt("training", None),
+        "apply_corrupt_tokens_p": Opt("training", 0.2),
+        "packed_call": Opt("no-effect", True, "element-wise either way"),
+    },
+    "LinearLayer": {
+        **_keys("read_key", "write_key"),
+        "dim_in": Opt("supported"),
+        "dim": Opt("supported"),
+        "weight_init_style": Opt("training", "xavier"),
+        "dtype_override": Opt("supported", None, allowed=(None, "fp32", "float32"), why=_LOW_PRECISION),
+        "proj_bias": Opt("supported", True, allowed=(True,), why="a bias-free code projection is not implemented"),
+    },
+    "MaskedNestedDropout": {
+        "read_write_key": Opt("wiring"),
+        "dim": Opt("supported"),
+        "eval_keep_k_read_key": Opt(
+            "supported",
+            "eval_keep_k",
+            "unset: truncated token lists are decoded from zero-padded ids without mask tokens",
+        ),
+        "train_keep_k_write_key": Opt("training", "train_keep_k"),
+        "size_sampling_mode": Opt("training", "uniform"),
+    },
+    "LearnedNullCond": {
+        "read_write_key": Opt("wiring"),
+        "dim": Opt("supported"),
+        "eval_drop_flag_read_key": Opt(
+            "supported",
+            "eval_dropout_mask",
+            allowed=("eval_dropout_mask",),
+            why="the official pipeline writes the flag under 'eval_dropout_mask'; any other key makes guidance a "
+            "silent no-op",
+        ),
+        "dropout_prob": Opt("training", 0.0, "condition dropout for CFG training"),
+        "replace_with_single_token": Opt(
+            "supported", False, allowed=(False,), why="a 1-token null condition is not implemented"
+        ),
+    },
+    "ZeroNullCond": {
+        "read_write_key": Opt("wiring"),
+        "eval_drop_flag_read_key": Opt(
+            "supported",
+            "eval_dropout_mask",
+            allowed=("eval_dropout_mask",),
+            why="the official pipeline writes the flag under 'eval_dropout_mask'; any other key makes guidance a "
+            "silent no-op",
+        ),
+        "dropout_prob": Opt("training", 0.0, "condition dropout for CFG training"),
+    },
+    "TimestepEmbedder": {
+        **_keys("timesteps_read_key", "time_embedding_write_key"),
+        "dim": Opt("supported"),
+        "frequency_embedding_size": Opt("supported", 256),
+        "weight_init_style": Opt("training", "xavier"),
+        "max_timestep": Opt("supported", 1000.0),
+        "temb_as_tokens": Opt(
+            "supported",
+            False,
+            allowed=(False,),
+            why="the adaLN layers need the [B, D] form; the official forward fails",
+        ),
+    },
+    "MinRFNoiseModule": {
+        name: Opt("training", default)
+        for name, default in (
+            ("clean_images_read_key", REQUIRED),
+            ("noised_images_write_key", REQUIRED),
+            ("timesteps_write_key", REQUIRED),
+            ("sigmas_write_key", REQUIRED),
+            ("ln", True),
+            ("stratisfied", False),
+            ("mode_scale", 0.0),
+            ("noise_write_key", "flow_noise"),
+            ("noise_read_key", None),
+        )
+    },
+    "MinRFPipeline": {
+        "noise_read_key": Opt("supported", None, "flexitok takes the noise as detokenize(noise=...)"),
+        "target_sizes_read_key": Opt("no-effect", None, "detokenize always passes the sizes"),
+        **_keys("latents_read_key", "timesteps_read_key", "noised_images_read_key", "reconst_write_key", default=None),
+        "out_channels": Opt("supported", None, "must equal the VAE latent channels"),
+    },
+}
+
+
+def class_name(target: str) -> str:
+    return target.rsplit(".", 1)[-1]
+
+
+def option(node: dict[str, Any], name: str) -> Any:
+    """The value of option ``name`` of an official config node, or the official default when it is absent."""
+    if name in node:
+        return node[name]
+    opt = OFFICIAL_OPTIONS[class_name(node["_target_"])][name]
+    if opt.default is REQUIRED:
+        raise CheckpointError(f"official {class_name(node['_target_'])} config lacks its required option {name!r}")
+    return opt.default
+
+
+def check_options(node: dict[str, Any], where: str) -> None:
+    """Refuse options the official class does not have, and values flexitok does not implement."""
+    cls = class_name(node["_target_"])
+    table = OFFICIAL_OPTIONS[cls]
+    for name, value in node.items():
+        if name in ("_target_", "_partial_"):
+            continue
+        if name not in table:
+            raise CheckpointError(
+                f"official {where} ({cls}) has an unknown option {name!r}: the official {cls} takes no such argument"
+            )
+        opt = table[name]
+        if opt.allowed is None or "<int>" in opt.allowed and isinstance(value, int):
+            continue
+        if isinstance(value, dict) and "_target_" in value or value not in opt.allowed:
+            raise CheckpointError(f"official {where} option {name}={value!r} is not supported: {opt.why}")
+
+
+_STATUS_TEXT = {
+    "supported": "supported",
+    "wiring": "supported (data-dict key; wiring checked)",
+    "no-effect": "supported (no effect on results)",
+    "training": "accepted (training only)",
+}
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is REQUIRED else f"`{value!r}`"
+
+
+def options_markdown() -> str:
+    """The option table of docs/official-checkpoints.md (one row per official constructor argument)."""
+    rows = ["| class | option | official default | flexitok |", "|---|---|---|---|"]
+    for cls, table in OFFICIAL_OPTIONS.items():
+        if not table:
+            rows.append(f"| `{cls}` | (no arguments) | | supported |")
+        for name, opt in table.items():
+            text = _STATUS_TEXT[opt.status]
+            if opt.note:
+                text += f": {opt.note}"
+            if opt.why:
+                allowed = "" if opt.allowed is None else ", ".join(_fmt(a) for a in opt.allowed) or "the default"
+                text += f"; other values refused ({allowed + ' only: ' if allowed else ''}{opt.why})"
+            rows.append(f"| `{cls}` | `{name}` | {_fmt(opt.default)} | {text} |")
+    return "\n".join(rows) + "\n"
