@@ -360,16 +360,16 @@ def config_from_official(
     for patch, where in ((e_patch, "encoder"), (d_patch, "decoder")):
         if option(patch, "dim") is None:
             raise CheckpointError(f"official {where} PatchEmbedder has dim=None (no projection); not implemented")
+    if flat and option(e_pos, "posemb_type") == "sincos":
+        raise CheckpointError(
+            "official encoder has flatten_patches=True with a 2-D sincos table: the official forward adds a "
+            "cropped [rows, cols] table to a flat sequence (it fails or broadcasts nonsense); refused"
+        )
     e_grid, e_kind, e_scaling = _posemb(e_pos, "encoder", 1 if flat else 2)
     d_grid, d_kind, d_scaling = _posemb(d_pos, "decoder", 2)
     reg_len, reg_kind, _ = _posemb(d_regpos, "decoder register", 1)
     if reg_kind == "sincos":
         raise CheckpointError("official decoder register position table must be learned")
-    if flat and e_kind == "sincos":
-        raise CheckpointError(
-            "official encoder has flatten_patches=True with a 2-D sincos table: the official forward adds a "
-            "cropped [rows, cols] table to a flat sequence (it fails or broadcasts nonsense); refused"
-        )
 
     n_regs = int(option(e_regs, "n_max"))
     n_eval = option(e_regs, "n_eval")

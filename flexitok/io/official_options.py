@@ -50,6 +50,7 @@ def _keys(*names: str, default: Any = REQUIRED) -> dict[str, Opt]:
     return {n: Opt("wiring", default) for n in names}
 
 
+_OFFICIAL_FAILS = "the official code rejects any other value too"
 _NOT_READ = "no FlexTok module writes it, so the official forward fails with a KeyError"
 _LOW_PRECISION = "flexitok computes in the model's dtype (cast the model instead); per-module autocast is not emulated"
 
@@ -96,8 +97,9 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "flatten_patches": Opt(
             "supported",
             True,
-            "encoder: one raster-order patch sequence with a 1-D learned table",
-            why="in the decoder the official ToPatchesLinearHead cannot un-patchify a flat sequence (it fails)",
+            "encoder: one raster-order patch sequence with a 1-D learned table; refused in the decoder (the "
+            "official ToPatchesLinearHead cannot un-patchify a flat sequence) and with a 2-D sincos table (the "
+            "official forward fails)",
         ),
         "weight_init_style": Opt("training", "xavier"),
     },
@@ -108,14 +110,17 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "posemb_type": Opt(
             "supported",
             "sincos",
-            "sincos, learnable_sum, learnable_prod",
-            why="a 1-D sincos table fails in the official code (2-D only)",
+            "sincos, learnable_sum, learnable_prod; a 1-D sincos table is refused (it fails in the official code)",
+            ("sincos", "learnable_sum", "learnable_prod"),
+            _OFFICIAL_FAILS,
         ),
         "posemb_scaling": Opt(
             "supported",
             "absolute",
-            "absolute (top-left crop), interpolate (bilinear, align_corners=True)",
-            why="interpolate on a 1-D table fails in the official code (bilinear needs 2-D)",
+            "absolute (top-left crop), interpolate (bilinear, align_corners=True); interpolate on a 1-D table is "
+            "refused (bilinear interpolation fails on it in the official code)",
+            ("absolute", "interpolate"),
+            _OFFICIAL_FAILS,
         ),
         "posemb_write_key": Opt("no-effect", None, "an extra copy of the embedding; nothing in FlexTok reads it"),
     },
@@ -126,7 +131,13 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "n_max": Opt("supported", note="learned registers = decoder token capacity"),
         "n_eval": Opt("supported", None, "registers (= tokens) at inference"),
         "size_sampling_mode": Opt("training", "uniform"),
-        "ordering_mode": Opt("supported", "nested", "nested (first n), avg_pool (adaptive average pooling to n)"),
+        "ordering_mode": Opt(
+            "supported",
+            "nested",
+            "nested (first n), avg_pool (adaptive average pooling to n)",
+            ("nested", "avg_pool"),
+            _OFFICIAL_FAILS,
+        ),
         "extra_registers_write_key": Opt("no-effect", None, "a second register set nothing in FlexTok reads; dropped"),
         "extra_registers_dim": Opt("no-effect", None),
     },
@@ -138,7 +149,7 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
             "inner_packed_shapes_write_key",
             "outer_packed_shapes_write_key",
         ),
-        "mask_mode": Opt("supported", "full", "full, causal, causal_last"),
+        "mask_mode": Opt("supported", "full", "full, causal, causal_last", ("full", "causal", "causal_last"), _OFFICIAL_FAILS),
         "max_seq_len": Opt("no-effect", None, "padding; padded positions are masked out"),
         "pad_to_multiple": Opt("no-effect", None, "padding; padded positions are masked out"),
         "emb_packing_fn_write_key": Opt("wiring", None),

@@ -63,7 +63,13 @@ class FlexTok(nn.Module):
 
     @property
     def n_registers(self) -> int:
+        """Register positions of the decoder: the longest token sequence ``detokenize`` takes."""
         return self.config.n_registers
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per image from ``tokenize`` (``n_registers`` unless an official ``n_eval`` sets fewer)."""
+        return self.config.encoder.n_tokens
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -132,7 +138,7 @@ class FlexTok(nn.Module):
                 f"{part} stretches its position table by interpolation; this is outside the trained regime and "
                 "quality is not guaranteed (fine-tune at the new size: docs/training.md)",
                 OutsideTrainedRegimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of tokenize / detokenize
             )
 
     def _tokens_to_batch(
