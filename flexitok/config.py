@@ -17,6 +17,13 @@ PosEmbType = Literal["sincos", "learnable_sum", "learnable_prod"]
 PosEmbScaling = Literal["absolute", "interpolate"]
 MaskMode = Literal["full", "causal", "causal_last"]
 RegisterOrdering = Literal["nested", "avg_pool"]
+Precision = Literal["fp32", "float32", "bf16", "bfloat16", "fp16", "float16"]
+_PRECISIONS = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+def _check_precision(where: str, value: str | None) -> None:
+    if value is not None and value not in _PRECISIONS:
+        raise ValueError(f"{where} must be one of {list(_PRECISIONS)} or null, got {value!r}")
 
 
 @dataclass
@@ -74,8 +81,10 @@ class VAEConfig:
     sample_posterior: bool = False
     diffusers_config: dict[str, Any] | None = None
     pretrained: str | None = None
+    dtype_override: Precision | None = None  # official VAE precision: None = the caller's (autocast) context
 
     def __post_init__(self) -> None:
+        _check_precision("vae.dtype_override", self.dtype_override)
         if self.kind not in ("diffusers", "identity"):
             raise ValueError(f"unknown VAE kind {self.kind!r}; expected 'diffusers' or 'identity'")
         if self.kind == "identity" and (self.latent_channels != 3 or self.downsample != 1):
@@ -104,7 +113,9 @@ class EncoderConfig:
     patches form one raster-order sequence with a 1-D learned table), ``register_ordering`` and ``n_eval``
     (``Registers1D``: how many registers, hence tokens, inference uses and how they are taken from the
     ``n_registers`` learned ones), ``mask_mode`` (``BlockWiseSequencePacker``), ``mup_base_width``
-    (``LinearHead(use_mup_readout=True)``: the head divides its input by ``dim / mup_base_width``).
+    (``LinearHead(use_mup_readout=True)``: the head divides its input by ``dim / mup_base_width``),
+    ``head_norm`` / ``head_dtype`` (``LinearHead`` ``norm_layer`` present / ``dtype_override``), ``patch_proj``
+    (``PatchEmbedder``: False = ``dim=None``, raw patches are the tokens).
     """
 
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -119,9 +130,13 @@ class EncoderConfig:
     n_eval: int | None = None  # None = n_registers
     mask_mode: MaskMode = "causal_last"
     mup_base_width: int | None = None  # None = plain linear head
+    head_norm: bool = True
+    head_dtype: Precision | None = None
+    patch_proj: bool = True
 
     def __post_init__(self) -> None:
         _check_posemb("encoder", self.posemb_type, self.posemb_scaling, self.posemb_grid, self.flatten_patches)
+        _check_precision("encoder.head_dtype", self.head_dtype)
         if self.register_ordering not in ("nested", "avg_pool"):
             raise ValueError(f"encoder.register_ordering must be nested or avg_pool, got {self.register_ordering!r}")
         if self.n_eval is not None and not 1 <= self.n_eval <= self.n_registers:
@@ -144,6 +159,11 @@ class DecoderConfig:
     ``posemb_type``, ``posemb_scaling``, ``mask_mode`` and ``mup_base_width`` mirror the official options as in
     :class:`EncoderConfig`; ``register_posemb_len`` is the length of the learned register position table when it
     is longer than the register count (official ``max_sizes``; only the first ``n_registers`` rows are used).
+    Head options as in :class:`EncoderConfig`, plus ``head_bias`` / ``head_adaln_bias`` (``ToPatchesLinearHead``
+    ``proj_bias`` / ``adaLN_bias``), ``from_codes_bias`` / ``from_codes_dtype`` (``LinearLayer``),
+    ``mask_truncated`` (``MaskedNestedDropout``: False = ``eval_keep_k_read_key=None``, positions past keep_k
+    keep their id-0 codes instead of the mask token) and ``null_single_token`` (``LearnedNullCond``
+    ``replace_with_single_token``: the null condition is one token instead of N).
     """
 
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -158,9 +178,20 @@ class DecoderConfig:
     mask_mode: MaskMode = "full"
     mup_base_width: int | None = None
     register_posemb_len: int | None = None  # None = n_registers
+    head_norm: bool = True
+    head_dtype: Precision | None = None
+    head_bias: bool = True
+    head_adaln_bias: bool = True
+    from_codes_bias: bool = True
+    from_codes_dtype: Precision | None = None
+    patch_proj: bool = True
+    mask_truncated: bool = True
+    null_single_token: bool = False
 
     def __post_init__(self) -> None:
         _check_posemb("decoder", self.posemb_type, self.posemb_scaling, self.posemb_grid, False)
+        _check_precision("decoder.head_dtype", self.head_dtype)
+        _check_precision("decoder.from_codes_dtype", self.from_codes_dtype)
         if self.mask_mode not in ("full", "causal", "causal_last"):
             raise ValueError(f"decoder.mask_mode must be full, causal or causal_last, got {self.mask_mode!r}")
         if self.mup_base_width is not None and self.mup_base_width < 1:
@@ -184,6 +215,12 @@ class FlexTokConfig:
         for name, ps in (("encoder", self.encoder.patch_size), ("decoder", self.decoder.patch_size)):
             if h % ps[0] or w % ps[1]:
                 raise ValueError(f"{name} patch size {ps} does not divide the latent grid {(h, w)}")
+        for name, part in (("encoder", self.encoder), ("decoder", self.decoder)):
+            patch_dim = self.vae.latent_channels * part.patch_size[0] * part.patch_size[1]
+            if not part.patch_proj and patch_dim != part.transformer.dim:
+                raise ValueError(
+                    f"{name}.patch_proj=False needs transformer.dim = latent channels x patch area = {patch_dim}"
+                )
         rp = self.decoder.register_posemb_len
         if rp is not None and rp < self.encoder.n_registers:
             raise ValueError(

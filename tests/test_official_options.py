@@ -34,6 +34,13 @@ COMBOS = {
     "learned-posemb-masks": dict(adaln=1, enc_patch=(2, 2), dec_patch=(1, 1), regs=6, levels=(8, 5, 5), grid=(4, 4),
                                  enc=dict(posemb_type="learnable_prod", mask_mode="causal", head_bias=False),
                                  dec=dict(posemb_type="learnable_sum", mask_mode="causal_last", register_posemb_len=9)),
+    # Head / projection variants: no patch projection (dim=None), no norms, no biases, precision overrides,
+    # no mask tokens at inference (eval_keep_k_read_key=None), a one-token null condition.
+    "head-variants": dict(adaln=2, enc_patch=(2, 4), dec_patch=(2, 2), regs=6, levels=(8, 5, 5),
+                          enc=dict(patch_proj=False, head_norm=False, head_dtype="bf16"),
+                          dec=dict(head_bias=False, head_adaln_bias=False, from_codes_bias=False, head_norm=False,
+                                   from_codes_dtype="bf16", head_dtype="fp32", mask_truncated=False,
+                                   null_single_token=True)),
 }  # fmt: skip
 
 
@@ -149,6 +156,12 @@ REFUSED = [
      "packer input 'enc_registers' holds registers, expected position-embedded patches"),
     ("decoder", "'eval_drop_flag_read_key': 'eval_dropout_mask'", "'eval_drop_flag_read_key': 'drop'", "no-op"),
     ("decoder", "'per_subseq_embs': True", "'per_subseq_embs': False", "per_subseq_embs"),
+    ("encoder", "'head_dim': 32", "'head_dim': 32, 'act_layer': {'_target_': 'torch.nn.GELU', '_partial_': True}",
+     "unsupported official component 'torch.nn.GELU'"),
+    ("encoder", "'head_dim': 32", "'head_dim': 32, 'norm_layer': {'_target_': "
+     "'flextok.model.layers.norm.Fp32LayerNorm', '_partial_': True, 'bias': False}", "norm_layer=.* not supported"),
+    ("encoder", "'head_dim': 32", "'head_dim': 32, 'score_mod_read_key': 'mod'", "KeyError"),
+    ("decoder", "'max_timestep': 1.0", "'max_timestep': 1.0, 'temb_as_tokens': True", "temb_as_tokens"),
 ]  # fmt: skip
 
 
@@ -161,6 +174,32 @@ def test_unsupported_config_is_refused(tmp_path, official_dir, section, old, new
     save_safetensors(tensors, tmp_path / "model.safetensors", metadata=meta)
     with pytest.raises(CheckpointError, match=match):
         load_official(tmp_path / "model.safetensors", vae_config=official_dir / "vae")
+
+
+ACCEPTED = [
+    # Explicit defaults and training-only options change nothing at inference.
+    ("encoder", "'head_dim': 32", "'head_dim': 32, 'act_layer': {'_target_': 'torch.nn.SiLU', '_partial_': True}, "
+     "'norm_layer': {'_target_': 'flextok.model.layers.norm.Fp32LayerNorm', '_partial_': True, 'bias': False, "
+     "'elementwise_affine': False}, 'drop_path_rate': 0.1, 'use_act_checkpoint': True, 'intermediate_layers': [1]"),
+    ("encoder", "'pad_to_multiple': 128", "'pad_to_multiple': 256, 'compile_block_mask': False"),
+    ("encoder", "'size_sampling_mode': 'uniform'", "'size_sampling_mode': 'powers_of_two', 'n_eval': 32"),
+    ("vae", "'frozen': True", "'frozen': True, 'learnable_logvar': True, 'compile_encode_fn': True"),
+    ("regularizer", "'levels'", "'drop_quant_p': 0.5, 'corrupt_tokens_p': 0.1, 'levels'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("section, old, new", ACCEPTED, ids=[r[0] + str(i) for i, r in enumerate(ACCEPTED)])
+def test_inference_neutral_options_are_accepted(tmp_path, official_dir, cases, section, old, new):
+    tensors, meta = read_safetensors(official_dir / "model.safetensors")
+    meta = dict(meta)
+    assert old in meta[section]
+    meta[section] = meta[section].replace(old, new, 1)
+    # Tensors such options add to official checkpoints are dropped: the loss log-variance, fused VAE q/k/v.
+    tensors["vae.logvar"] = torch.zeros(())
+    tensors["vae.vae.encoder.mid_block.attentions.0.to_qkv.weight"] = torch.zeros(96, 32)
+    save_safetensors(tensors, tmp_path / "model.safetensors", metadata=meta)
+    model = load_official(tmp_path / "model.safetensors", vae_config=official_dir / "vae")
+    assert torch.equal(model.tokenize(cases["images"]), cases["tokens"])
 
 
 def test_absent_options_take_official_defaults(tmp_path, official_dir, cases):

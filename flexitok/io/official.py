@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor, nn
 
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError
-from flexitok.io.checkpoint import load_state_dict_strict, read_safetensors
 from flexitok.io.official_options import check_options, class_name, option
+from flexitok.nn.precision import PRECISIONS
 
 _P = "flextok.model."
 # Every class/function the official config may name, by role. Anything else is refused.
@@ -51,6 +53,9 @@ KNOWN_TARGETS: dict[str, str] = {
     _P + "preprocessors.time_embedding.TimestepEmbedder": "time_embed",
     "flextok.flow_matching.noise_modules.MinRFNoiseModule": "noise",
     "flextok.flow_matching.pipelines.MinRFPipeline": "pipeline",
+    _P + "layers.norm.Fp32LayerNorm": "norm",
+    "torch.nn.SiLU": "act",
+    "torch.nn.modules.activation.SiLU": "act",
 }
 
 
@@ -249,6 +254,33 @@ def _unpack(flow: _Flow, m: dict[str, Any], outputs: list[str]) -> None:
         flow.keys[key] = tag
 
 
+def _has_norm(node: dict[str, Any], where: str, allow_none: bool) -> bool:
+    """Whether a ``norm_layer`` option is the default affine-free LayerNorm (True) or None (False)."""
+    norm = option(node, "norm_layer")
+    if norm == "Fp32LayerNorm":  # absent: the official default
+        return True
+    if norm is None and allow_none:
+        return False
+    if isinstance(norm, dict) and _role(norm) == "norm":
+        check_options(norm, f"{where}.norm_layer")
+        if option(norm, "elementwise_affine") is False and option(norm, "eps") == 1e-5:
+            return True
+    raise CheckpointError(
+        f"official {where} norm_layer={norm!r} is not supported: the affine-free Fp32LayerNorm (eps 1e-5)"
+        + (" or None" if allow_none else "")
+        + " only; other norms are a different architecture that no FlexTok model uses"
+    )
+
+
+def _check_trunk(node: dict[str, Any], where: str) -> None:
+    _has_norm(node, f"{where} transformer", allow_none=False)
+    act = option(node, "act_layer")
+    if act != "SiLU" and not (isinstance(act, dict) and _role(act) == "act"):
+        raise CheckpointError(f"official {where} transformer act_layer={act!r} is not supported: SiLU only")
+    if isinstance(act, dict):
+        check_options(act, f"{where}.act_layer")
+
+
 def _transformer(node: dict[str, Any]) -> TransformerConfig:
     return TransformerConfig(
         dim=int(option(node, "dim")),
@@ -280,6 +312,12 @@ def _posemb(node: dict[str, Any], where: str, dims: int) -> tuple[tuple[int, ...
     if kind != "sincos" and len(set(sizes)) != 1:
         raise CheckpointError(f"official {where}: a learned table needs equal max_sizes, got {list(sizes)}")
     return sizes, kind, scaling
+
+
+def _precision(value: Any, where: str) -> Any:
+    if value is None or value in PRECISIONS:
+        return value
+    raise CheckpointError(f"official {where} dtype_override={value!r} is not a dtype ({sorted(PRECISIONS)})")
 
 
 def _mup_base(head: dict[str, Any], where: str, base: int | None) -> int | None:
@@ -349,7 +387,7 @@ def config_from_official(
     d_drop = _find(dec_mods, "nested_dropout", "decoder")
     d_head = _find(dec_mods, "dec_head", "decoder")
     d_pack = _find(dec_mods, "packer", "decoder")
-    _find(dec_mods, "from_codes", "decoder")
+    d_codes = _find(dec_mods, "from_codes", "decoder")
 
     flat = bool(option(e_patch, "flatten_patches"))
     if option(d_patch, "flatten_patches"):
@@ -357,9 +395,8 @@ def config_from_official(
             "official decoder PatchEmbedder has flatten_patches=True: the official ToPatchesLinearHead cannot "
             "un-patchify a flat patch sequence, so the official decoder fails; refused"
         )
-    for patch, where in ((e_patch, "encoder"), (d_patch, "decoder")):
-        if option(patch, "dim") is None:
-            raise CheckpointError(f"official {where} PatchEmbedder has dim=None (no projection); not implemented")
+    _check_trunk(e_tr, "encoder")
+    _check_trunk(d_tr, "decoder")
     if flat and option(e_pos, "posemb_type") == "sincos":
         raise CheckpointError(
             "official encoder has flatten_patches=True with a 2-D sincos table: the official forward adds a "
@@ -386,11 +423,6 @@ def config_from_official(
             f"official decoder adaLN_expansion={adaln} with per_subseq_embs={option(d_pack, 'per_subseq_embs')}: "
             "only 1 with False (shared) and 2 with True (patches / registers) run in the official code"
         )
-    if option(d_drop, "eval_keep_k_read_key") is None:
-        raise CheckpointError(
-            "official MaskedNestedDropout has eval_keep_k_read_key=None: truncated token lists would be decoded "
-            "from zero-padded ids without mask tokens; not implemented"
-        )
 
     v = cfg["vae"]
     latent_c = int(option(v, "latent_channels"))
@@ -416,6 +448,7 @@ def config_from_official(
         sample_posterior=bool(option(v, "sample_posterior")),
         diffusers_config=vcfg,
         pretrained=option(v, "hf_hub_path"),
+        dtype_override=_precision(option(v, "dtype_override"), "vae"),
     )
     e_ps = tuple(int(x) for x in option(e_patch, "patch_sizes"))
     if flat:  # a raster table: the native size is the largest square grid it covers
@@ -442,6 +475,9 @@ def config_from_official(
             n_eval=None if n_eval is None or int(n_eval) == n_regs else int(n_eval),
             mask_mode=option(e_pack, "mask_mode"),
             mup_base_width=_mup_base(e_head, "encoder", enc_base),
+            head_norm=_has_norm(e_head, "encoder head", allow_none=True),
+            head_dtype=_precision(option(e_head, "dtype_override"), "encoder head"),
+            patch_proj=option(e_patch, "dim") is not None,
         ),
         decoder=DecoderConfig(
             transformer=_transformer(d_tr),
@@ -456,6 +492,17 @@ def config_from_official(
             mask_mode=option(d_pack, "mask_mode"),
             mup_base_width=_mup_base(d_head, "decoder", dec_base),
             register_posemb_len=None if reg_len[0] == n_regs else reg_len[0],
+            head_norm=_has_norm(d_head, "decoder head", allow_none=True),
+            head_dtype=_precision(option(d_head, "dtype_override"), "decoder head"),
+            head_bias=bool(option(d_head, "proj_bias")),
+            head_adaln_bias=bool(option(d_head, "adaLN_bias")),
+            from_codes_bias=bool(option(d_codes, "proj_bias")),
+            from_codes_dtype=_precision(option(d_codes, "dtype_override"), "decoder code projection"),
+            patch_proj=option(d_patch, "dim") is not None,
+            mask_truncated=option(d_drop, "eval_keep_k_read_key") is not None,
+            null_single_token=bool(
+                d_null["_target_"].endswith("LearnedNullCond") and option(d_null, "replace_with_single_token")
+            ),
         ),
         fsq_levels=levels,
     )
@@ -500,6 +547,19 @@ def _dropped(key: str, cfg: dict[str, Any]) -> bool:
     return any(key == f"encoder.module_dict.{n}.extra_registers" for n in regs)
 
 
+def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+    for src, dst in rules:
+        if key.startswith(src):
+            return dst + key[len(src) :]
+    return None
+
+
+def _to_ours(new: str, value: Tensor) -> Tensor:
+    if new == "decoder.register_posemb":
+        return value.reshape(value.shape[-2], value.shape[-1]).t()  # [1, 1, D, N] -> [N, D]
+    return value
+
+
 def convert_state_dict(tensors: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
     """Rename official keys to flexitok keys; unknown keys raise CheckpointError."""
     rules = official_key_map(cfg)
@@ -508,18 +568,72 @@ def convert_state_dict(tensors: dict[str, Tensor], cfg: dict[str, Any]) -> dict[
     for key, value in tensors.items():
         if _dropped(key, cfg):
             continue
-        for src, dst in rules:
-            if key.startswith(src):
-                new = dst + key[len(src) :]
-                if new == "decoder.register_posemb":
-                    value = value.reshape(value.shape[-2], value.shape[-1]).t()  # [1, 1, D, N] -> [N, D]
-                out[new] = value
-                break
-        else:
+        new = _rename(key, rules)
+        if new is None:
             unknown.append(key)
+        else:
+            out[new] = _to_ours(new, value)
     if unknown:
         raise CheckpointError(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
     return out
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Names, shapes and dtypes (as meta tensors, no data) and the header metadata of a checkpoint."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                shapes[k] = torch.empty(sl.get_shape(), dtype=_DTYPES.get(sl.get_dtype(), torch.float32), device="meta")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read {path}: the file is truncated or not a safetensors checkpoint ({e})") from e
+    return shapes, meta
+
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
+    """Copy the checkpoint into ``model`` one tensor at a time (peak memory: the model plus one tensor), after
+    checking names and shapes as strictly as :func:`flexitok.io.checkpoint.load_state_dict_strict`."""
+    rules = official_key_map(cfg)
+    own = model.state_dict()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names: dict[str, str] = {}
+            unknown, mismatched = [], []
+            for key in f.keys():
+                if _dropped(key, cfg):
+                    continue
+                new = _rename(key, rules)
+                if new is None:
+                    unknown.append(key)
+                    continue
+                names[new] = key
+                shape = list(f.get_slice(key).get_shape())
+                if new == "decoder.register_posemb":
+                    shape = shape[-1:] + shape[-2:-1]
+                if new in own and tuple(shape) != tuple(own[new].shape):
+                    mismatched.append(f"{new}: checkpoint {tuple(shape)} vs model {tuple(own[new].shape)}")
+            missing = sorted(set(own) - set(names))
+            problems = []
+            if unknown:
+                problems.append(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
+            if missing:
+                problems.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
+            if mismatched:
+                problems.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})")
+            if problems:
+                raise CheckpointError(f"official checkpoint {path} does not match the model: " + "; ".join(problems))
+            with torch.no_grad():
+                for new, key in names.items():
+                    own[new].copy_(_to_ours(new, f.get_tensor(key)))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read {path}: the file is truncated or not a safetensors checkpoint ({e})") from e
 
 
 def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int | None = None) -> dict[str, Any]:
@@ -613,20 +727,23 @@ def load_official(
     vae_config: dict | str | Path | None = None,
     image_size: tuple[int, int] | None = None,
     mup_base_width: int | tuple[int, int] | None = None,
+    dtype: torch.dtype | None = None,
 ):
     """Build a :class:`flexitok.FlexTok` from an official-format ``model.safetensors``.
 
     The VAE architecture comes from ``vae_config`` (a diffusers config dict, or a folder/file with
     ``config.json``), else from ``<checkpoint dir>/<hf_hub_path>/config.json``, else the hub, else the weights
     (the official base SD-VAE when ``hf_hub_path`` is unset). ``image_size`` sets the native size (the
-    ``detokenize`` default); ``mup_base_width`` is needed only for muP readout heads.
+    ``detokenize`` default); ``mup_base_width`` is needed only for muP readout heads. ``dtype`` (default float32)
+    builds the model in that dtype; weights are copied in one tensor at a time, so loading needs little more
+    memory than the model itself.
     """
     from flexitok.models.flextok import FlexTok
 
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    tensors, meta = read_safetensors(path)
+    tensors, meta = read_safetensors_header(path)
     if "_target_" in meta:
         cfg = parse_metadata(meta)
     elif (path.parent / "config.json").is_file():
@@ -644,9 +761,14 @@ def load_official(
     vcfg = _resolve_vae_config(path, cfg, tensors, vae_config)
     config = config_from_official(cfg, vcfg, image_size, mup_base_width)
     config.vae.pretrained = None  # the weights come from the checkpoint itself
-    model = FlexTok(config)
-    load_state_dict_strict(model, convert_state_dict(tensors, cfg), f"official checkpoint {path}")
-    return model
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)  # allocate the weights once, in the target dtype
+    try:
+        model = FlexTok(config)
+    finally:
+        torch.set_default_dtype(default)
+    _stream_load(model, path, cfg)
+    return model.to(dtype) if dtype is not None else model
 
 
 def official_metadata(config: FlexTokConfig) -> dict[str, str]:
@@ -683,29 +805,32 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
     to_last = t(_P + "utils.dict_ops.channels_first_to_last", _partial_=True)
     encoder = t(_P + "utils.wrappers.SequentialModuleDictWrapper", module_dict={
         "enc_channels_to_last": t(_P + "utils.dict_ops.PerSampleOp", read_key="vae_latents", write_key="enc_vae_latents", per_sample_op=to_last),
-        "enc_patch_emb": t(_P + "preprocessors.patching.PatchEmbedder", input_tensor_list_read_key="enc_vae_latents", patches_list_write_key="enc_vae_latents_patched", n_patches_write_key="enc_n_patches", patch_sizes=list(e.patch_size), channels_in=c, dim=et.dim, flatten_patches=e.flatten_patches),
+        "enc_patch_emb": t(_P + "preprocessors.patching.PatchEmbedder", input_tensor_list_read_key="enc_vae_latents", patches_list_write_key="enc_vae_latents_patched", n_patches_write_key="enc_n_patches", patch_sizes=list(e.patch_size), channels_in=c, dim=et.dim if e.patch_proj else None, flatten_patches=e.flatten_patches),
         "enc_posemb_module": t(_P + "utils.posembs.PositionalEmbeddingAdder", read_key="enc_vae_latents_patched", write_key="enc_vae_latents_patched", dim=et.dim, max_sizes=list(e_grid), posemb_type=e.posemb_type, posemb_scaling=e.posemb_scaling),
         "enc_register_module": t(_P + "preprocessors.registers.Registers1D", input_tensor_list_read_key="enc_vae_latents_patched", register_sizes_read_write_key="register_sizes", registers_write_key="enc_registers", dim=et.dim, n_min=e.n_registers, n_max=e.n_registers, n_eval=e.n_eval, size_sampling_mode="uniform", ordering_mode=e.register_ordering),
         "enc_seq_packer": t(_P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker", input_list_read_keys=["enc_vae_latents_patched", "enc_registers"], packed_seq_write_key="enc_packed_seq", block_mask_write_key="enc_block_mask", inner_packed_shapes_write_key="enc_ps_inner", outer_packed_shapes_write_key="enc_ps_outer", mask_mode=e.mask_mode, pad_to_multiple=128),
         "enc_transformer": tr(et, input_seq_read_key="enc_packed_seq", output_seq_write_key="enc_packed_seq", block_mask_read_key="enc_block_mask"),
         "enc_unpacker": t(_P + "postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key="enc_packed_seq", inner_seq_write_keys=["enc_vae_latents_patched", "enc_registers"], inner_packed_shapes_read_key="enc_ps_inner", outer_packed_shapes_read_key="enc_ps_outer"),
-        "enc_to_latents": t(_P + "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers", dim=et.dim, dim_out=len(config.fsq_levels), use_mup_readout=e.mup_base_width is not None, weight_init_style="xavier", proj_bias=e.head_bias),
+        "enc_to_latents": t(_P + "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers", dim=et.dim, dim_out=len(config.fsq_levels), use_mup_readout=e.mup_base_width is not None, weight_init_style="xavier", proj_bias=e.head_bias, dtype_override=e.head_dtype, **({} if e.head_norm else {"norm_layer": None})),
     })  # fmt: skip
     null_target = "LearnedNullCond" if d.learned_null_cond else "ZeroNullCond"
     null_dim = {"dim": dt.dim} if d.learned_null_cond else {}  # ZeroNullCond takes no dim
+    if d.null_single_token and not d.learned_null_cond:
+        raise CheckpointError("the official ZeroNullCond has no single-token mode (decoder.null_single_token)")
+    single = {"replace_with_single_token": True} if d.null_single_token else {}
     decoder = t(_P + "utils.wrappers.SequentialModuleDictWrapper", module_dict={
-        "dec_from_latents": t(_P + "preprocessors.linear.LinearLayer", read_key="enc_registers_quant", write_key="dec_quants", dim_in=len(config.fsq_levels), dim=dt.dim),
+        "dec_from_latents": t(_P + "preprocessors.linear.LinearLayer", read_key="enc_registers_quant", write_key="dec_quants", dim_in=len(config.fsq_levels), dim=dt.dim, proj_bias=d.from_codes_bias, dtype_override=d.from_codes_dtype),
         "dec_registers_posemb_module": t(_P + "utils.posembs.PositionalEmbeddingAdder", read_key="dec_quants", write_key="dec_quants", dim=dt.dim, max_sizes=[d.register_posemb_len or e.n_registers], posemb_type="learnable_sum", posemb_scaling="absolute"),
-        "dec_nested_dropout": t(_P + "preprocessors.token_dropout.MaskedNestedDropout", read_write_key="dec_quants", dim=dt.dim, eval_keep_k_read_key="eval_keep_k", train_keep_k_write_key="train_keep_k", size_sampling_mode="uniform"),
-        "dec_latent_dropout": t(_P + f"preprocessors.nullcond.{null_target}", read_write_key="dec_quants", **null_dim, eval_drop_flag_read_key="eval_dropout_mask", dropout_prob=0.2),
+        "dec_nested_dropout": t(_P + "preprocessors.token_dropout.MaskedNestedDropout", read_write_key="dec_quants", dim=dt.dim, eval_keep_k_read_key="eval_keep_k" if d.mask_truncated else None, train_keep_k_write_key="train_keep_k", size_sampling_mode="uniform"),
+        "dec_latent_dropout": t(_P + f"preprocessors.nullcond.{null_target}", read_write_key="dec_quants", **null_dim, eval_drop_flag_read_key="eval_dropout_mask", dropout_prob=0.2, **single),
         "dec_noise_channels_to_last": t(_P + "utils.dict_ops.PerSampleOp", read_key="vae_latents_noised", write_key="dec_noised_latents", per_sample_op=to_last),
-        "dec_noise_patch_emb": t(_P + "preprocessors.patching.PatchEmbedder", input_tensor_list_read_key="dec_noised_latents", patches_list_write_key="dec_patches", n_patches_write_key="dec_n_patches", patch_sizes=list(d.patch_size), channels_in=c, dim=dt.dim, flatten_patches=False),
+        "dec_noise_patch_emb": t(_P + "preprocessors.patching.PatchEmbedder", input_tensor_list_read_key="dec_noised_latents", patches_list_write_key="dec_patches", n_patches_write_key="dec_n_patches", patch_sizes=list(d.patch_size), channels_in=c, dim=dt.dim if d.patch_proj else None, flatten_patches=False),
         "dec_patches_posemb_module": t(_P + "utils.posembs.PositionalEmbeddingAdder", read_key="dec_patches", write_key="dec_patches", dim=dt.dim, max_sizes=list(d_grid), posemb_type=d.posemb_type, posemb_scaling=d.posemb_scaling),
         "dec_seq_packer": t(_P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker", input_list_read_keys=["dec_patches", "dec_quants"], packed_seq_write_key="dec_packed_seq", block_mask_write_key="dec_sa_block_mask", inner_packed_shapes_write_key="dec_ps_inner", outer_packed_shapes_write_key="dec_ps_outer", mask_mode=d.mask_mode, pad_to_multiple=128, emb_packing_fn_write_key="dec_emb_packing_fn", per_subseq_embs=d.adaln_expansion > 1),
         "dec_time_embedder": t(_P + "preprocessors.time_embedding.TimestepEmbedder", timesteps_read_key="timesteps", time_embedding_write_key="dec_temb", dim=dt.dim, frequency_embedding_size=d.time_freq_dim, max_timestep=d.max_timestep),
         "dec_transformer": tr(dt, input_seq_read_key="dec_packed_seq", output_seq_write_key="dec_packed_seq", block_mask_read_key="dec_sa_block_mask", adaLN_emb_read_key="dec_temb", adaLN_packing_fn_read_key="dec_emb_packing_fn", adaLN_expansion=d.adaln_expansion),
         "dec_unpacker": t(_P + "postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key="dec_packed_seq", inner_seq_write_keys=["dec_patches", "dec_quants"], inner_packed_shapes_read_key="dec_ps_inner", outer_packed_shapes_read_key="dec_ps_outer"),
-        "dec_to_patches": t(_P + "postprocessors.heads.ToPatchesLinearHead", read_key="dec_patches", write_key="dec_pred_bhwc", dim=dt.dim, channels_out=c, patch_sizes=list(d.patch_size), use_mup_readout=d.mup_base_width is not None, weight_init_style="xavier", adaLN_emb_read_key="dec_temb"),
+        "dec_to_patches": t(_P + "postprocessors.heads.ToPatchesLinearHead", read_key="dec_patches", write_key="dec_pred_bhwc", dim=dt.dim, channels_out=c, patch_sizes=list(d.patch_size), use_mup_readout=d.mup_base_width is not None, weight_init_style="xavier", adaLN_emb_read_key="dec_temb", proj_bias=d.head_bias, adaLN_bias=d.head_adaln_bias, dtype_override=d.head_dtype, **({} if d.head_norm else {"norm_layer": None})),
         "dec_channels_to_first": t(_P + "utils.dict_ops.PerSampleOp", read_key="dec_pred_bhwc", write_key="vae_latents_reconst", per_sample_op=t(_P + "utils.dict_ops.channels_last_to_first", _partial_=True)),
     })  # fmt: skip
     cfg = {
@@ -721,6 +846,7 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
             scaling_factor=config.vae.scaling_factor,
             hf_hub_path=config.vae.pretrained or "./vae",
             sample_posterior=config.vae.sample_posterior,
+            dtype_override=config.vae.dtype_override or "fp32",
             frozen=True,
         ),  # fmt: skip
         "encoder": encoder,
@@ -753,9 +879,34 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
     return {k: (v if isinstance(v, str) else str(v)) for k, v in cfg.items()}
 
 
+_ST_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def _write_safetensors_streaming(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file one tensor at a time (``safetensors.torch.save_file`` first copies every tensor
+    into bytes, doubling the memory of a paper-size model)."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # 8-byte aligned data, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for t in tensors.values():
+            f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
 def export_official(model, directory: str | Path) -> Path:
     """Write ``model`` as an official-format checkpoint: ``model.safetensors`` (+ ``vae/config.json``)."""
-    from flexitok.io.checkpoint import atomic_write_json, save_safetensors
+    from flexitok.io.checkpoint import atomic_write, atomic_write_json
 
     directory = Path(directory)
     meta = official_metadata(model.config)
@@ -763,12 +914,13 @@ def export_official(model, directory: str | Path) -> Path:
     ours_to_official = [(dst, src) for src, dst in official_key_map(cfg)]
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
-        for src, dst in ours_to_official:
-            if key.startswith(src):
-                if key == "decoder.register_posemb":
-                    value = value.t().reshape(1, 1, value.shape[1], value.shape[0])
-                out[dst + key[len(src) :]] = value
-                break
-    save_safetensors(out, directory / "model.safetensors", metadata=meta)
+        new = _rename(key, ours_to_official)
+        if new is None:
+            raise CheckpointError(f"flexitok weight {key!r} has no official counterpart")
+        if key == "decoder.register_posemb":
+            value = value.t().reshape(1, 1, value.shape[1], value.shape[0])
+        # No copies of contiguous CPU weights: a paper-size model is written with little extra memory.
+        out[new] = value.detach().to("cpu").contiguous()
+    atomic_write(directory / "model.safetensors", lambda p: _write_safetensors_streaming(p, out, meta))
     atomic_write_json(directory / "vae" / "config.json", dict(model.vae.vae.config))
     return directory

@@ -52,7 +52,12 @@ def _keys(*names: str, default: Any = REQUIRED) -> dict[str, Opt]:
 
 _OFFICIAL_FAILS = "the official code rejects any other value too"
 _NOT_READ = "no FlexTok module writes it, so the official forward fails with a KeyError"
-_LOW_PRECISION = "flexitok computes in the model's dtype (cast the model instead); per-module autocast is not emulated"
+_TRUNK_WHY = (
+    "a different transformer trunk than FlexTok's (bias-free, gated SiLU MLP: the official defaults, used by every "
+    "FlexTok model); not implemented"
+)
+_NORM = "the affine-free Fp32LayerNorm (the default, eps 1e-5)"
+_NORM_WHY = "other norms, or LayerNorm affine weights, are a different architecture that no FlexTok model uses"
 
 OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
     "FlexTok": {
@@ -65,9 +70,7 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "vae_kl_loss_write_key": Opt("training", None, "KL loss output"),
         "latent_channels": Opt("supported", 16),
         "scaling_factor": Opt("supported", None, "falls back to the VAE config's when unset or 0"),
-        "dtype_override": Opt(
-            "supported", "fp32", "VAE encode/decode precision", ("fp32", "float32", None), _LOW_PRECISION
-        ),
+        "dtype_override": Opt("supported", "fp32", "VAE encode/decode precision (autocast)"),
         "hf_hub_path": Opt("supported", None, "source of the VAE architecture; unset = the official base SD-VAE"),
         "sample_posterior": Opt("supported", True, "tokenize(deterministic=None) follows it"),
         "learnable_logvar": Opt("training", False, "loss weighting; its `vae.logvar` tensor is dropped"),
@@ -77,6 +80,13 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "frozen": Opt("training", False),
     },
     "SequentialModuleDictWrapper": {"module_dict": Opt("supported", note="module roles and order are checked")},
+    "Fp32LayerNorm": {
+        "normalized_shape": Opt("supported", note="bound by the module using it"),
+        "eps": Opt("supported", 1e-5, allowed=(1e-5,), why="flexitok's norms use eps 1e-5, as every FlexTok model"),
+        "elementwise_affine": Opt("supported", True, allowed=(False,), why=_NORM_WHY),
+        "bias": Opt("supported", True, note="no effect without affine weights"),
+    },
+    "SiLU": {"inplace": Opt("no-effect", False)},
     "PerSampleOp": {
         **_keys("read_key", "write_key"),
         "per_sample_op": Opt("supported", note="channels_first_to_last / channels_last_to_first"),
@@ -88,12 +98,7 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "n_patches_write_key": Opt("no-effect", note="patch counts; nothing in FlexTok reads them"),
         "patch_sizes": Opt("supported"),
         "channels_in": Opt("supported"),
-        "dim": Opt(
-            "supported",
-            None,
-            allowed=("<int>",),
-            why="dim=None (no patch projection) is not implemented; no FlexTok config uses it",
-        ),
+        "dim": Opt("supported", None, "None: no projection, the flattened patches are the tokens"),
         "flatten_patches": Opt(
             "supported",
             True,
@@ -149,7 +154,9 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
             "inner_packed_shapes_write_key",
             "outer_packed_shapes_write_key",
         ),
-        "mask_mode": Opt("supported", "full", "full, causal, causal_last", ("full", "causal", "causal_last"), _OFFICIAL_FAILS),
+        "mask_mode": Opt(
+            "supported", "full", "full, causal, causal_last", ("full", "causal", "causal_last"), _OFFICIAL_FAILS
+        ),
         "max_seq_len": Opt("no-effect", None, "padding; padded positions are masked out"),
         "pad_to_multiple": Opt("no-effect", None, "padding; padded positions are masked out"),
         "emb_packing_fn_write_key": Opt("wiring", None),
@@ -165,16 +172,14 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "depth": Opt("supported", 12),
         "head_dim": Opt("supported", 64),
         "mlp_ratio": Opt("supported", 4.0),
-        "qkv_bias": Opt("supported", False, allowed=(False,), why="biased attention projections are not implemented"),
-        "proj_bias": Opt("supported", False, allowed=(False,), why="a biased attention output is not implemented"),
-        "mlp_bias": Opt("supported", False, allowed=(False,), why="MLP biases are not implemented"),
+        "qkv_bias": Opt("supported", False, allowed=(False,), why=_TRUNK_WHY),
+        "proj_bias": Opt("supported", False, allowed=(False,), why=_TRUNK_WHY),
+        "mlp_bias": Opt("supported", False, allowed=(False,), why=_TRUNK_WHY),
         "drop": Opt("training", 0.0, "dropout"),
         "drop_path_rate": Opt("training", 0.0, "stochastic depth"),
-        "act_layer": Opt("supported", "SiLU", allowed=(), why="only the default SiLU is implemented"),
-        "norm_layer": Opt(
-            "supported", "Fp32LayerNorm", allowed=(), why="only the default affine-free fp32 LayerNorm is implemented"
-        ),
-        "gated_mlp": Opt("supported", True, allowed=(True,), why="only the gated (SwiGLU) MLP is implemented"),
+        "act_layer": Opt("supported", "SiLU", "torch.nn.SiLU", why=_TRUNK_WHY),
+        "norm_layer": Opt("supported", "Fp32LayerNorm", _NORM, why=_NORM_WHY),
+        "gated_mlp": Opt("supported", True, allowed=(True,), why=_TRUNK_WHY),
         "qk_norm": Opt("supported", True),
         "use_act_checkpoint": Opt("training", False, "activation checkpointing"),
         "weight_init_style": Opt("training", "xavier"),
@@ -197,8 +202,8 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "dim_out": Opt("supported"),
         "use_mup_readout": Opt("supported", note="input divided by dim / base width; pass mup_base_width"),
         "weight_init_style": Opt("training", "zero"),
-        "norm_layer": Opt("supported", "Fp32LayerNorm", allowed=(), why="only the default LayerNorm is implemented"),
-        "dtype_override": Opt("supported", None, allowed=(None, "fp32", "float32"), why=_LOW_PRECISION),
+        "norm_layer": Opt("supported", "Fp32LayerNorm", _NORM + "; None = no norm", why=_NORM_WHY),
+        "dtype_override": Opt("supported", None, "head precision (autocast)"),
         "adaLN_emb_read_key": Opt("supported", None, allowed=(None,), why="the encoder has no time embedding"),
         "adaLN_packing_fn_read_key": Opt("supported", None, allowed=(None,), why="unused without adaLN"),
         "adaLN_bias": Opt("no-effect", True, "unused without adaLN"),
@@ -211,14 +216,14 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "patch_sizes": Opt("supported", note="must equal the decoder patch size"),
         "use_mup_readout": Opt("supported", note="input divided by dim / base width; pass mup_base_width"),
         "weight_init_style": Opt("training", "zero"),
-        "norm_layer": Opt("supported", "Fp32LayerNorm", allowed=(), why="only the default LayerNorm is implemented"),
-        "dtype_override": Opt("supported", None, allowed=(None, "fp32", "float32"), why=_LOW_PRECISION),
+        "norm_layer": Opt("supported", "Fp32LayerNorm", _NORM + "; None = no norm", why=_NORM_WHY),
+        "dtype_override": Opt("supported", None, "head precision (autocast)"),
         "adaLN_emb_read_key": Opt("wiring", None, "the time embedding"),
         "adaLN_packing_fn_read_key": Opt(
             "supported", None, allowed=(None,), why="the packer's function spans registers too; the official head fails"
         ),
-        "adaLN_bias": Opt("supported", True, allowed=(True,), why="a bias-free head modulation is not implemented"),
-        "proj_bias": Opt("supported", True, allowed=(True,), why="a bias-free output projection is not implemented"),
+        "adaLN_bias": Opt("supported", True),
+        "proj_bias": Opt("supported", True),
     },
     "FSQ": {
         **_keys("latents_read_key", "quants_write_key", "tokens_write_key"),
@@ -234,8 +239,8 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "dim_in": Opt("supported"),
         "dim": Opt("supported"),
         "weight_init_style": Opt("training", "xavier"),
-        "dtype_override": Opt("supported", None, allowed=(None, "fp32", "float32"), why=_LOW_PRECISION),
-        "proj_bias": Opt("supported", True, allowed=(True,), why="a bias-free code projection is not implemented"),
+        "dtype_override": Opt("supported", None, "projection precision (autocast)"),
+        "proj_bias": Opt("supported", True),
     },
     "MaskedNestedDropout": {
         "read_write_key": Opt("wiring"),
@@ -259,9 +264,7 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
             "silent no-op",
         ),
         "dropout_prob": Opt("training", 0.0, "condition dropout for CFG training"),
-        "replace_with_single_token": Opt(
-            "supported", False, allowed=(False,), why="a 1-token null condition is not implemented"
-        ),
+        "replace_with_single_token": Opt("supported", False, "the unconditional pass gets one null token"),
     },
     "ZeroNullCond": {
         "read_write_key": Opt("wiring"),

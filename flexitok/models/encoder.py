@@ -11,24 +11,36 @@ from flexitok.nn.blocks import Transformer
 from flexitok.nn.embeddings import PatchEmbed, PositionEmbedding
 from flexitok.nn.masks import block_mask
 from flexitok.nn.norm import Fp32LayerNorm
+from flexitok.nn.precision import precision_override
 
 
 class RegisterHead(nn.Module):
-    """LayerNorm (no affine) then a linear map to the FSQ dimension.
+    """LayerNorm (no affine; optional) then a linear map to the FSQ dimension.
 
     ``width_mult`` != 1 is the official muP readout (``use_mup_readout=True``, mup's ``MuReadout``): the input
-    is divided by ``dim / base_width`` before the linear map.
+    is divided by ``dim / base_width`` before the linear map. ``dtype`` is the official ``dtype_override``.
     """
 
-    def __init__(self, dim: int, dim_out: int, eps: float, bias: bool = True, width_mult: float = 1.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        eps: float,
+        bias: bool = True,
+        width_mult: float = 1.0,
+        norm: bool = True,
+        dtype: str | None = None,
+    ) -> None:
         super().__init__()
-        self.norm = Fp32LayerNorm(eps)
+        self.norm: nn.Module = Fp32LayerNorm(eps) if norm else nn.Identity()
         self.proj = nn.Linear(dim, dim_out, bias=bias)
         self.width_mult = width_mult
+        self.dtype = dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        return self.proj(x / self.width_mult if self.width_mult != 1.0 else x)
+        with precision_override(x.device.type, self.dtype):
+            x = self.norm(x)
+            return self.proj(x / self.width_mult if self.width_mult != 1.0 else x)
 
 
 def readout_width_mult(dim: int, base_width: int | None) -> float:
@@ -50,12 +62,14 @@ class FlexTokEncoder(nn.Module):
         tcfg = cfg.transformer
         grid = (latent_size[0] // cfg.patch_size[0], latent_size[1] // cfg.patch_size[1])
         table = cfg.posemb_grid or ((grid[0] * grid[1],) if cfg.flatten_patches else grid)
-        self.patch_embed = PatchEmbed(latent_channels, tcfg.dim, cfg.patch_size)
+        self.patch_embed = PatchEmbed(latent_channels, tcfg.dim if cfg.patch_proj else None, cfg.patch_size)
         self.posemb = PositionEmbedding(tcfg.dim, table, cfg.posemb_type, cfg.posemb_scaling)
         self.registers = nn.Parameter(torch.randn(cfg.n_registers, tcfg.dim) * 0.02)
         self.trunk = Transformer(tcfg)
         width_mult = readout_width_mult(tcfg.dim, cfg.mup_base_width)
-        self.head = RegisterHead(tcfg.dim, fsq_dim, tcfg.norm_eps, bias=cfg.head_bias, width_mult=width_mult)
+        self.head = RegisterHead(
+            tcfg.dim, fsq_dim, tcfg.norm_eps, cfg.head_bias, width_mult, norm=cfg.head_norm, dtype=cfg.head_dtype
+        )
 
     @property
     def n_registers(self) -> int:

@@ -79,6 +79,11 @@ class FlexTok(nn.Module):
     def device(self) -> torch.device:
         return self.fsq._basis.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype the model computes in (float32 unless cast, e.g. ``model.to(torch.bfloat16)``)."""
+        return self.fsq._half.dtype
+
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.encoder.trunk.activation_checkpointing = enabled
         self.decoder.trunk.activation_checkpointing = enabled
@@ -235,7 +240,7 @@ class FlexTok(nn.Module):
         return items
 
     def _tokenize_batch(self, images: Tensor, sample: bool | None, generator: torch.Generator | None) -> Tensor:
-        images = images.to(self.device, self.fsq._half.dtype)
+        images = images.to(self.device, self.dtype)
         _, ids = self.latents_to_codes(self.vae.encode(images, generator=generator, sample=sample))
         return ids
 
@@ -317,6 +322,7 @@ class FlexTok(nn.Module):
             starts = self.initial_noise_list(b, generator, sizes)
         else:
             starts = self._check_noise(noise, sizes)
+        starts = [x.to(self.dtype) for x in starts]
         cond = self.decoder.condition(self.fsq.ids_to_codes(ids), keep)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, size in enumerate(sizes):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from flexitok.config import VAEConfig
+from flexitok.nn.precision import PRECISIONS, precision_override
 
 
 class IdentityAE(nn.Module):
@@ -52,16 +53,26 @@ class DiffusersVAE(nn.Module):
                 f"{self.vae.config.latent_channels}"
             )
 
+    def _input(self, x: Tensor) -> Tensor:
+        # The official dtype_override casts the input to it; float32 means "no autocast" (the weights' dtype).
+        name = self.cfg.dtype_override
+        if name is None:
+            return x
+        dtype = PRECISIONS[name]
+        return x.to(self.vae.dtype if dtype == torch.float32 else dtype)
+
     def encode(self, images: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> scaled latents ``[B, C, H/f, W/f]``."""
-        posterior = self.vae.encode(images).latent_dist
-        sample = self.cfg.sample_posterior if sample is None else sample
-        z = posterior.sample(generator) if sample else posterior.mode()
-        return z * self.cfg.scaling_factor
+        with precision_override(images.device.type, self.cfg.dtype_override):
+            posterior = self.vae.encode(self._input(images)).latent_dist
+            sample = self.cfg.sample_posterior if sample is None else sample
+            z = posterior.sample(generator) if sample else posterior.mode()
+            return z * self.cfg.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents ``[B, C, h, w]`` -> images ``[B, 3, h*f, w*f]`` (not clamped)."""
-        return self.vae.decode(latents / self.cfg.scaling_factor).sample
+        with precision_override(latents.device.type, self.cfg.dtype_override):
+            return self.vae.decode(self._input(latents) / self.cfg.scaling_factor).sample
 
 
 def _clean_diffusers_config(cfg: dict[str, Any]) -> dict[str, Any]:

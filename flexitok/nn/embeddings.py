@@ -120,12 +120,14 @@ class PositionEmbedding(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Cut ``[B, C, H, W]`` into ``ph x pw`` patches flattened as (row, col, channel) and embed them linearly."""
+    """Cut ``[B, C, H, W]`` into ``ph x pw`` patches flattened as (row, col, channel) and embed them linearly
+    (``dim=None``: no projection, the flattened patches are the tokens, as the official ``dim=None``)."""
 
-    def __init__(self, channels: int, dim: int, patch_size: tuple[int, int]) -> None:
+    def __init__(self, channels: int, dim: int | None, patch_size: tuple[int, int]) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Linear(channels * patch_size[0] * patch_size[1], dim)
+        n_in = channels * patch_size[0] * patch_size[1]
+        self.proj: nn.Module = nn.Linear(n_in, dim) if dim is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, H, W]`` -> ``[B, H/ph, W/pw, D]``."""
