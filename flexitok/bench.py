@@ -30,6 +30,7 @@ from torch import Tensor
 
 from flexitok.config import PRESETS, FlexTokConfig, preset, tiny_config
 from flexitok.errors import InvalidInputError
+from flexitok.models.flextok import FlexTok
 
 Dtype = Literal["fp32", "bf16"]
 
@@ -207,9 +208,7 @@ def bench_config_for(cfg: BenchConfig) -> FlexTokConfig | None:
     return config
 
 
-def _build_model(cfg: BenchConfig, device: torch.device) -> torch.nn.Module:
-    from flexitok.models.flextok import FlexTok
-
+def _build_model(cfg: BenchConfig, device: torch.device) -> FlexTok:
     config = bench_config_for(cfg)
     if config is not None:
         torch.manual_seed(cfg.seed)
@@ -265,7 +264,12 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     images = (torch.rand(cfg.batch_size, 3, h, w, generator=gen) * 2 - 1).to(device)
     noise = model.initial_noise(cfg.batch_size, gen)
     # Guidance-free runs use a single decoder pass per step; otherwise two (conditional + unconditional).
-    decode_kwargs = {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "apg": cfg.apg, "noise": noise}
+    decode_kwargs: dict[str, Any] = {
+        "steps": cfg.steps,
+        "guidance_scale": cfg.guidance_scale,
+        "apg": cfg.apg,
+        "noise": noise,
+    }
 
     say("timing tokenize")
     tokens, tok_stats = _time_phase(lambda: model.tokenize(images), cfg, device, autocast)

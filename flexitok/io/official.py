@@ -901,7 +901,7 @@ def _write_safetensors_streaming(path: Path, tensors: dict[str, Tensor], metadat
         f.write(len(blob).to_bytes(8, "little"))
         f.write(blob)
         for t in tensors.values():
-            f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # one tensor's copy at a time
 
 
 def export_official(model, directory: str | Path) -> Path:

@@ -7,11 +7,18 @@ from torch import Tensor, nn
 
 from flexitok.config import DecoderConfig
 from flexitok.models.encoder import readout_width_mult
-from flexitok.nn.blocks import Transformer
+from flexitok.nn.blocks import AdaLNBlock, Transformer
 from flexitok.nn.embeddings import PatchEmbed, PositionEmbedding, TimestepEmbedder, unpatchify
 from flexitok.nn.masks import block_mask
 from flexitok.nn.norm import Fp32LayerNorm, modulate
 from flexitok.nn.precision import precision_override
+
+
+def _zero_linear(layer: nn.Module) -> None:
+    assert isinstance(layer, nn.Linear)
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:  # official proj_bias / adaLN_bias may be off
+        nn.init.zeros_(layer.bias)
 
 
 class PatchHead(nn.Module):
@@ -93,12 +100,11 @@ class FlexTokDecoder(nn.Module):
 
     def init_weights(self) -> None:
         # adaLN-zero: every residual branch and the output head start as the identity / zero.
-        layers = [blk.adaLN_modulation[-1] for blk in self.trunk.blocks]
-        layers += [self.head.adaLN_modulation[-1], self.head.proj]
-        for layer in layers:
-            nn.init.zeros_(layer.weight)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+        for blk in self.trunk.blocks:
+            assert isinstance(blk, AdaLNBlock)
+            _zero_linear(blk.adaLN_modulation[-1])
+        _zero_linear(self.head.adaLN_modulation[-1])
+        _zero_linear(self.head.proj)
 
     def condition(self, codes: Tensor, keep_k: Tensor) -> Tensor:
         """FSQ codes ``[B, N, d]`` and ``keep_k [B]`` -> register conditioning ``[B, N, D]``.

@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -15,13 +15,14 @@ from flexitok.config import FlexTokConfig
 from flexitok.errors import InvalidInputError, OutsideTrainedRegimeWarning
 from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
-from flexitok.models.vae import build_vae
+from flexitok.models.vae import Autoencoder, build_vae
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.flow import euler_sample
 from flexitok.sampling.guidance import APG, GuidanceScale
 
 TokensLike = Tensor | Sequence[Tensor]
-ImageSizeLike = int | tuple[int, int] | Sequence[int | tuple[int, int]]
+ImageSize = int | tuple[int, int]
+ImageSizeLike = ImageSize | Sequence[ImageSize]
 
 
 def _is_pair(x: object) -> bool:
@@ -47,7 +48,7 @@ class FlexTok(nn.Module):
     >>> recon = model.detokenize(tokens[:, :16])         # any prefix length 1..N
     """
 
-    def __init__(self, config: FlexTokConfig, vae: nn.Module | None = None) -> None:
+    def __init__(self, config: FlexTokConfig, vae: Autoencoder | None = None) -> None:
         super().__init__()
         self.config = config
         lat_c, lat_hw = config.vae.latent_channels, config.latent_size
@@ -73,7 +74,7 @@ class FlexTok(nn.Module):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return self.config.image_size  # type: ignore[return-value]
+        return self.config.image_size
 
     @property
     def device(self) -> torch.device:
@@ -290,6 +291,69 @@ class FlexTok(nn.Module):
             out.append(torch.randn((1, c, h, w), generator=generator, device=gen_device)[0].to(self.device))
         return out
 
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        steps: int = ...,
+        guidance_scale: GuidanceScale = ...,
+        apg: bool | APG = ...,
+        noise: Tensor | Sequence[Tensor] | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        return_latents: Literal[False] = ...,
+        image_size: ImageSize | None = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        steps: int = ...,
+        guidance_scale: GuidanceScale = ...,
+        apg: bool | APG = ...,
+        noise: Tensor | Sequence[Tensor] | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        *,
+        return_latents: Literal[True],
+        image_size: ImageSize | None = ...,
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        steps: int = ...,
+        guidance_scale: GuidanceScale = ...,
+        apg: bool | APG = ...,
+        noise: Tensor | Sequence[Tensor] | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        return_latents: Literal[False] = ...,
+        *,
+        image_size: list[ImageSize],
+    ) -> list[Tensor]: ...
+
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        steps: int = ...,
+        guidance_scale: GuidanceScale = ...,
+        apg: bool | APG = ...,
+        noise: Tensor | Sequence[Tensor] | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        *,
+        return_latents: Literal[True],
+        image_size: list[ImageSize],
+    ) -> tuple[list[Tensor], list[Tensor]]: ...
+
     @torch.no_grad()
     def detokenize(
         self,
@@ -302,8 +366,8 @@ class FlexTok(nn.Module):
         keep_k: int | Sequence[int] | Tensor | None = None,
         progress: bool = False,
         return_latents: bool = False,
-        image_size: ImageSizeLike | None = None,
-    ) -> Any:
+        image_size: ImageSize | list[ImageSize] | None = None,
+    ) -> Tensor | list[Tensor] | tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
         ``tokens``: ``LongTensor [B, K]`` (K <= N) or a list of 1D tensors of different lengths. Each image is
@@ -311,9 +375,9 @@ class FlexTok(nn.Module):
         guidance; ``apg`` selects adaptive projected guidance over plain CFG. ``noise [B, C, h, w]`` (or a list
         of ``[C, h, w]``) fixes the starting point; otherwise it is drawn from ``generator``.
 
-        ``image_size``: the output size in pixels, ``(H, W)`` or an int for all images, or a list with one entry
-        per image; default the model's native size (:attr:`image_size`). When the sizes differ the result is a
-        list of ``[3, H, W]`` images (and of ``[C, h, w]`` latents), computed one batch per size.
+        ``image_size``: the output size in pixels, ``(H, W)`` or an int for all images; default the model's
+        native size (:attr:`image_size`). A list with one entry per image returns a list of ``[3, H_i, W_i]``
+        images (and of ``[C, h_i, w_i]`` latents); the images are computed one batch per size.
         """
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
@@ -344,12 +408,9 @@ class FlexTok(nn.Module):
             decoded = self.vae.decode(lat)
             for j, i in enumerate(idx):
                 latents[i], images[i] = lat[j], decoded[j]
-        if len(groups) == 1:
-            img_out: Any = torch.stack(images)
-            lat_out: Any = torch.stack(latents)
-        else:
-            img_out, lat_out = images, latents
-        return (img_out, lat_out) if return_latents else img_out
+        if isinstance(image_size, list):
+            return (images, latents) if return_latents else images
+        return (torch.stack(images), torch.stack(latents)) if return_latents else torch.stack(images)
 
     def _check_noise(self, noise: Tensor | Sequence[Tensor], sizes: list[tuple[int, int]]) -> list[Tensor]:
         c = self.config.vae.latent_channels
@@ -370,8 +431,8 @@ class FlexTok(nn.Module):
     @torch.no_grad()
     def autoencode(self, images: Tensor, keep_k: int | Sequence[int] | Tensor | None = None, **kwargs) -> Tensor:
         """Tokenize then detokenize (at the input size), keeping the first ``keep_k`` tokens (int or one per image)."""
-        kwargs.setdefault("image_size", tuple(images.shape[-2:]))
-        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)  # type: ignore[return-value]
+        kwargs.setdefault("image_size", (int(images.shape[-2]), int(images.shape[-1])))
+        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from flexitok.config import PosEmbScaling, PosEmbType
 
 
 def sincos_2d_table(dim: int, rows: int, cols: int) -> Tensor:
@@ -28,10 +29,6 @@ def sincos_2d_table(dim: int, rows: int, cols: int) -> Tensor:
     col_part = torch.cat([c.sin(), c.cos()], -1)[None, :, :].expand(rows, cols, 2 * q)
     table = torch.cat([row_part, col_part], -1)  # [rows, cols, dim]
     return table.permute(2, 0, 1).unsqueeze(0).float().contiguous()
-
-
-PosEmbType = Literal["sincos", "learnable_sum", "learnable_prod"]
-PosEmbScaling = Literal["absolute", "interpolate"]
 
 
 def resize_table(table: Tensor, grid: Sequence[int]) -> Tensor:
@@ -107,7 +104,7 @@ class PositionEmbedding(nn.Module):
         if self.scaling == "interpolate":
             return resize_table(table, grid)
         crop = tuple(slice(None, min(g, s)) for g, s in zip(grid, self.sizes, strict=True))
-        table = table[(slice(None), slice(None), *crop)]
+        table = table[(slice(None), slice(None)) + crop]
         if self.fits(grid):
             return table
         if len(grid) != 2:
@@ -158,4 +155,4 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(self.features(t).to(self.mlp[0].weight.dtype))
+        return self.mlp(self.features(t).to(next(self.mlp.parameters()).dtype))
