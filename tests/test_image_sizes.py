@@ -101,3 +101,34 @@ def test_larger_than_the_table_warns_and_interpolates(model):
     # A grid wider in one axis and narrower in the other: the narrow axis is still the top-left crop.
     got = model.encoder.posemb.for_grid((2, 6))[0].double().numpy()
     assert np.abs(got - bilinear_align_corners(table[:, :2, :], (2, 6))).max() < 1e-6
+
+
+def test_cli_keep_aspect_and_size_round_trip_through_the_tokens_file(tmp_path, one_thread):
+    """flexitok tokenize --keep-aspect / --size record the sizes; detokenize decodes at them."""
+    import json
+
+    from PIL import Image
+
+    from flexitok.cli.main import main
+    from tests.conftest import tiny_model
+
+    model_dir = tmp_path / "model"
+    tiny_model().save_pretrained(model_dir)  # native 32x32, 4x4 pixel patches
+    g = np.random.default_rng(0)
+    Image.fromarray(g.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(g.integers(0, 255, (50, 50, 3), dtype=np.uint8)).save(tmp_path / "square.png")
+    files = [str(tmp_path / "wide.png"), str(tmp_path / "square.png")]
+    common = ["--model", str(model_dir), "--device", "cpu"]
+    assert main(["tokenize", *files, "--keep-aspect", "-o", str(tmp_path / "t.json"), *common]) == 0
+    record = json.loads((tmp_path / "t.json").read_text())
+    assert record["image_sizes"] == [[20, 32], [32, 32]] and "image_size" not in record
+    assert main(["detokenize", str(tmp_path / "t.json"), "-o", str(tmp_path / "out"), "--steps", "1", *common]) == 0
+    assert Image.open(tmp_path / "out" / "wide.png").size == (32, 20)  # PIL: (W, H)
+    assert Image.open(tmp_path / "out" / "square.png").size == (32, 32)
+
+    assert main(["tokenize", *files, "--size", "16x24", "-o", str(tmp_path / "s.json"), *common]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["image_size"] == [16, 24]
+    out = tmp_path / "one.png"
+    assert main(["detokenize", str(tmp_path / "s.json"), "-o", str(tmp_path / "out2"), "--size", "8x8", *common]) == 0
+    assert Image.open(tmp_path / "out2" / "wide.png").size == (8, 8)
+    assert main(["tokenize", files[0], "--size", "18x24", "-o", str(out.with_suffix(".json")), *common]) == 2

@@ -31,7 +31,7 @@ COMBOS = {
     "avg-pool-n-eval": dict(adaln=2, enc_patch=(2, 2), dec_patch=(2, 2), regs=10, levels=(8, 5, 5),
                             enc=dict(register_ordering="avg_pool", n_eval=7)),
     # Other official options: learned 2-D tables, other mask modes, a longer register table, no head bias.
-    "learned-posemb-masks": dict(adaln=1, enc_patch=(2, 2), dec_patch=(1, 1), regs=6, levels=(8, 5, 5), grid=(4, 4),
+    "learned-posemb-masks": dict(adaln=1, enc_patch=(2, 2), dec_patch=(1, 1), regs=6, levels=(8, 5, 5), grid=(4, 4), eps=1e-6,
                                  enc=dict(posemb_type="learnable_prod", mask_mode="causal", head_bias=False),
                                  dec=dict(posemb_type="learnable_sum", mask_mode="causal_last", register_posemb_len=9)),
     # Head / projection variants: no patch projection (dim=None), no norms, no biases, precision overrides,
@@ -46,7 +46,7 @@ COMBOS = {
 
 def make_config(o: dict) -> FlexTokConfig:
     vcfg = tiny_vae_config(latent_channels=4, blocks=2)
-    tr = dict(dim=32, depth=o.get("depth", 1), head_dim=o.get("head", 16))
+    tr = dict(dim=32, depth=o.get("depth", 1), head_dim=o.get("head", 16), norm_eps=o.get("eps", 1e-5))
     enc = {"posemb_grid": o.get("grid"), **o.get("enc", {})}
     dec = {"posemb_grid": o.get("grid"), **o.get("dec", {})}
     return FlexTokConfig(
@@ -403,3 +403,19 @@ def test_sample_posterior_follows_the_checkpoint_unless_deterministic(official_d
         assert torch.allclose(z, (post.mean + post.std * eps) * vae_cfg.scaling_factor, atol=1e-5)
     finally:
         vae_cfg.sample_posterior = False
+
+
+def test_docs_list_every_official_option():
+    """docs/official-checkpoints.md embeds the generated option table and refusal list verbatim."""
+    from pathlib import Path
+
+    from flexitok.io.official_options import options_markdown, refused_markdown
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "official-checkpoints.md").read_text()
+    assert "<!-- options:begin -->\n" + options_markdown() + "<!-- options:end -->" in doc
+    assert "<!-- refused:begin -->\n" + refused_markdown() + "<!-- refused:end -->" in doc
+    rows = [line for line in options_markdown().splitlines()[2:]]
+    assert len(rows) == sum(max(1, len(t)) for t in OFFICIAL_OPTIONS.values()) > 150
+    for row in rows:
+        status = row.split("|")[-2].strip()
+        assert status.startswith(("supported", "accepted (training only)")), row

@@ -254,35 +254,46 @@ def _unpack(flow: _Flow, m: dict[str, Any], outputs: list[str]) -> None:
         flow.keys[key] = tag
 
 
-def _has_norm(node: dict[str, Any], where: str, allow_none: bool) -> bool:
-    """Whether a ``norm_layer`` option is the default affine-free LayerNorm (True) or None (False)."""
+def _norm_eps(node: dict[str, Any], where: str, allow_none: bool) -> float | None:
+    """The eps of a ``norm_layer`` option that is the affine-free LayerNorm (None: no norm, heads only)."""
     norm = option(node, "norm_layer")
     if norm == "Fp32LayerNorm":  # absent: the official default
-        return True
+        return 1e-5
     if norm is None and allow_none:
-        return False
+        return None
     if isinstance(norm, dict) and _role(norm) == "norm":
         check_options(norm, f"{where}.norm_layer")
-        if option(norm, "elementwise_affine") is False and option(norm, "eps") == 1e-5:
-            return True
+        if option(norm, "elementwise_affine") is False:
+            return float(option(norm, "eps"))
     raise CheckpointError(
-        f"official {where} norm_layer={norm!r} is not supported: the affine-free Fp32LayerNorm (eps 1e-5)"
+        f"official {where} norm_layer={norm!r} is not supported: the affine-free Fp32LayerNorm"
         + (" or None" if allow_none else "")
-        + " only; other norms are a different architecture that no FlexTok model uses"
+        + " only; other norms, or LayerNorm affine weights, are a different architecture that no FlexTok model uses"
     )
 
 
-def _check_trunk(node: dict[str, Any], where: str) -> None:
-    _has_norm(node, f"{where} transformer", allow_none=False)
+def _head_norm(node: dict[str, Any], where: str, trunk_eps: float) -> bool:
+    eps = _norm_eps(node, where, allow_none=True)
+    if eps is not None and eps != trunk_eps:
+        raise CheckpointError(f"official {where} norm eps {eps} differs from its trunk's {trunk_eps}; not supported")
+    return eps is not None
+
+
+def _check_trunk(node: dict[str, Any], where: str) -> float:
+    """Refuse trunk variants flexitok does not implement; return the trunk's LayerNorm eps."""
+    eps = _norm_eps(node, f"{where} transformer", allow_none=False)
     act = option(node, "act_layer")
     if act != "SiLU" and not (isinstance(act, dict) and _role(act) == "act"):
         raise CheckpointError(f"official {where} transformer act_layer={act!r} is not supported: SiLU only")
     if isinstance(act, dict):
         check_options(act, f"{where}.act_layer")
+    assert eps is not None
+    return eps
 
 
-def _transformer(node: dict[str, Any]) -> TransformerConfig:
+def _transformer(node: dict[str, Any], eps: float) -> TransformerConfig:
     return TransformerConfig(
+        norm_eps=eps,
         dim=int(option(node, "dim")),
         depth=int(option(node, "depth")),
         head_dim=int(option(node, "head_dim")),
@@ -395,8 +406,7 @@ def config_from_official(
             "official decoder PatchEmbedder has flatten_patches=True: the official ToPatchesLinearHead cannot "
             "un-patchify a flat patch sequence, so the official decoder fails; refused"
         )
-    _check_trunk(e_tr, "encoder")
-    _check_trunk(d_tr, "decoder")
+    e_eps, d_eps = _check_trunk(e_tr, "encoder"), _check_trunk(d_tr, "decoder")
     if flat and option(e_pos, "posemb_type") == "sincos":
         raise CheckpointError(
             "official encoder has flatten_patches=True with a 2-D sincos table: the official forward adds a "
@@ -463,7 +473,7 @@ def config_from_official(
         image_size=tuple(image_size),  # type: ignore[arg-type]
         vae=vae,
         encoder=EncoderConfig(
-            transformer=_transformer(e_tr),
+            transformer=_transformer(e_tr, e_eps),
             patch_size=e_ps,  # type: ignore[arg-type]
             n_registers=n_regs,
             posemb_grid=e_grid,
@@ -475,12 +485,12 @@ def config_from_official(
             n_eval=None if n_eval is None or int(n_eval) == n_regs else int(n_eval),
             mask_mode=option(e_pack, "mask_mode"),
             mup_base_width=_mup_base(e_head, "encoder", enc_base),
-            head_norm=_has_norm(e_head, "encoder head", allow_none=True),
+            head_norm=_head_norm(e_head, "encoder head", e_eps),
             head_dtype=_precision(option(e_head, "dtype_override"), "encoder head"),
             patch_proj=option(e_patch, "dim") is not None,
         ),
         decoder=DecoderConfig(
-            transformer=_transformer(d_tr),
+            transformer=_transformer(d_tr, d_eps),
             patch_size=d_ps,  # type: ignore[arg-type]
             posemb_grid=d_grid,
             adaln_expansion=adaln,
@@ -492,7 +502,7 @@ def config_from_official(
             mask_mode=option(d_pack, "mask_mode"),
             mup_base_width=_mup_base(d_head, "decoder", dec_base),
             register_posemb_len=None if reg_len[0] == n_regs else reg_len[0],
-            head_norm=_has_norm(d_head, "decoder head", allow_none=True),
+            head_norm=_head_norm(d_head, "decoder head", d_eps),
             head_dtype=_precision(option(d_head, "dtype_override"), "decoder head"),
             head_bias=bool(option(d_head, "proj_bias")),
             head_adaln_bias=bool(option(d_head, "adaLN_bias")),
@@ -783,10 +793,16 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
     e, d, c = config.encoder, config.decoder, config.vae.latent_channels
     et, dt = e.transformer, d.transformer
     for x in (et, dt):
-        if x.attn_scale_base != 8.0 or x.mlp_hidden is not None or x.norm_eps != 1e-5:
-            raise CheckpointError(
-                "the official format needs attn_scale_base=8, norm_eps=1e-5 and the default MLP width"
-            )
+        if x.attn_scale_base != 8.0 or x.mlp_hidden is not None:
+            raise CheckpointError("the official format needs attn_scale_base=8 and the default MLP width")
+
+    def norm(eps: float) -> dict[str, Any]:
+        # The default norm_layer is written out only when its eps differs from the official 1e-5.
+        if eps == 1e-5:
+            return {}
+        layer = {"_target_": _P + "layers.norm.Fp32LayerNorm", "_partial_": True, "bias": False}
+        return {"norm_layer": {**layer, "elementwise_affine": False, "eps": eps}}
+
     lat = config.latent_size
     e_grid = e.posemb_grid or (
         (lat[0] // e.patch_size[0] * lat[1] // e.patch_size[1],)
@@ -800,7 +816,7 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
 
     def tr(x: TransformerConfig, **kw: Any) -> dict[str, Any]:
         return t(_P + "trunks.transformers.FlexTransformer", dim=x.dim, depth=x.depth, head_dim=x.head_dim,
-                 mlp_ratio=x.mlp_ratio, qk_norm=x.qk_norm, **kw)  # fmt: skip
+                 mlp_ratio=x.mlp_ratio, qk_norm=x.qk_norm, **norm(x.norm_eps), **kw)  # fmt: skip
 
     to_last = t(_P + "utils.dict_ops.channels_first_to_last", _partial_=True)
     encoder = t(_P + "utils.wrappers.SequentialModuleDictWrapper", module_dict={
@@ -811,7 +827,7 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
         "enc_seq_packer": t(_P + "preprocessors.flex_seq_packing.BlockWiseSequencePacker", input_list_read_keys=["enc_vae_latents_patched", "enc_registers"], packed_seq_write_key="enc_packed_seq", block_mask_write_key="enc_block_mask", inner_packed_shapes_write_key="enc_ps_inner", outer_packed_shapes_write_key="enc_ps_outer", mask_mode=e.mask_mode, pad_to_multiple=128),
         "enc_transformer": tr(et, input_seq_read_key="enc_packed_seq", output_seq_write_key="enc_packed_seq", block_mask_read_key="enc_block_mask"),
         "enc_unpacker": t(_P + "postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key="enc_packed_seq", inner_seq_write_keys=["enc_vae_latents_patched", "enc_registers"], inner_packed_shapes_read_key="enc_ps_inner", outer_packed_shapes_read_key="enc_ps_outer"),
-        "enc_to_latents": t(_P + "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers", dim=et.dim, dim_out=len(config.fsq_levels), use_mup_readout=e.mup_base_width is not None, weight_init_style="xavier", proj_bias=e.head_bias, dtype_override=e.head_dtype, **({} if e.head_norm else {"norm_layer": None})),
+        "enc_to_latents": t(_P + "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers", dim=et.dim, dim_out=len(config.fsq_levels), use_mup_readout=e.mup_base_width is not None, weight_init_style="xavier", proj_bias=e.head_bias, dtype_override=e.head_dtype, **(norm(et.norm_eps) if e.head_norm else {"norm_layer": None})),
     })  # fmt: skip
     null_target = "LearnedNullCond" if d.learned_null_cond else "ZeroNullCond"
     null_dim = {"dim": dt.dim} if d.learned_null_cond else {}  # ZeroNullCond takes no dim
@@ -830,7 +846,7 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
         "dec_time_embedder": t(_P + "preprocessors.time_embedding.TimestepEmbedder", timesteps_read_key="timesteps", time_embedding_write_key="dec_temb", dim=dt.dim, frequency_embedding_size=d.time_freq_dim, max_timestep=d.max_timestep),
         "dec_transformer": tr(dt, input_seq_read_key="dec_packed_seq", output_seq_write_key="dec_packed_seq", block_mask_read_key="dec_sa_block_mask", adaLN_emb_read_key="dec_temb", adaLN_packing_fn_read_key="dec_emb_packing_fn", adaLN_expansion=d.adaln_expansion),
         "dec_unpacker": t(_P + "postprocessors.seq_unpacking.SequenceUnpacker", packed_seq_read_key="dec_packed_seq", inner_seq_write_keys=["dec_patches", "dec_quants"], inner_packed_shapes_read_key="dec_ps_inner", outer_packed_shapes_read_key="dec_ps_outer"),
-        "dec_to_patches": t(_P + "postprocessors.heads.ToPatchesLinearHead", read_key="dec_patches", write_key="dec_pred_bhwc", dim=dt.dim, channels_out=c, patch_sizes=list(d.patch_size), use_mup_readout=d.mup_base_width is not None, weight_init_style="xavier", adaLN_emb_read_key="dec_temb", proj_bias=d.head_bias, adaLN_bias=d.head_adaln_bias, dtype_override=d.head_dtype, **({} if d.head_norm else {"norm_layer": None})),
+        "dec_to_patches": t(_P + "postprocessors.heads.ToPatchesLinearHead", read_key="dec_patches", write_key="dec_pred_bhwc", dim=dt.dim, channels_out=c, patch_sizes=list(d.patch_size), use_mup_readout=d.mup_base_width is not None, weight_init_style="xavier", adaLN_emb_read_key="dec_temb", proj_bias=d.head_bias, adaLN_bias=d.head_adaln_bias, dtype_override=d.head_dtype, **(norm(dt.norm_eps) if d.head_norm else {"norm_layer": None})),
         "dec_channels_to_first": t(_P + "utils.dict_ops.PerSampleOp", read_key="dec_pred_bhwc", write_key="vae_latents_reconst", per_sample_op=t(_P + "utils.dict_ops.channels_last_to_first", _partial_=True)),
     })  # fmt: skip
     cfg = {

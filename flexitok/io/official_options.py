@@ -56,7 +56,7 @@ _TRUNK_WHY = (
     "a different transformer trunk than FlexTok's (bias-free, gated SiLU MLP: the official defaults, used by every "
     "FlexTok model); not implemented"
 )
-_NORM = "the affine-free Fp32LayerNorm (the default, eps 1e-5)"
+_NORM = "the affine-free Fp32LayerNorm (the default), any eps"
 _NORM_WHY = "other norms, or LayerNorm affine weights, are a different architecture that no FlexTok model uses"
 
 OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
@@ -82,7 +82,7 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
     "SequentialModuleDictWrapper": {"module_dict": Opt("supported", note="module roles and order are checked")},
     "Fp32LayerNorm": {
         "normalized_shape": Opt("supported", note="bound by the module using it"),
-        "eps": Opt("supported", 1e-5, allowed=(1e-5,), why="flexitok's norms use eps 1e-5, as every FlexTok model"),
+        "eps": Opt("supported", 1e-5, "the trunk's eps; a head norm must use the same"),
         "elementwise_affine": Opt("supported", True, allowed=(False,), why=_NORM_WHY),
         "bias": Opt("supported", True, note="no effect without affine weights"),
     },
@@ -204,8 +204,13 @@ OFFICIAL_OPTIONS: dict[str, dict[str, Opt]] = {
         "weight_init_style": Opt("training", "zero"),
         "norm_layer": Opt("supported", "Fp32LayerNorm", _NORM + "; None = no norm", why=_NORM_WHY),
         "dtype_override": Opt("supported", None, "head precision (autocast)"),
-        "adaLN_emb_read_key": Opt("supported", None, allowed=(None,), why="the encoder has no time embedding"),
-        "adaLN_packing_fn_read_key": Opt("supported", None, allowed=(None,), why="unused without adaLN"),
+        "adaLN_emb_read_key": Opt(
+            "supported",
+            None,
+            allowed=(None,),
+            why="the encoder has no time embedding, so the official forward fails with a KeyError",
+        ),
+        "adaLN_packing_fn_read_key": Opt("no-effect", None, "unused without adaLN"),
         "adaLN_bias": Opt("no-effect", True, "unused without adaLN"),
         "proj_bias": Opt("supported", True),
     },
@@ -345,6 +350,22 @@ def check_options(node: dict[str, Any], where: str) -> None:
             raise CheckpointError(f"official {where} option {name}={value!r} is not supported: {opt.why}")
 
 
+# Combinations refused by flexitok.io.official.config_from_official beyond single option values (for the docs).
+STRUCTURAL_REFUSALS: list[tuple[str, str]] = [
+    ("`PatchEmbedder(flatten_patches=True)` in the decoder", "the official ToPatchesLinearHead cannot un-patchify a "
+     "flat patch sequence: the official decoder fails"),
+    ("`flatten_patches=True` with a 2-D sincos table (also when `flatten_patches` is absent: its default is True)",
+     "the official forward adds a cropped [rows, cols] table to a flat sequence: it fails or broadcasts nonsense"),
+    ("`posemb_scaling='interpolate'` or `posemb_type='sincos'` on a 1-D table (the decoder's register table, or a "
+     "flat encoder)", "bilinear interpolation and the sincos table need 2-D: the official code fails"),
+    ("`adaLN_expansion` other than 1 with `per_subseq_embs=False` or 2 with `True`", "the official adaLN layers fail"),
+    ("a decoder register table shorter than the register count", "the official code fails"),
+    ("`use_mup_readout=True` without `mup_base_width=`", "the head divides by dim / base width, and the base width is "
+     "not in the checkpoint (the official code needs mup.set_base_shapes from its training script)"),
+    ("a module graph wired differently from FlexTok's (data-dict keys), or modules of an unknown class",
+     "a different model than FlexTok; refused rather than silently computing something else"),
+]  # fmt: skip
+
 _STATUS_TEXT = {
     "supported": "supported",
     "wiring": "supported (data-dict key; wiring checked)",
@@ -368,7 +389,23 @@ def options_markdown() -> str:
             if opt.note:
                 text += f": {opt.note}"
             if opt.why:
-                allowed = "" if opt.allowed is None else ", ".join(_fmt(a) for a in opt.allowed) or "the default"
-                text += f"; other values refused ({allowed + ' only: ' if allowed else ''}{opt.why})"
+                text += "; other values: refused (see below)"
             rows.append(f"| `{cls}` | `{name}` | {_fmt(opt.default)} | {text} |")
     return "\n".join(rows) + "\n"
+
+
+def refused_markdown() -> str:
+    """Every refusal, with its reason (docs/official-checkpoints.md)."""
+    lines = []
+    for cls, table in OFFICIAL_OPTIONS.items():
+        for name, opt in table.items():
+            if opt.why:
+                values = (
+                    "any other value"
+                    if not opt.allowed
+                    else "values other than " + ", ".join(_fmt(a) for a in opt.allowed)
+                )
+                lines.append(f"* `{cls}.{name}`, {values}: {opt.why}.")
+    lines += [f"* {what}: {why}." for what, why in STRUCTURAL_REFUSALS]
+    lines.append("* an option the official class does not have: the official code could not build the model either.")
+    return "\n".join(lines) + "\n"

@@ -455,14 +455,20 @@ class FlexTok(nn.Module):
         vae_config: dict | str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         device: str | torch.device = "cpu",
+        mup_base_width: int | tuple[int, int] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> FlexTok:
         """Load an official-format FlexTok ``model.safetensors`` (config in the header metadata or config.json).
 
-        ``image_size`` defaults to the largest the position tables cover (256x256 for the released models).
+        ``image_size`` sets the native size (the ``detokenize`` default; every call may use another size) and
+        defaults to the largest the position tables cover (256x256 for the released models). ``dtype`` builds
+        the model in that dtype (e.g. ``torch.bfloat16``); ``mup_base_width`` is needed only for checkpoints
+        whose heads use the muP readout. See docs/official-checkpoints.md.
         """
         from flexitok.io.official import load_official
 
-        return load_official(path, vae_config=vae_config, image_size=image_size).to(device).eval()
+        model = load_official(path, vae_config, image_size, mup_base_width, dtype)
+        return model.to(device).eval()
 
     def extra_repr(self) -> str:
         c = self.config
