@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -25,7 +25,11 @@ from torch import Tensor, nn
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError
 from flexitok.io.official_options import check_options, class_name, option
+from flexitok.models.vae import DiffusersVAE
 from flexitok.nn.precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from flexitok.models.flextok import FlexTok
 
 _P = "flextok.model."
 # Every class/function the official config may name, by role. Anything else is refused.
@@ -738,7 +742,7 @@ def load_official(
     image_size: tuple[int, int] | None = None,
     mup_base_width: int | tuple[int, int] | None = None,
     dtype: torch.dtype | None = None,
-):
+) -> FlexTok:
     """Build a :class:`flexitok.FlexTok` from an official-format ``model.safetensors``.
 
     The VAE architecture comes from ``vae_config`` (a diffusers config dict, or a folder/file with
@@ -920,7 +924,7 @@ def _write_safetensors_streaming(path: Path, tensors: dict[str, Tensor], metadat
             f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # one tensor's copy at a time
 
 
-def export_official(model, directory: str | Path) -> Path:
+def export_official(model: FlexTok, directory: str | Path) -> Path:
     """Write ``model`` as an official-format checkpoint: ``model.safetensors`` (+ ``vae/config.json``)."""
     from flexitok.io.checkpoint import atomic_write, atomic_write_json
 
@@ -938,5 +942,6 @@ def export_official(model, directory: str | Path) -> Path:
         # No copies of contiguous CPU weights: a paper-size model is written with little extra memory.
         out[new] = value.detach().to("cpu").contiguous()
     atomic_write(directory / "model.safetensors", lambda p: _write_safetensors_streaming(p, out, meta))
+    assert isinstance(model.vae, DiffusersVAE)  # official_metadata refused other VAEs
     atomic_write_json(directory / "vae" / "config.json", dict(model.vae.vae.config))
     return directory
