@@ -3,7 +3,8 @@
 Two formats, chosen by suffix:
 
 * ``.json``: ``{"model": str, "image_size": [H, W], "vocab_size": int, "n_registers": int, "files": [str, ...],
-  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Only ``tokens`` is required
+  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Images of different sizes
+  record ``"image_sizes": [[H, W], ...]`` (one per row) instead of ``image_size``. Only ``tokens`` is required
   when reading (a bare list of rows is accepted too).
 * ``.npy``: an integer array ``[B, K]`` (or ``[K]`` for one image), no metadata.
 
@@ -30,8 +31,9 @@ TOKEN_SUFFIXES = (".json", ".npy")
 @dataclass
 class TokenFile:
     """Token sequences (each ``LongTensor [k_i]``) plus optional provenance (written to JSON, not to .npy):
-    the ``model`` that made them, its ``image_size``, ``vocab_size`` and ``n_registers``, the source ``files``.
-    ``extra``: other keys found when reading."""
+    the ``model`` that made them, the ``image_size`` (or per-sequence ``image_sizes`` when the images' sizes
+    differ), the model's ``vocab_size`` and ``n_registers``, the source ``files``. ``extra``: other keys found when
+    reading."""
 
     tokens: list[Tensor]
     model: str | None = None
@@ -40,6 +42,7 @@ class TokenFile:
     n_registers: int | None = None
     files: list[str] | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    image_sizes: list[tuple[int, int]] | None = None  # one per sequence, when the images' sizes differ
 
 
 def check_token_path(path: str | os.PathLike) -> str:
@@ -62,6 +65,7 @@ def tokens_to_json(token_file: TokenFile) -> str:
     for key, value in (
         ("model", t.model),
         ("image_size", list(t.image_size) if t.image_size else None),
+        ("image_sizes", [list(x) for x in t.image_sizes] if t.image_sizes else None),
         ("vocab_size", t.vocab_size),
         ("n_registers", t.n_registers),
         ("files", t.files),
@@ -139,6 +143,14 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) for s in size)):
             raise InvalidInputError(f'{path}: "image_size" must be [H, W], got {size!r}')
         image_size = (size[0], size[1])
+    sizes = data.get("image_sizes")
+    image_sizes = None
+    if sizes is not None:
+        ok = isinstance(sizes, list) and len(sizes) == len(tokens)
+        ok = ok and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s) for s in sizes)
+        if not ok:
+            raise InvalidInputError(f'{path}: "image_sizes" must list one [H, W] per token sequence ({len(tokens)})')
+        image_sizes = [(s[0], s[1]) for s in sizes]
     model = data.get("model")
     counts = {}
     for key in ("vocab_size", "n_registers"):
@@ -146,13 +158,14 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidInputError(f'{path}: "{key}" must be an integer, got {value!r}')
         counts[key] = value
-    known = ("tokens", "files", "image_size", "model", "vocab_size", "n_registers")
+    known = ("tokens", "files", "image_size", "image_sizes", "model", "vocab_size", "n_registers")
     return TokenFile(
         tokens=tokens,
         model=str(model) if model is not None else None,
         image_size=image_size,
         files=[str(f) for f in files] if files is not None else None,
         extra={k: v for k, v in data.items() if k not in known},
+        image_sizes=image_sizes,
         **counts,
     )
 
