@@ -46,8 +46,11 @@ def euler_sample(
         if scale == 1.0 or null_cond is None:
             v = velocity(x, tt, cond)
         else:
-            both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
-            v_cond, v_uncond = both[:b], both[b:]
+            if null_cond.shape[1:] == cond.shape[1:]:
+                both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
+                v_cond, v_uncond = both[:b], both[b:]
+            else:  # a shorter null condition (official replace_with_single_token): two passes
+                v_cond, v_uncond = velocity(x, tt, cond), velocity(x, tt, null_cond)
             v = apg(v_cond, v_uncond, scale) if apg is not None else cfg_combine(v_cond, v_uncond, scale)
         x = x - dt * v
     return x
