@@ -219,7 +219,8 @@ class FlexTok(PretrainedModel):
 
         ``images``: a batch ``[B, 3, H, W]`` of any size that :meth:`check_image_size` accepts, or a list of
         ``[3, H, W]`` (or ``[1, 3, H, W]``) images whose sizes may differ. A list is run one batch per size;
-        each image gets the same tokens as when tokenized alone.
+        each image gets the same tokens as when tokenized alone (when encoding is deterministic: posterior
+        samples are drawn per size group, so they differ from one-at-a-time draws).
 
         ``deterministic``: ``None`` (default) follows the model's ``vae.sample_posterior``, the official VAE
         wrapper's option (official checkpoints that omit it sample, as the official code does); ``True`` encodes
