@@ -81,28 +81,41 @@ def model_fingerprint(model: nn.Module, refresh: bool = False) -> str:
 
 
 def pack_ids(ids: list[int], bits: int) -> bytes:
-    """Pack ids (each ``< 2**bits``) MSB-first into ``ceil(len(ids) * bits / 8)`` bytes, zero-padded at the end."""
-    total = len(ids) * bits
-    nbytes = (total + 7) // 8
-    value = 0
+    """Pack ids (each ``< 2**bits``) MSB-first into ``ceil(len(ids) * bits / 8)`` bytes, zero-padded at the end.
+
+    Linear time: a small accumulator holds fewer than ``bits + 8`` pending bits (one big integer for the whole
+    payload would make every shift cost its length, quadratic in the file size).
+    """
+    out = bytearray()
+    acc = n_acc = 0
     limit = 1 << bits
     for i in ids:
         if not 0 <= i < limit:
             raise FtokError(f"token id {i} does not fit in {bits} bits")
-        value = (value << bits) | i
-    return (value << (8 * nbytes - total)).to_bytes(nbytes, "big")
+        acc, n_acc = (acc << bits) | i, n_acc + bits
+        while n_acc >= 8:
+            n_acc -= 8
+            out.append((acc >> n_acc) & 0xFF)
+        acc &= (1 << n_acc) - 1
+    if n_acc:
+        out.append((acc << (8 - n_acc)) & 0xFF)
+    return bytes(out)
 
 
 def unpack_ids(data: bytes, k: int, bits: int) -> list[int]:
-    """Inverse of :func:`pack_ids`; non-zero padding bits mean the payload is corrupt."""
+    """Inverse of :func:`pack_ids` in linear time; non-zero padding bits mean the payload is corrupt."""
     total = k * bits
     pad = 8 * len(data) - total
-    value = int.from_bytes(data, "big")
-    if pad < 0 or pad >= 8 or value & ((1 << pad) - 1):
+    if pad < 0 or pad >= 8 or (pad and data[-1] & ((1 << pad) - 1)):
         raise FtokError("corrupt .ftok file: token payload padding is not zero")
-    value >>= pad
+    ids = []
     mask = (1 << bits) - 1
-    return [(value >> (bits * (k - 1 - j))) & mask for j in range(k)]
+    for j in range(k):
+        start = j * bits
+        first, last = start // 8, (start + bits + 7) // 8  # the bytes that hold token j
+        chunk = int.from_bytes(data[first:last], "big")
+        ids.append((chunk >> (8 * (last - first) - (start - 8 * first) - bits)) & mask)
+    return ids
 
 
 @dataclass(frozen=True)
@@ -198,6 +211,13 @@ class FtokFile:
                 f"this .ftok file was made with {made_with} (FSQ levels {list(self.fsq_levels)}, "
                 f"{self.n_registers} tokens), but {name} has FSQ levels {list(cfg.fsq_levels)} and "
                 f"{cfg.n_registers} tokens; pass --model with the model used for encoding"
+            )
+        native = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        if tuple(self.image_size) != native:
+            # The encoder writes the model's native size, and decoding uses it: any other header size is corrupt.
+            raise FtokError(
+                f"this .ftok file records {self.image_size[0]}x{self.image_size[1]} images, but {name} makes "
+                f"{native[0]}x{native[1]} images; the file is corrupt or was made with another model"
             )
         fp = model_fingerprint(model)
         if fp != self.fingerprint:
