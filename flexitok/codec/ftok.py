@@ -12,6 +12,7 @@ a prefix of the payload: truncating a file only rewrites ``k``, drops the tail b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -51,24 +52,59 @@ def bits_per_token(vocab_size: int) -> int:
     return max(1, math.ceil(math.log2(vocab_size)))
 
 
+# The config fields that 0.1.0 (the first .ftok release) hashed. A field added since is hashed only when it differs
+# from its default, so adding a model option never invalidates the .ftok files of models that do not use it (a
+# 0.1.0 file keeps decoding with its 0.1.0 model: tests/fixtures/v0.1.0-tiny). Never add names here.
+_TRANSFORMER_V1 = ("attn_scale_base", "depth", "dim", "head_dim", "mlp_hidden", "mlp_ratio", "norm_eps", "qk_norm")
+_FINGERPRINT_V1_FIELDS = frozenset(
+    ["image_size", "fsq_levels", "vae", "encoder", "decoder"]
+    + [f"vae.{k}" for k in ("diffusers_config", "downsample", "kind", "latent_channels", "sample_posterior")]
+    + ["vae.scaling_factor", "decoder.posemb_grid", "decoder.time_freq_dim", "decoder.transformer"]
+    + [f"encoder.{k}" for k in ("head_bias", "n_registers", "patch_size", "posemb_grid", "transformer")]
+    + [f"decoder.{k}" for k in ("adaln_expansion", "learned_null_cond", "max_timestep", "patch_size")]
+    + [f"{part}.transformer.{k}" for part in ("encoder", "decoder") for k in _TRANSFORMER_V1]
+)
+_FINGERPRINT_SKIPPED = frozenset(["vae.pretrained"])  # where the weights came from, not what they are
+
+
+def _fingerprint_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``config`` (a dataclass) as a JSON-able dict of the fields the fingerprint covers (see above)."""
+    out: dict[str, Any] = {}
+    as_dict = config.to_dict() if not prefix and hasattr(config, "to_dict") else None
+    for f in dataclasses.fields(config):
+        path = prefix + f.name
+        if path in _FINGERPRINT_SKIPPED:
+            continue
+        value = getattr(config, f.name)
+        if path not in _FINGERPRINT_V1_FIELDS:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value == default:
+                continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[f.name] = _fingerprint_config(value, path + ".")
+        elif as_dict is not None and f.name in as_dict:
+            out[f.name] = as_dict[f.name]  # the config's own JSON form (tuples as lists, ...)
+        else:
+            out[f.name] = json.loads(json.dumps(value, default=str))
+    return out
+
+
 def model_fingerprint(model: nn.Module, refresh: bool = False) -> str:
     """A stable 32-hex-digit (128-bit) fingerprint of ``model``'s config and weights.
 
-    SHA-256 over the canonical JSON of ``model.config`` (without the VAE's ``pretrained`` location, which says
-    where weights came from, not what they are) and every state-dict entry's name, dtype, shape and raw bytes, in
-    sorted key order. Computing it reads all weights once, so the result is cached on the model object; pass
-    ``refresh=True`` after changing the weights in place (e.g. during training).
+    SHA-256 over the canonical JSON of ``model.config`` (the fields 0.1.0 hashed, plus any newer field that differs
+    from its default; never the VAE's ``pretrained`` location, which says where weights came from, not what they
+    are) and every state-dict entry's name, dtype, shape and raw bytes, in sorted key order. Computing it reads all
+    weights once, so the result is cached on the model object; pass ``refresh=True`` after changing the weights in
+    place (e.g. during training).
     """
     cached = getattr(model, _FINGERPRINT_ATTR, None)
     if cached is not None and not refresh:
         return cached
     h = hashlib.sha256()
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        cfg: dict[str, Any] = config.to_dict()
-        if isinstance(cfg.get("vae"), dict):
-            cfg["vae"] = {k: v for k, v in cfg["vae"].items() if k != "pretrained"}
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    if config is not None and dataclasses.is_dataclass(config):
+        h.update(json.dumps(_fingerprint_config(config), sort_keys=True, default=str).encode())
     state = model.state_dict()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
