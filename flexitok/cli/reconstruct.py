@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         chunk = jobs[start : start + args.batch_size]
         seqs = [tokens[i][:k] for i, k in chunk]
         if same:
-            images = model.detokenize(seqs, decode, noise=torch.stack([noise[i] for i, _ in chunk]), image_size=sizes[0])
+            images = model.detokenize(
+                seqs, decode, noise=torch.stack([noise[i] for i, _ in chunk]), image_size=sizes[0]
+            )
         else:
             images = model.detokenize(
                 seqs, decode, noise=[noise[i] for i, _ in chunk], image_size=[sizes[i] for i, _ in chunk]
