@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         chunk = jobs[start : start + args.batch_size]
         seqs = [tokens[i][:k] for i, k in chunk]
+        images: torch.Tensor | list[torch.Tensor]
         if same:
             images = model.detokenize(
                 seqs, decode, noise=torch.stack([noise[i] for i, _ in chunk]), image_size=sizes[0]
