@@ -20,6 +20,8 @@ from flexitok.cli.quickstart import PHOTO_MODEL, samples_for
 from flexitok.errors import FlexiTokError, InvalidInputError
 from flexitok.utils.device import resolve_device
 
+DEMO_MODELS = (DEFAULT_MODEL, PHOTO_MODEL)  # what `flexitok demo` serves without --model (the page opens on the first)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -152,7 +154,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def default_models() -> list[str]:
-    """The bundled tokenizers the demo offers when no --model is given: ``default``, and ``photo`` when installed."""
+    """The bundled tokenizers the demo offers when no --model is given (those of :data:`DEMO_MODELS` installed)."""
     from flexitok.models.flextok import FlexTok
 
-    return [DEFAULT_MODEL] + ([PHOTO_MODEL] if PHOTO_MODEL in FlexTok.bundled_names() else [])
+    bundled = FlexTok.bundled_names()
+    return [name for name in DEMO_MODELS if name in bundled]
