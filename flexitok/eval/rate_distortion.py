@@ -3,7 +3,9 @@
 A FlexTok image costs ``ceil(k * bits / 8)`` payload bytes for its first k tokens (``bits = ceil(log2 vocab)``,
 the ``.ftok`` packing without its container header). The codecs are compared on whole files as Pillow writes
 them (headers included: that is what a JPEG or WebP of the image costs), at the highest quality whose file fits
-the same budget.
+the same budget, or on a quality scan interpolated at the same byte count. For JPEG, whose headers (quantisation
+and Huffman tables, ~300+ bytes) dwarf a tiny image's data, :func:`jpeg_payload_bytes` also counts only the
+entropy-coded scan data: the cost if the tables were shared out of band, as a tokenizer's weights are.
 """
 
 from __future__ import annotations
@@ -60,6 +62,23 @@ def decode(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
+def jpeg_payload_bytes(data: bytes) -> int:
+    """Bytes of a baseline JPEG's entropy-coded scan data: everything after the start-of-scan header up to the
+    end-of-image marker (SOI, APPn, DQT, SOF, DHT, SOS headers and EOI not counted)."""
+    i = 2
+    if data[:2] != b"\xff\xd8":
+        raise InvalidInputError("not a JPEG file (no SOI marker)")
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise InvalidInputError(f"malformed JPEG: expected a marker at byte {i}")
+        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:  # SOS: the scan data follows its header
+            end = len(data) - 2 if data[-2:] == b"\xff\xd9" else len(data)
+            return end - (i + 2 + length)
+        i += 2 + length
+    raise InvalidInputError("malformed JPEG: no start-of-scan marker")
+
+
 def encode_within(image: Image.Image, codec: str, max_bytes: int) -> tuple[bytes, int] | None:
     """(file, quality) at the highest quality whose file has at most ``max_bytes`` bytes; None if even the
     lowest quality is larger. File size grows with quality, so this is a binary search over 0..100."""
@@ -102,14 +121,51 @@ def codec_at_budget(originals: torch.Tensor, codec: str, max_bytes: int) -> RDPo
     return RDPoint(f"<= {max_bytes} B", sum(len(f) for f in files) / len(files), p, s, len(files))
 
 
-def codec_curve(originals: torch.Tensor, codec: str, qualities: Sequence[int] = (0, 5, 10, 20, 30, 50, 70, 90)):
-    """One :class:`RDPoint` per quality setting (same quality for every image)."""
+def codec_curve(
+    originals: torch.Tensor,
+    codec: str,
+    qualities: Sequence[int] = (0, 5, 10, 20, 30, 50, 70, 90),
+    count: Literal["file", "payload"] = "file",
+) -> list[RDPoint]:
+    """One :class:`RDPoint` per quality setting (same quality for every image). ``count="payload"`` (JPEG only)
+    counts the entropy-coded data alone (:func:`jpeg_payload_bytes`) instead of the whole file."""
+    if count == "payload" and codec != "JPEG":
+        raise InvalidInputError("count='payload' is defined for JPEG only")
+    size = jpeg_payload_bytes if count == "payload" else len
     points = []
     for q in qualities:
         files = [encode(tensor_to_pil(img), codec, q) for img in originals]
         p, s = _score([pil_to_tensor(decode(f)) for f in files], originals)
-        points.append(RDPoint(f"q={q}", sum(len(f) for f in files) / len(files), p, s, len(files)))
+        points.append(RDPoint(f"q={q}", sum(size(f) for f in files) / len(files), p, s, len(files)))
     return points
+
+
+def thumbnail_curve(originals: torch.Tensor, sides: Sequence[int] = (1, 2, 3, 4, 6, 8)) -> list[RDPoint]:
+    """Raw-pixel baseline for tiny budgets: each image shrunk to ``side x side`` 8-bit RGB (``3 * side**2`` bytes,
+    no header), then enlarged back with bicubic interpolation. ``originals [B, 3, H, W]`` in [-1, 1]."""
+    points = []
+    for side in sides:
+        if side < 1:
+            raise InvalidInputError(f"thumbnail sides must be >= 1, got {side}")
+        recon = []
+        for img in originals:
+            pil = tensor_to_pil(img)
+            small = pil.resize((side, side), Image.Resampling.BOX)
+            recon.append(pil_to_tensor(small.resize(pil.size, Image.Resampling.BICUBIC)))
+        p, s = _score(recon, originals)
+        points.append(RDPoint(f"{side}x{side}", float(3 * side * side), p, s, len(originals)))
+    return points
+
+
+def interpolate(curve: Sequence[RDPoint], n_bytes: float) -> tuple[float, float] | None:
+    """(PSNR, SSIM) of a quality scan at ``n_bytes``, linear in log-bytes between the two neighbouring points;
+    None outside the scan's byte range (a codec cannot reach that size, or the scan stops short of it)."""
+    pts = sorted(curve, key=lambda p: p.bytes)
+    for a, b in zip(pts, pts[1:], strict=False):
+        if a.bytes <= n_bytes <= b.bytes:
+            t = 0.0 if b.bytes == a.bytes else math.log(n_bytes / a.bytes) / math.log(b.bytes / a.bytes)
+            return a.psnr + t * (b.psnr - a.psnr), a.ssim + t * (b.ssim - a.ssim)
+    return None
 
 
 def smallest_file(originals: torch.Tensor, codec: str) -> float:
@@ -123,7 +179,13 @@ def token_bytes(k: int, vocab_size: int) -> int:
     return math.ceil(k * bits / 8)
 
 
-_COLORS = {"FlexTok": (200, 40, 40), "JPEG": (40, 90, 200), "WEBP": (30, 150, 60)}
+_COLORS = {
+    "FlexTok": (200, 40, 40),
+    "JPEG": (40, 90, 200),
+    "WEBP": (30, 150, 60),
+    "JPEG-payload": (130, 170, 230),
+    "thumbnail": (150, 150, 150),
+}
 
 
 def plot_rate_distortion(series: dict[str, list[RDPoint]], title: str = "") -> Image.Image:
