@@ -91,6 +91,7 @@ def main() -> None:
             "thumbnail (n x n RGB, bicubic up)": curves["thumbnail"],
         },
         f"{len(data)} held-out photos (mate-backgrounds) at {size}x{size}; codecs at quality 0, 5, ..., 100",
+        references={"stage-0 VAE alone (the tokenizer's ceiling)": (stage0["PSNR"], stage0["SSIM"])},
     )
     plot.save(args.out / "rate_distortion.png")
     ex = res["examples"]
@@ -131,10 +132,10 @@ def main() -> None:
             m = matched[c][pt.label]
             cells.append(f"below its smallest ({floors[c]:.0f} B)" if m is None else f"{m[0]:.2f} / {m[1]:.4f}")
         lines.append(f"| {pt.label[2:]} | {pt.bytes:.0f} | {pt.psnr:.2f} / {pt.ssim:.4f} | " + " | ".join(cells) + " |")
-    lines += ["", "| codec | quality | mean bytes | PSNR | SSIM |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "| codec | quality (thumbnail: size) | mean bytes | PSNR | SSIM |", "|---|---:|---:|---:|---:|"]
     for c, pts in curves.items():
         for pt in pts:
-            lines.append(f"| {c} | {pt.label[2:]} | {pt.bytes:.0f} | {pt.psnr:.2f} | {pt.ssim:.4f} |")
+            lines.append(f"| {c} | {pt.label.removeprefix('q=')} | {pt.bytes:.0f} | {pt.psnr:.2f} | {pt.ssim:.4f} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"({summary['seconds']} s)")

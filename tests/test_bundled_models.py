@@ -154,3 +154,14 @@ def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
     acc = (clf.predict(images) == torch.tensor(labels)).float().mean().item()
     assert acc > 0.5, f"{kind}-conditioned samples classified as their class {acc:.0%} of the time (chance 10%)"
     assert len(FASHION_MNIST_CLASSES) == 10
+
+
+@pytest.mark.slow
+def test_photo_tokenizer_improves_with_k_on_held_out_photos(photo):
+    paths = sorted(PHOTO_SAMPLES.glob("*.png"))
+    images, _ = load_images(paths, photo.image_size)
+    tokens = photo.tokenize(images)
+    noise = photo.initial_noise(len(images), torch.Generator().manual_seed(0))
+    decode = DecodeConfig(steps=20, guidance_scale=3.0)  # the model card's decoding
+    scores = [float(psnr(photo.detokenize(tokens, decode, keep_k=k, noise=noise), images).mean()) for k in (1, 8, 64)]
+    assert scores[0] < scores[1] < scores[2], scores

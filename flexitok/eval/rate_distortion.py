@@ -188,20 +188,26 @@ _COLORS = {
 }
 
 
-def plot_rate_distortion(series: dict[str, list[RDPoint]], title: str = "") -> Image.Image:
-    """Two panels (PSNR, SSIM) against bytes per image on a log axis, one line per series."""
+def plot_rate_distortion(
+    series: dict[str, list[RDPoint]], title: str = "", references: dict[str, tuple[float, float]] | None = None
+) -> Image.Image:
+    """Two panels (PSNR, SSIM) against bytes per image on a log axis, one line per series, the legend below.
+    ``references``: horizontal dashed lines, name -> (PSNR, SSIM) (e.g. the stage-0 VAE's own reconstruction)."""
     font = ImageFont.load_default()
-    w, h, ml, mr, mt, mb = 420, 300, 58, 14, 30, 40
+    references = references or {}
+    w, h, ml, mr, mt, mb = 440, 320, 58, 16, 30, 40
     all_pts = [p for pts in series.values() for p in pts]
     if not all_pts:
         raise InvalidInputError("nothing to plot")
     xs = [math.log10(max(p.bytes, 1e-9)) for p in all_pts]
     xlo, xhi = math.floor(min(xs)), math.ceil(max(xs))
-    canvas = Image.new("RGB", (2 * w, h + 24), "white")
+    names = list(series) + list(references)
+    legend_h = 14 * ((len(names) + 1) // 2) + 10
+    canvas = Image.new("RGB", (2 * w, h + 24 + legend_h), "white")
     for panel, metric in enumerate(("psnr", "ssim")):
         img = Image.new("RGB", (w, h), "white")
         d = ImageDraw.Draw(img)
-        vals = [getattr(p, metric) for p in all_pts]
+        vals = [getattr(p, metric) for p in all_pts] + [r[panel] for r in references.values()]
         lo, hi = min(vals), max(vals)
         pad = 0.05 * (hi - lo or 1)
         lo, hi = lo - pad, hi + pad
@@ -218,7 +224,7 @@ def plot_rate_distortion(series: dict[str, list[RDPoint]], title: str = "") -> I
                 if xlo <= math.log10(b) <= xhi:
                     x, _ = pos(b, lo)
                     d.line((x, y1, x, y1 + (5 if m == 1 else 2)), fill="black")
-                    if m in (1, 2, 5):
+                    if m == 1 or xhi - xlo <= 3:  # label 2 and 5 only while they fit
                         d.text((x - 3 * len(str(b)), y1 + 7), str(b), fill="black", font=font)
         for i in range(5):
             v = lo + (hi - lo) * i / 4
@@ -227,7 +233,11 @@ def plot_rate_distortion(series: dict[str, list[RDPoint]], title: str = "") -> I
             d.text((4, y - 5), f"{v:.3f}" if metric == "ssim" else f"{v:.1f}", fill="black", font=font)
         d.text(((x0 + x1) // 2 - 45, h - 16), "bytes per image", fill="black", font=font)
         d.text((x0, 8), "PSNR (dB)" if metric == "psnr" else "SSIM", fill="black", font=font)
-        for li, (name, pts) in enumerate(series.items()):
+        for ref in references.values():
+            _, y = pos(10**xlo, ref[panel])
+            for xa in range(int(x0), int(x1), 8):
+                d.line((xa, y, min(xa + 4, x1), y), fill=(90, 90, 90))
+        for name, pts in series.items():
             color = _COLORS.get(name.split()[0], (120, 120, 120))
             pts = sorted(pts, key=lambda p: p.bytes)
             xy = [pos(p.bytes, getattr(p, metric)) for p in pts]
@@ -235,8 +245,17 @@ def plot_rate_distortion(series: dict[str, list[RDPoint]], title: str = "") -> I
                 d.line(xy, fill=color, width=2)
             for x, y in xy:
                 d.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), fill=color)
-            d.line((x1 - 110, y0 + 12 + 14 * li, x1 - 95, y0 + 12 + 14 * li), fill=color, width=2)
-            d.text((x1 - 90, y0 + 6 + 14 * li), name, fill=color, font=font)
         canvas.paste(img, (panel * w, 24))
-    ImageDraw.Draw(canvas).text((10, 6), title, fill="black", font=font)
+    d = ImageDraw.Draw(canvas)
+    d.text((10, 6), title, fill="black", font=font)
+    for i, name in enumerate(names):
+        x, y = 70 + (i % 2) * w, h + 30 + 14 * (i // 2)
+        if name in series:
+            color = _COLORS.get(name.split()[0], (120, 120, 120))
+            d.line((x, y + 5, x + 18, y + 5), fill=color, width=2)
+        else:
+            color = (90, 90, 90)
+            d.line((x, y + 5, x + 6, y + 5), fill=color)
+            d.line((x + 12, y + 5, x + 18, y + 5), fill=color)
+        d.text((x + 24, y), name, fill=color, font=font)
     return canvas
