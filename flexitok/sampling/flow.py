@@ -1,8 +1,16 @@
-"""Rectified-flow Euler sampler with batched classifier-free guidance."""
+"""Rectified-flow samplers (Euler, Heun, midpoint) with batched classifier-free guidance.
+
+The flow runs from t = 1 (pure noise) to t = 0 on the official grid ``t_i = i / T``. Guidance needs the
+conditional and the unconditional velocity; they are computed in ONE batched call on ``[cond; null_cond]``
+(2 x B rows: two *decoder passes* per image). A guidance interval restricts guidance to evaluations with
+``lo <= t <= hi``; outside it the sampler makes one conditional pass. The defaults (Euler, guidance everywhere)
+are the official sampler.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -11,6 +19,8 @@ from tqdm.auto import tqdm
 from flexitok.sampling.guidance import APG, GuidanceScale, cfg_combine
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t [B,...], t [B], cond [B,N,D]) -> v [B,...]
+Sampler = Literal["euler", "heun", "midpoint"]
+SAMPLERS: tuple[str, ...] = ("euler", "heun", "midpoint")
 
 
 def timestep_grid(steps: int) -> list[float]:
@@ -18,6 +28,99 @@ def timestep_grid(steps: int) -> list[float]:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return [float(torch.tensor(i / steps, dtype=torch.float32)) for i in range(steps, 0, -1)]
+
+
+def check_sampler_options(steps: int, sampler: str, guidance_interval: tuple[float, float] | None) -> None:
+    """ValueError for an unknown sampler, ``steps < 1`` or an interval that is not ``0 <= lo <= hi <= 1``."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if guidance_interval is not None:
+        lo, hi = guidance_interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {guidance_interval}")
+
+
+def evaluation_times(steps: int, sampler: Sampler = "euler") -> list[float]:
+    """The t of every velocity evaluation, in order. Heun corrects every step but the last (whose end point
+    t = 0 it would otherwise evaluate): 2T - 1 evaluations; midpoint: 2T; Euler: T."""
+    check_sampler_options(steps, sampler, None)
+    grid = timestep_grid(steps)
+    dt = 1.0 / steps
+    times: list[float] = []
+    for i, t in enumerate(grid):
+        times.append(t)
+        if sampler == "heun" and i < steps - 1:
+            times.append(grid[i + 1])
+        elif sampler == "midpoint":
+            times.append(t - 0.5 * dt)
+    return times
+
+
+def _guided(t: float, scale: float, interval: tuple[float, float] | None) -> bool:
+    return scale != 1.0 and (interval is None or interval[0] <= t <= interval[1])
+
+
+def decoder_passes(
+    steps: int,
+    sampler: Sampler = "euler",
+    guidance_scale: GuidanceScale = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+) -> int:
+    """Decoder passes per image of one sampling run: 2 per guided evaluation ([cond; uncond]), 1 otherwise."""
+    total = 0
+    for t in evaluation_times(steps, sampler):
+        scale = guidance_scale(t) if callable(guidance_scale) else float(guidance_scale)
+        total += 2 if _guided(t, scale, guidance_interval) else 1
+    return total
+
+
+def sample_flow(
+    velocity: VelocityFn,
+    noise: Tensor,
+    cond: Tensor,
+    null_cond: Tensor | None = None,
+    steps: int = 20,
+    guidance_scale: GuidanceScale = 1.0,
+    apg: APG | None = None,
+    sampler: Sampler = "euler",
+    guidance_interval: tuple[float, float] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Integrate ``dx/dt = v`` from t = 1 (``noise [B, C, h, w]``) to t = 0 in ``steps`` steps.
+
+    ``sampler``: ``euler`` (official), ``heun`` (trapezoidal predictor-corrector, second order) or ``midpoint``
+    (explicit midpoint, second order). At an evaluation whose guidance scale (``guidance_scale`` may be a function
+    of t) is not exactly 1 and whose t lies in ``guidance_interval`` (all t when None), the conditional and
+    unconditional velocities come from one batched call and are combined with CFG, or with ``apg`` if given (its
+    momentum buffer advances once per guided evaluation).
+    """
+    check_sampler_options(steps, sampler, guidance_interval)
+    b = noise.shape[0]
+
+    def v_at(x: Tensor, t: float) -> Tensor:
+        scale = guidance_scale(t) if callable(guidance_scale) else float(guidance_scale)
+        tt = torch.full((b,), t, dtype=torch.float32, device=x.device)
+        if null_cond is None or not _guided(t, scale, guidance_interval):
+            return velocity(x, tt, cond)
+        both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
+        v_cond, v_uncond = both[:b], both[b:]
+        return apg(v_cond, v_uncond, scale) if apg is not None else cfg_combine(v_cond, v_uncond, scale)
+
+    x = noise
+    grid = timestep_grid(steps)
+    dt = 1.0 / steps
+    for i, t in enumerate(tqdm(grid, desc="sampling", disable=not progress, leave=False)):
+        v = v_at(x, t)
+        if sampler == "heun" and i < steps - 1:
+            x_pred = x - dt * v
+            x = x - dt * 0.5 * (v + v_at(x_pred, grid[i + 1]))
+        elif sampler == "midpoint":
+            x = x - dt * v_at(x - 0.5 * dt * v, t - 0.5 * dt)
+        else:
+            x = x - dt * v
+    return x
 
 
 def euler_sample(
@@ -30,24 +133,5 @@ def euler_sample(
     apg: APG | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Integrate ``dx/dt = v`` from t = 1 (``noise [B, C, h, w]``) to t = 0 with ``steps`` Euler steps.
-
-    When the guidance scale at a step is not exactly 1, the conditional and unconditional velocities are
-    computed in ONE batched call on ``[cond; null_cond]`` and combined with CFG, or with ``apg`` if given.
-    ``guidance_scale`` may be a function of t.
-    """
-    x = noise
-    b = x.shape[0]
-    grid = timestep_grid(steps)
-    dt = 1.0 / steps
-    for t in tqdm(grid, desc="sampling", disable=not progress, leave=False):
-        scale = guidance_scale(t) if callable(guidance_scale) else float(guidance_scale)
-        tt = torch.full((b,), t, dtype=torch.float32, device=x.device)
-        if scale == 1.0 or null_cond is None:
-            v = velocity(x, tt, cond)
-        else:
-            both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
-            v_cond, v_uncond = both[:b], both[b:]
-            v = apg(v_cond, v_uncond, scale) if apg is not None else cfg_combine(v_cond, v_uncond, scale)
-        x = x - dt * v
-    return x
+    """The official sampler: :func:`sample_flow` with Euler steps and guidance at every step."""
+    return sample_flow(velocity, noise, cond, null_cond, steps, guidance_scale, apg, "euler", None, progress)
