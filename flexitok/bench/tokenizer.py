@@ -1,0 +1,143 @@
+"""Tokenizer benchmark in this process: images/s, seconds per image, peak memory and fraction of matmul peak.
+
+::
+
+    from flexitok.bench import BenchConfig, run_benchmark
+    report = run_benchmark(BenchConfig(model="tiny", steps=1, batch_size=2))
+    print(report.format_table())
+
+The phases, FLOP counting and memory probes are those of :mod:`flexitok.bench.session`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flexitok.bench.session import BenchConfig, Session
+
+
+@dataclass
+class PhaseStats:
+    """One phase. Seconds are per call on one batch: the median (and minimum) over the timed repeats."""
+
+    seconds_per_batch: float  # median
+    min_seconds_per_batch: float
+    images_per_second: float  # from the median
+    seconds_per_image: float  # from the median
+    peak_memory_mib: float  # absolute peak during the phase (CUDA: allocated tensors; CPU: resident set size)
+    memory_increase_mib: float  # peak minus the level just before the phase
+    gflops: float  # per call (matmul, conv and attention FLOPs)
+    fraction_of_peak: float  # gflops / median seconds / matmul peak
+
+    @classmethod
+    def from_seconds(
+        cls, seconds: list[float], batch: int, flops: int, peak_flops: float, mem: tuple[float, float]
+    ) -> PhaseStats:
+        med, best = statistics.median(seconds), min(seconds)
+        return cls(
+            seconds_per_batch=med,
+            min_seconds_per_batch=best,
+            images_per_second=batch / med if med > 0 else math.inf,
+            seconds_per_image=med / batch,
+            peak_memory_mib=mem[0],
+            memory_increase_mib=mem[1],
+            gflops=flops / 1e9,
+            fraction_of_peak=flops / med / peak_flops if med > 0 and peak_flops > 0 else 0.0,
+        )
+
+
+@dataclass
+class BenchReport:
+    config: BenchConfig
+    model_name: str
+    parameters: int
+    device: str
+    threads: int
+    image_size: tuple[int, int]
+    n_registers: int
+    matmul_peak_gflops: float  # best large-matmul throughput in the run's dtype, measured in this run
+    phases: dict[str, PhaseStats]
+
+    @property
+    def tokenize(self) -> PhaseStats:
+        return self.phases["tokenize"]
+
+    @property
+    def detokenize(self) -> PhaseStats:
+        return self.phases["detokenize"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def format_table(self) -> str:
+        c = self.config
+        guidance = "off" if c.guidance_scale == 1.0 else f"{c.guidance_scale:g} ({'APG' if c.apg else 'CFG'})"
+        extra = "".join(f", {k}={v}" for k, v in c.decode_options.items())
+        head = (
+            f"model {self.model_name}: {self.parameters / 1e6:.1f}M params, {self.image_size[0]}x{self.image_size[1]} "
+            f"images, {self.n_registers} tokens | device {self.device} ({self.threads} threads), {c.dtype}"
+            f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {c.steps} steps, guidance {guidance}{extra}"
+            f" | median of {c.repeats} after {c.warmup} warm-up | matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s"
+        )
+        mem = "peak alloc MiB" if self.device.startswith("cuda") else "peak RSS MiB"
+        lines = [
+            head,
+            f"{'phase':<13} {'images/s':>10} {'s/image':>10} {'min s/batch':>12} {mem:>15} {'increase MiB':>13} "
+            f"{'GFLOP':>9} {'of peak':>8}",
+        ]
+        for name, s in self.phases.items():
+            lines.append(
+                f"{name:<13} {s.images_per_second:>10.3f} {s.seconds_per_image:>10.4f} {s.min_seconds_per_batch:>12.4f} "
+                f"{s.peak_memory_mib:>15.1f} {s.memory_increase_mib:>13.1f} {s.gflops:>9.1f} {s.fraction_of_peak:>8.1%}"
+            )
+        if "decoder_pass" in self.phases:
+            lines.append("decoder_pass = one decoder forward on [cond; uncond] (2 x batch rows), the work of one step")
+        return "\n".join(lines)
+
+
+def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Build (or load) the model, then time each phase of ``cfg.phases`` on one random batch.
+
+    Per phase: one eager call under the FLOP counter (it doubles as the first warm-up of an eager run), the
+    remaining warm-up calls (with ``compile``, these pay the compilation), then ``repeats`` timed calls under the
+    memory probe. The matmul peak is measured before and after the phases; the higher figure counts.
+    """
+    say = progress or (lambda _msg: None)
+    say(f"building {cfg.model}")
+    session = Session(cfg)
+    peak = session.matmul_peak()
+    flops: dict[str, int] = {}
+    raw: dict[str, tuple[list[float], float, float]] = {}
+    for phase in cfg.phases:
+        say(f"counting {phase} FLOPs")
+        flops[phase] = session.flops(phase)
+    if cfg.compile:
+        say("compiling encoder and decoder (the warm-up pays the compile time)")
+        session.compile()
+    for phase in cfg.phases:
+        say(f"timing {phase}")
+        for _ in range(cfg.warmup - (0 if cfg.compile else 1)):
+            session.run(phase)
+        raw[phase] = session.measure(phase, cfg.repeats)
+    peak = max(peak, session.matmul_peak())
+    phases = {
+        name: PhaseStats.from_seconds(seconds, cfg.batch_size, flops[name], peak, (mem_peak, mem_inc))
+        for name, (seconds, mem_peak, mem_inc) in raw.items()
+    }
+    info = session.describe()
+    return BenchReport(
+        config=cfg,
+        model_name=cfg.model,
+        parameters=info["parameters"],
+        device=info["device"],
+        threads=info["threads"],
+        image_size=tuple(info["image_size"]),  # type: ignore[arg-type]
+        n_registers=info["n_registers"],
+        matmul_peak_gflops=peak / 1e9,
+        phases=phases,
+    )
