@@ -27,7 +27,12 @@ def timestep_grid(steps: int) -> list[float]:
     """The official grid: t = i / T for i = T, ..., 1 (t = 1 is pure noise)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return [float(torch.tensor(i / steps, dtype=torch.float32)) for i in range(steps, 0, -1)]
+    return [_f32(i / steps) for i in range(steps, 0, -1)]
+
+
+def _f32(t: float) -> float:
+    # Every evaluation time is a float32 value, as the decoder sees it (the guidance interval is tested on it).
+    return float(torch.tensor(t, dtype=torch.float32))
 
 
 def check_sampler_options(steps: int, sampler: str, guidance_interval: tuple[float, float] | None) -> None:
@@ -54,7 +59,7 @@ def evaluation_times(steps: int, sampler: Sampler = "euler") -> list[float]:
         if sampler == "heun" and i < steps - 1:
             times.append(grid[i + 1])
         elif sampler == "midpoint":
-            times.append(t - 0.5 * dt)
+            times.append(_f32(t - 0.5 * dt))
     return times
 
 
@@ -117,7 +122,7 @@ def sample_flow(
             x_pred = x - dt * v
             x = x - dt * 0.5 * (v + v_at(x_pred, grid[i + 1]))
         elif sampler == "midpoint":
-            x = x - dt * v_at(x - 0.5 * dt * v, t - 0.5 * dt)
+            x = x - dt * v_at(x - 0.5 * dt * v, _f32(t - 0.5 * dt))
         else:
             x = x - dt * v
     return x

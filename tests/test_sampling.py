@@ -1,0 +1,96 @@
+"""Rectified-flow samplers: the official Euler default, second-order accuracy, guidance intervals, pass counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flexitok.sampling.flow import decoder_passes, euler_sample, evaluation_times, sample_flow, timestep_grid
+from flexitok.sampling.guidance import APG, cfg_combine
+
+
+def _official_euler(velocity, noise, cond, null, steps, scale, apg):
+    # The reference loop: guided Euler steps on the official grid.
+    x, b = noise, noise.shape[0]
+    for t in timestep_grid(steps):
+        tt = torch.full((b,), t)
+        both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null]))
+        v = apg(both[:b], both[b:], scale) if apg else cfg_combine(both[:b], both[b:], scale)
+        x = x - (1.0 / steps) * v
+    return x
+
+
+class _Recorder:
+    """A velocity field that depends on x, t and the condition, recording every call's (t, rows)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, int]] = []
+
+    def __call__(self, x, t, cond):
+        self.calls.append((float(t[0]), x.shape[0]))
+        return torch.sin(x) * (1 + t.view(-1, 1, 1, 1)) + cond.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+
+
+def test_default_sampler_is_the_official_euler_loop():
+    noise, cond, null = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 8), torch.zeros(2, 5, 8)
+    for apg in (None, APG()):
+        ref = _official_euler(_Recorder(), noise, cond, null, 6, 3.0, APG() if apg else None)
+        assert torch.equal(sample_flow(_Recorder(), noise, cond, null, 6, 3.0, APG() if apg else None), ref)
+        assert torch.equal(euler_sample(_Recorder(), noise, cond, null, 6, 3.0, APG() if apg else None), ref)
+
+
+@pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
+def test_convergence_order(sampler, order):
+    # dx/dt = x from t = 1 to 0: x(0) = x(1) / e. Halving the step divides the error by 2^order.
+    def velocity(x, t, cond):
+        return x
+
+    x1 = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+
+    def err(steps):
+        out = sample_flow(velocity, x1, torch.zeros(1, 1, 1), steps=steps, sampler=sampler)
+        return abs(float(out) - math.exp(-1))
+
+    ratio = err(16) / err(32)
+    assert 2**order * 0.8 < ratio < 2**order * 1.25
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint"])
+@pytest.mark.parametrize("interval", [None, (0.3, 0.7), (0.0, 0.0)])
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_pass_count_and_guidance_interval(sampler, interval, scale):
+    rec = _Recorder()
+    noise, cond, null = torch.randn(2, 1, 2, 2), torch.randn(2, 3, 4), torch.zeros(2, 3, 4)
+    sample_flow(rec, noise, cond, null, steps=5, guidance_scale=scale, sampler=sampler, guidance_interval=interval)
+    times = evaluation_times(5, sampler)
+    assert [t for t, _ in rec.calls] == pytest.approx(times)
+    assert len(times) == {"euler": 5, "heun": 9, "midpoint": 10}[sampler]
+    for t, rows in rec.calls:
+        guided = scale != 1.0 and (interval is None or interval[0] <= t <= interval[1])
+        assert rows == (4 if guided else 2), (t, rows)
+    assert decoder_passes(5, sampler, scale, interval) == sum(rows for _, rows in rec.calls) // 2
+
+
+def test_guidance_outside_the_interval_is_the_conditional_velocity():
+    noise, cond, null = torch.randn(1, 1, 2, 2), torch.randn(1, 3, 4), torch.zeros(1, 3, 4)
+    off = sample_flow(_Recorder(), noise, cond, null, steps=4, guidance_scale=5.0, guidance_interval=(0.0, 0.1))
+    unguided = sample_flow(_Recorder(), noise, cond, None, steps=4)
+    assert torch.equal(off, unguided)  # no evaluation t (1, .75, .5, .25) lies in [0, 0.1]
+    on = sample_flow(_Recorder(), noise, cond, null, steps=4, guidance_scale=5.0, guidance_interval=(0.0, 1.0))
+    assert torch.equal(on, sample_flow(_Recorder(), noise, cond, null, steps=4, guidance_scale=5.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sampler": "rk4"}, "unknown sampler"),
+        ({"guidance_interval": (0.8, 0.2)}, "guidance_interval"),
+        ({"guidance_interval": (-0.1, 0.5)}, "guidance_interval"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_bad_sampler_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sample_flow(_Recorder(), torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1), **kwargs)
