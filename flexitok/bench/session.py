@@ -330,10 +330,9 @@ class Session:
     def compile(self) -> None:
         """``torch.compile`` the encoder and decoder (the first call of each phase then pays the compile)."""
         if not self.compiled:
-            compile_fn = getattr(self.model, "compile_for_inference", None)
-            if compile_fn is not None:
-                compile_fn()
-            else:  # revisions without the opt-in API
+            if type(self.model).compile is not torch.nn.Module.compile:  # the opt-in inference API
+                self.model.compile()
+            else:  # revisions without it
                 self.model.encoder.compile()
                 self.model.decoder.compile()
             self.compiled = True
