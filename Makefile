@@ -29,6 +29,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flexitok tests benchmarks
 	$(BIN)/ruff format --check flexitok tests benchmarks
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format flexitok tests benchmarks
@@ -38,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/flexitok bench --preset tiny
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache

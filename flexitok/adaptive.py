@@ -128,7 +128,7 @@ def decode(model: FlexTok, tokens: Tensor, settings: DecodeSettings) -> Tensor:
         apg=settings.apg,
         noise=seeded_noise(model, settings.seed),
     )
-    return images.clamp(-1, 1)  # type: ignore[union-attr]
+    return images.clamp(-1, 1)
 
 
 @dataclass

@@ -113,7 +113,8 @@ class FlexTokConfig:
     fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
 
     def __post_init__(self) -> None:
-        self.image_size = tuple(self.image_size)  # type: ignore[assignment]
+        h, w = self.image_size  # JSON gives lists
+        self.image_size = (h, w)
         self.fsq_levels = tuple(self.fsq_levels)
         h, w = self.latent_size
         for name, ps in (("encoder", self.encoder.patch_size), ("decoder", self.decoder.patch_size)):

@@ -137,7 +137,7 @@ def run_encode(args: argparse.Namespace) -> int:
             write_ftok(out, ftok)
         where = f" -> {out}" if out is not None else ""
         quality = ""
-        if result is not None:
+        if result is not None and target is not None:
             quality = f", {target.metric}={result.score:.4g}" + ("" if result.met else f" (target {target} not met)")
         h, w = model.image_size
         payload = (k * ftok.bits_per_token + 7) // 8

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -111,7 +112,7 @@ def check_pair(gen: Generator, tokenizer_vocab: int, tokenizer_tokens: int) -> N
 
 def condition_kwargs(
     gen: Generator, labels: list[int] | None, prompts: list[str] | None, text_encoder: torch.nn.Module | None
-) -> dict[str, Tensor]:
+) -> dict[str, Any]:
     """Keyword arguments for :func:`flexitok.sampling.ar.generate` for one batch."""
     dev = gen.tok_emb.weight.device
     kind = gen.config.condition

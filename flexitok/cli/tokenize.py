@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("none of the inputs could be read as an image")
 
     tokens = torch.stack(rows)
-    meta = {
+    meta: dict[str, Any] = {
         "model": model_reference(args.model),
         "image_size": model.image_size,
         "files": done,

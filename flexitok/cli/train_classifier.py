@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sized
 
 from flexitok.cli.common import info, positive_int, resolve_device
+from flexitok.errors import DatasetError
 from flexitok.models.classifier import ClassifierConfig, accuracy, train_classifier
 
 
@@ -38,11 +40,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     common = {"kind": args.data, "path": args.data_path, "image_size": args.image_size}
     train_ds = build_dataset(DataConfig(split="train", limit=args.limit, **common))
+    if not isinstance(train_ds, Sized):
+        raise DatasetError(f"train-classifier needs a dataset with a length; --data {args.data} streams")
     names = FASHION_MNIST_CLASSES if args.data == "fashion_mnist" else None
     num_classes = len(names) if names else int(max(int(train_ds[i]["label"]) for i in range(len(train_ds)))) + 1
     cfg = ClassifierConfig(image_size=args.image_size, num_classes=num_classes, width=args.width, class_names=names)
     model = train_classifier(train_ds, cfg, args.steps, args.batch_size, args.lr, device, args.seed)
     test_ds = build_dataset(DataConfig(split="test", limit=args.test_limit, **common))
+    assert isinstance(test_ds, Sized)  # the same kind as the training split
     items = [test_ds[i] for i in range(len(test_ds))]
     images = torch.stack([it["image"] for it in items])
     labels = torch.tensor([int(it["label"]) for it in items])

@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def iter_tar_samples(path: Path) -> Iterator[dict[str, bytes]]:
+def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
     """Yield ``{"__key__": key, ext: bytes, ...}`` per sample, grouping consecutive members by key."""
     current: dict[str, bytes] = {}
     current_key: str | None = None

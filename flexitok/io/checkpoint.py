@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from flexitok.errors import CheckpointError
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
     A crash at any point leaves either the old file or the new one, never a partial file.
@@ -67,13 +67,15 @@ def safetensors_ready(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
-def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
     """Save contiguous CPU copies of ``tensors`` atomically (shared storage is duplicated, as safetensors needs)."""
     clean = safetensors_ready(tensors)
     atomic_write(path, lambda p: save_file(clean, str(p), metadata=metadata))
 
 
-def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read all tensors and the header metadata; a missing, truncated or corrupt file raises CheckpointError."""
     path = Path(path)
     if not path.is_file():

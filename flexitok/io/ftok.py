@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from flexitok.errors import FlexiTokError
 from flexitok.io.checkpoint import atomic_write_bytes
+from flexitok.models.flextok import FlexTok
 
 MAGIC = b"FTOK"
 VERSION = 1
@@ -168,7 +169,7 @@ class FtokFile:
     @classmethod
     def from_model(
         cls,
-        model: nn.Module,
+        model: FlexTok,
         tokens: Tensor | list[int],
         model_hint: str = "",
         seed: int = 0,
@@ -178,7 +179,7 @@ class FtokFile:
     ) -> FtokFile:
         """Wrap ``tokens`` (``LongTensor [k]`` or a list) made by ``model`` (a :class:`flexitok.FlexTok`)."""
         ids = tokens.reshape(-1).tolist() if isinstance(tokens, Tensor) else [int(t) for t in tokens]
-        cfg = model.config  # type: ignore[attr-defined]
+        cfg = model.config
         return cls(
             tokens=tuple(int(t) for t in ids),
             fingerprint=model_fingerprint(model),
@@ -192,9 +193,9 @@ class FtokFile:
             apg=bool(apg),
         )
 
-    def check_model(self, model: nn.Module, model_name: str | None = None) -> None:
+    def check_model(self, model: FlexTok, model_name: str | None = None) -> None:
         """Raise :class:`FtokError` unless ``model`` is the one these tokens were made with."""
-        cfg = model.config  # type: ignore[attr-defined]
+        cfg = model.config
         name = f"model {model_name!r}" if model_name else "the given model"
         made_with = f"model {self.model_hint!r}" if self.model_hint else "another model"
         if tuple(cfg.fsq_levels) != self.fsq_levels or int(cfg.n_registers) != self.n_registers:

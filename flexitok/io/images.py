@@ -90,8 +90,9 @@ def _open(source: ImageSource) -> Image.Image:
 
 def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; transparent pixels are composited on white."""
-    if getattr(img, "n_frames", 1) > 1:
-        notes.append(f"used the first of {img.n_frames} frames")
+    n_frames = int(getattr(img, "n_frames", 1))
+    if n_frames > 1:
+        notes.append(f"used the first of {n_frames} frames")
     mode = img.mode
     if mode == "RGB":
         return img
@@ -267,7 +268,7 @@ def make_grid(images: Tensor | Sequence[Tensor | Sequence[Tensor]], pad: int = 2
 
 
 def save_grid(
-    rows: Sequence[Sequence[Tensor]] | Tensor,
+    rows: Tensor | Sequence[Tensor | Sequence[Tensor]],
     path: str | os.PathLike,
     labels: Sequence[str] | None = None,
     pad: int = 2,
@@ -283,7 +284,7 @@ def save_grid(
         w = cell_rows[0][0].shape[-1]
         font = ImageFont.load_default()
         heights = [font.getbbox(str(t))[3] for t in labels]
-        strip = max(heights) + 2 * pad + 2
+        strip = int(max(heights)) + 2 * pad + 2
         canvas = Image.new("RGB", (grid.width, grid.height + strip), (255, 255, 255))
         canvas.paste(grid, (0, strip))
         draw = ImageDraw.Draw(canvas)

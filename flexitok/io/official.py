@@ -172,7 +172,10 @@ def config_from_official(
     if d_pos.get("posemb_type", "sincos") != "sincos" or d_regpos.get("posemb_type") != "learnable_sum":
         raise CheckpointError("unsupported decoder position embedding types")
 
-    n_regs = int(e_regs.get("n_max", e_regs.get("n_min")))
+    n_max = e_regs.get("n_max", e_regs.get("n_min"))
+    if n_max is None:
+        raise CheckpointError("official encoder registers name no register count (n_max / n_min)")
+    n_regs = int(n_max)
     if int(d_regpos["max_sizes"][0]) != n_regs:
         raise CheckpointError(
             f"decoder register posemb covers {d_regpos['max_sizes'][0]} positions, encoder has {n_regs}"
@@ -393,8 +396,8 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
         raise CheckpointError("only models with a diffusers VAE can be exported to the official format")
     e, d, c = config.encoder, config.decoder, config.vae.latent_channels
     et, dt = e.transformer, d.transformer
-    for t in (et, dt):
-        if t.attn_scale_base != 8.0 or t.mlp_hidden is not None:
+    for trunk in (et, dt):
+        if trunk.attn_scale_base != 8.0 or trunk.mlp_hidden is not None:
             raise CheckpointError("the official format needs attn_scale_base=8 and the default MLP width")
     lat = config.latent_size
     e_grid = e.posemb_grid or (lat[0] // e.patch_size[0], lat[1] // e.patch_size[1])

@@ -6,9 +6,15 @@ import torch
 from torch import Tensor, nn
 
 from flexitok.config import DecoderConfig
-from flexitok.nn.blocks import Transformer
+from flexitok.nn.blocks import AdaLNBlock, Transformer
 from flexitok.nn.embeddings import PatchEmbed, SinCosPosEmb2D, TimestepEmbedder, unpatchify
 from flexitok.nn.norm import Fp32LayerNorm, modulate
+
+
+def _zero_linear(layer: nn.Module) -> None:
+    assert isinstance(layer, nn.Linear)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
 
 
 class PatchHead(nn.Module):
@@ -61,12 +67,10 @@ class FlexTokDecoder(nn.Module):
     def init_weights(self) -> None:
         # adaLN-zero: every residual branch and the output head start as the identity / zero.
         for blk in self.trunk.blocks:
-            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
-            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.head.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.head.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.head.proj.weight)
-        nn.init.zeros_(self.head.proj.bias)
+            assert isinstance(blk, AdaLNBlock)
+            _zero_linear(blk.adaLN_modulation[-1])
+        _zero_linear(self.head.adaLN_modulation[-1])
+        _zero_linear(self.head.proj)
 
     def condition(self, codes: Tensor, keep_k: Tensor) -> Tensor:
         """FSQ codes ``[B, N, d]`` and ``keep_k [B]`` -> register conditioning ``[B, N, D]``.

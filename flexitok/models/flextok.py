@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,7 @@ from flexitok.config import FlexTokConfig
 from flexitok.errors import InvalidInputError
 from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
-from flexitok.models.vae import build_vae
+from flexitok.models.vae import Autoencoder, build_vae
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.flow import euler_sample
 from flexitok.sampling.guidance import APG, GuidanceScale
@@ -28,7 +29,7 @@ class FlexTok(nn.Module):
     >>> recon = model.detokenize(tokens[:, :16])         # any prefix length 1..N
     """
 
-    def __init__(self, config: FlexTokConfig, vae: nn.Module | None = None) -> None:
+    def __init__(self, config: FlexTokConfig, vae: Autoencoder | None = None) -> None:
         super().__init__()
         self.config = config
         lat_c, lat_hw = config.vae.latent_channels, config.latent_size
@@ -48,7 +49,7 @@ class FlexTok(nn.Module):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return self.config.image_size  # type: ignore[return-value]
+        return self.config.image_size
 
     @property
     def device(self) -> torch.device:
@@ -159,6 +160,35 @@ class FlexTok(nn.Module):
         draws = [torch.randn((1, c, h, w), generator=generator, device=gen_device) for _ in range(batch_size)]
         return torch.cat(draws).to(self.device)
 
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        steps: int = ...,
+        guidance_scale: GuidanceScale = ...,
+        apg: bool | APG = ...,
+        noise: Tensor | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        return_latents: Literal[False] = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        steps: int = ...,
+        guidance_scale: GuidanceScale = ...,
+        apg: bool | APG = ...,
+        noise: Tensor | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        *,
+        return_latents: Literal[True],
+    ) -> tuple[Tensor, Tensor]: ...
+
     @torch.no_grad()
     def detokenize(
         self,
@@ -206,7 +236,7 @@ class FlexTok(nn.Module):
     @torch.no_grad()
     def autoencode(self, images: Tensor, keep_k: int | Sequence[int] | Tensor | None = None, **kwargs) -> Tensor:
         """Tokenize then detokenize, keeping the first ``keep_k`` tokens (int or one per image)."""
-        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)  # type: ignore[return-value]
+        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from flexitok.config import VAEConfig
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
-class IdentityAE(nn.Module):
+
+class Autoencoder(nn.Module):
+    """What FlexTok needs from a stage-0 autoencoder: images [B, 3, H, W] <-> scaled latents [B, C, h, w]."""
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class IdentityAE(Autoencoder):
     """Pixel-space "VAE": latents are the [-1, 1] image itself, scaled by ``scaling_factor``."""
 
     def __init__(self, cfg: VAEConfig) -> None:
@@ -25,14 +38,14 @@ class IdentityAE(nn.Module):
         return latents / self.cfg.scaling_factor
 
 
-class DiffusersVAE(nn.Module):
+class DiffusersVAE(Autoencoder):
     """Wraps ``diffusers.AutoencoderKL``; the module is stored as ``.vae`` (official key prefix ``vae.vae.*``).
 
     ``encode`` returns the posterior mode (deterministic tokens) unless ``sample_posterior`` is set, multiplied by
     the scaling factor; ``decode`` divides by it first.
     """
 
-    def __init__(self, cfg: VAEConfig, vae: nn.Module | None = None) -> None:
+    def __init__(self, cfg: VAEConfig, vae: AutoencoderKL | None = None) -> None:
         super().__init__()
         from diffusers import AutoencoderKL
 
@@ -44,7 +57,7 @@ class DiffusersVAE(nn.Module):
                 vae = AutoencoderKL.from_pretrained(cfg.pretrained)
             else:
                 raise ValueError("VAEConfig(kind='diffusers') needs diffusers_config or pretrained")
-        self.vae = vae
+        self.vae: AutoencoderKL = vae
         if cfg.latent_channels != self.vae.config.latent_channels:
             raise ValueError(
                 f"VAE config says {cfg.latent_channels} latent channels, the AutoencoderKL has "
@@ -66,5 +79,5 @@ def _clean_diffusers_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def build_vae(cfg: VAEConfig) -> nn.Module:
+def build_vae(cfg: VAEConfig) -> Autoencoder:
     return IdentityAE(cfg) if cfg.kind == "identity" else DiffusersVAE(cfg)

@@ -30,6 +30,8 @@ def sincos_2d_table(dim: int, rows: int, cols: int) -> Tensor:
 class SinCosPosEmb2D(nn.Module):
     """Adds a fixed 2-D sin-cos embedding; grids smaller than the table use its top-left corner."""
 
+    table: Tensor  # [1, D, rows, cols] buffer
+
     def __init__(self, dim: int, grid: tuple[int, int]) -> None:
         super().__init__()
         # Persistent so official checkpoints (which store the table) load strictly.
@@ -80,4 +82,4 @@ class TimestepEmbedder(nn.Module):
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(self.features(t).to(self.mlp[0].weight.dtype))
+        return self.mlp(self.features(t).to(next(self.mlp.parameters()).dtype))

@@ -17,6 +17,14 @@ class FSQ(nn.Module):
     ``tanh(z + shift) * half - offset`` keeps even levels symmetric around the rounding grid.
     """
 
+    # Buffers registered in __init__ (declared for the type checker).
+    _levels: Tensor
+    _half: Tensor
+    _offset: Tensor
+    _shift: Tensor
+    _half_width: Tensor
+    _basis: Tensor
+
     def __init__(self, levels: tuple[int, ...] | list[int], eps: float = 1e-3) -> None:
         super().__init__()
         self.levels_tuple = tuple(int(x) for x in levels)

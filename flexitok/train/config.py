@@ -170,7 +170,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(f"{where} must not be null")
     if hint is FlexTokConfig and isinstance(value, str):
         value = _expand_model(value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):

@@ -31,6 +31,9 @@ class EfficientNetLite0FeatureMaps(nn.Module):
     square size first (None = native size; tiny images give tiny maps, which callers interpolate).
     """
 
+    mean: Tensor  # buffers [1, 3, 1, 1]
+    std: Tensor
+
     def __init__(self, blocks: Sequence[int] = (10,), resolution: int | None = None) -> None:
         super().__init__()
         net = load_efficientnet_lite0()

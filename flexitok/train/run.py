@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch.utils.data import Dataset
 
 from flexitok.data import DataConfig, DatasetError, build_dataset
 from flexitok.errors import CheckpointError
@@ -85,6 +86,7 @@ def run_tokenizer(args: TargetArgs) -> int:
             raise ConfigError(
                 f"init_from {cfg.init_from}: weights do not match model ({missing[:3]}, {unexpected[:3]})"
             )
+    dataset: Dataset
     if cfg.latents is not None:
         from flexitok.data import LatentCacheDataset
 

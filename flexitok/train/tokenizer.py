@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
+from flexitok.models.flextok import FlexTok
 
 TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
 KSampling = Literal["uniform", "pow2", "uniform_pow2"]
@@ -128,7 +129,7 @@ class TokenizerTask:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: FlexTok,
         cfg: TokenizerTaskConfig,
         eval_dataset: Dataset | None = None,
         repa_encoder: Callable[[Tensor], Tensor] | None = None,
@@ -232,6 +233,7 @@ class TokenizerTask:
     # ------------------------------------------------------------------ evaluation / export
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Reconstruction grid PNG (rows: originals, then one row per k) and per-k PSNR."""
+        assert isinstance(model, FlexTok)  # the task's model or its EMA copy
         if self.eval_dataset is None or self.cfg.eval_images <= 0:
             return {}
         cfg = self.cfg
@@ -259,4 +261,5 @@ class TokenizerTask:
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Write the final (EMA) model with ``save_pretrained`` into ``<out_dir>/model``."""
+        assert isinstance(model, FlexTok)
         model.save_pretrained(Path(out_dir) / "model")

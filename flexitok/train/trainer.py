@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -60,7 +60,10 @@ class TrainTask(Protocol):
     * ``export(model, out_dir)`` -- called on rank 0 at the end with the (EMA) model to write the final artefact.
     """
 
-    model: nn.Module
+    @property
+    def model(self) -> nn.Module:
+        """The trained model (a read-only member, so a task may declare it as its own model class)."""
+        ...
 
     def loss(self, batch: Any, step: int) -> tuple[Tensor, dict[str, Any]]:
         """Scalar loss of one (per-process) batch and a dict of floats / 0-d tensors to log."""
@@ -259,6 +262,8 @@ def _batch_len(batch: Any) -> int:
 class _TaskModule(nn.Module):
     """Holds the task's trained modules so DDP/FSDP see one root whose ``forward`` is the task's loss."""
 
+    _task: TrainTask
+
     def __init__(self, task: TrainTask) -> None:
         super().__init__()
         self.model = task.model
@@ -276,7 +281,8 @@ _NO_DECAY_HINTS = ("token", "emb", "null", "register", "pos")
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on 1-D tensors (norms, biases) and learned embeddings / tokens."""
     embedding_params = {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
@@ -307,6 +313,7 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy (tuple) form, the default
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
@@ -387,7 +394,10 @@ def _full_state_dict(module: nn.Module, fsdp: bool) -> dict[str, Tensor]:
         return module.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return cast(
+        dict[str, Tensor],
+        get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+    )
 
 
 def _full_tensor(t: Tensor) -> Tensor:
@@ -399,8 +409,9 @@ def _apply_fsdp(root: _TaskModule) -> None:
 
     # Shard each transformer block separately (memory), then the root (everything else).
     for m in list(root.modules()):
-        if m is not root and isinstance(getattr(m, "blocks", None), nn.ModuleList):
-            for blk in m.blocks:
+        blocks = getattr(m, "blocks", None)
+        if m is not root and isinstance(blocks, nn.ModuleList):
+            for blk in blocks:
                 fully_shard(blk)
     fully_shard(root)
 
@@ -465,7 +476,7 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
     optimizer = torch.optim.AdamW(param_groups(root, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 
-    ddp: nn.Module | None = None
+    ddp: nn.parallel.DistributedDataParallel | None = None
     if info.enabled and not use_fsdp:
         ddp = nn.parallel.DistributedDataParallel(
             root,
@@ -571,7 +582,8 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
     pbar = tqdm(total=cfg.steps, initial=step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True)
     stream = batch_stream()
     final_ckpt: Path | None = last if (last is not None and step >= cfg.steps) else None
-    window_t, window_images, loss_sum, logs_sum, n_logged = time.perf_counter(), 0, 0.0, {}, 0
+    window_t, window_images, loss_sum, n_logged = time.perf_counter(), 0, 0.0, 0
+    logs_sum: dict[str, Tensor | float] = {}
     root.train()
     try:
         while step < cfg.steps:
@@ -580,8 +592,8 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
             for micro in range(cfg.grad_accum):
                 batch = _to_device(next(stream), device)
                 images += _batch_len(batch)
-                sync = ddp is None or micro == cfg.grad_accum - 1
-                ctx = contextlib.nullcontext() if sync else ddp.no_sync()  # type: ignore[union-attr]
+                last_micro = micro == cfg.grad_accum - 1
+                ctx = ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext()
                 with ctx:
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         loss, logs = forward(batch, step)
@@ -615,7 +627,7 @@ def _train(task: TrainTask, dataset: Dataset, cfg: TrainConfig, collate_fn: Call
                 dt = time.perf_counter() - window_t
                 metrics = {
                     "loss": loss_val,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": float(scheduler.get_last_lr()[0]),
                     "grad_norm": _as_float(_full_tensor(grad_norm)),
                     "images_per_s": window_images / max(dt, 1e-9),
                     "epoch": pos["epoch"],
@@ -695,7 +707,7 @@ def _load_trained_state(root: _TaskModule, task: TrainTask, tensors: dict[str, d
         if fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            full = {f"model.{k}": v for k, v in tensors["model"].items()}
+            full: dict[str, Any] = {f"model.{k}": v for k, v in tensors["model"].items()}
             full.update({f"aux.{k}": v for k, v in tensors.get("aux", {}).items()})
             set_model_state_dict(root, full, options=StateDictOptions(full_state_dict=True))
         else:
@@ -711,8 +723,9 @@ def _ema_to_local(ema: EMA, state: dict[str, Tensor]) -> dict[str, Tensor]:
     for k, v in state.items():
         shadow = ema.shadow.get(k)
         if shadow is not None and hasattr(shadow, "device_mesh"):  # FSDP: re-shard the full tensor
-            from torch.distributed.tensor import distribute_tensor
+            from torch.distributed.tensor import DTensor, distribute_tensor
 
+            assert isinstance(shadow, DTensor)
             v = distribute_tensor(v.to(shadow.device), shadow.device_mesh, shadow.placements)
         out[k] = v
     return out
@@ -746,7 +759,7 @@ def _save(
 ) -> Path:
     """Collective (every rank calls it); rank 0 writes. Returns the checkpoint folder."""
     rng = _rng_state()
-    rngs = [None] * info.world_size
+    rngs: list[Any] = [None] * info.world_size
     if info.enabled:
         dist.all_gather_object(rngs, rng)
     else:

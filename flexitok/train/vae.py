@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -23,8 +23,13 @@ from flexitok.io.checkpoint import replace_dir
 from flexitok.io.images import save_grid
 from flexitok.train.config import VAEModelConfig, VAETaskConfig
 
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
-def build_autoencoder(cfg: VAEModelConfig) -> nn.Module:
+    from flexitok.train.features import EfficientNetLite0FeatureMaps
+
+
+def build_autoencoder(cfg: VAEModelConfig) -> AutoencoderKL:
     """A diffusers ``AutoencoderKL`` from ``cfg`` (random init) or loaded from ``cfg.pretrained``."""
     from diffusers import AutoencoderKL
 
@@ -83,11 +88,11 @@ def perceptual_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
 class VAETask:
     """Implements :class:`flexitok.train.trainer.TrainTask` for a diffusers ``AutoencoderKL``."""
 
-    def __init__(self, vae: nn.Module, cfg: VAETaskConfig, eval_dataset: Dataset | None = None) -> None:
+    def __init__(self, vae: AutoencoderKL, cfg: VAETaskConfig, eval_dataset: Dataset | None = None) -> None:
         self.model = vae
         self.cfg = cfg
         self.eval_dataset = eval_dataset
-        self.perceptual: nn.Module | None = None
+        self.perceptual: EfficientNetLite0FeatureMaps | None = None
         if cfg.perceptual_weight > 0:
             from flexitok.train.features import EfficientNetLite0FeatureMaps
 
@@ -183,6 +188,9 @@ class VAETask:
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Grid PNG (originals / reconstructions from the posterior mode) and mean PSNR."""
+        from diffusers import AutoencoderKL
+
+        assert isinstance(model, AutoencoderKL)  # the task's model or its EMA copy
         if self.eval_dataset is None or self.cfg.eval_images <= 0:
             return {}
         n = min(self.cfg.eval_images, len(self.eval_dataset))  # type: ignore[arg-type]
@@ -196,6 +204,9 @@ class VAETask:
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """``save_pretrained`` into ``<out_dir>/vae`` (written to a temp folder, then renamed into place)."""
+        from diffusers import AutoencoderKL
+
+        assert isinstance(model, AutoencoderKL)
         final = Path(out_dir) / "vae"
         tmp = Path(out_dir) / f".tmp-vae-{uuid.uuid4().hex[:8]}"
         model.save_pretrained(str(tmp))
