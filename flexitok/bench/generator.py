@@ -12,6 +12,7 @@ same seed. With a tokenizer, AR sampling (cached) plus decoding is timed too. Pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -150,9 +151,9 @@ def run_generator_benchmark(cfg: GeneratorBenchConfig) -> GeneratorBenchResult:
             for p in paths:
                 sample(p)
         for r in range(cfg.repeats):
-            for p in paths if r % 2 == 0 else paths[::-1]:
-                seconds, outs[p] = _time_once(lambda p=p: sample(p), device)
-                times[p].append(seconds)
+            for use_cache in paths if r % 2 == 0 else paths[::-1]:
+                seconds, outs[use_cache] = _time_once(functools.partial(sample, use_cache), device)
+                times[use_cache].append(seconds)
     t_c = statistics.median(times[True])
     t_u = statistics.median(times[False]) if False in times else None
     pipeline = None

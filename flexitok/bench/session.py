@@ -255,7 +255,7 @@ def model_config(cfg: BenchConfig) -> Any:
 
 
 @torch.no_grad()
-def randomize_by_name(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+def randomize_by_name(model: Any, seed: int, std: float = 0.02) -> None:
     """Give every encoder/decoder parameter N(0, std^2) values (adaLN-zero layers included, so outputs depend
     on every weight) and re-initialise the VAE module by module, each from a generator seeded by its name."""
 

@@ -88,7 +88,7 @@ class PackedLinearsMixin(nn.Module):
             self.register_load_state_dict_post_hook(_repack_after_load)
             self._pack_hook_registered = True
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+    def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
         self._pack_all()
         return out
