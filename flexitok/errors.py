@@ -23,3 +23,7 @@ class DatasetError(FlexiTokError):
 
 class FeatureExtractorError(FlexiTokError):
     """A feature network's package or weights (EfficientNet-Lite0, Inception) are not available."""
+
+
+class TrainingError(FlexiTokError):
+    """A training run cannot start or continue: its folder is in use, it diverged, or its settings changed."""

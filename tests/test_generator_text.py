@@ -60,4 +60,4 @@ def test_prompts_condition_the_generator(encoder: TextEncoder) -> None:
     # the training task encodes captions itself
     task = GeneratorTask(gen, GeneratorTaskConfig(cond_dropout=0.5), text_encoder=CachedTextEncoder(encoder))
     loss, logs = task.loss({"tokens": torch.randint(0, 50, (2, 6)), "caption": ["a sneaker", "a bag"]}, 0)
-    assert torch.isfinite(loss) and logs["loss"] > 0
+    assert torch.isfinite(loss) and loss > 0 and logs == {}  # the trainer logs the loss (no host sync here)

@@ -51,7 +51,14 @@ def _run(args: argparse.Namespace) -> int:
     from flexitok.train.run import TargetArgs
 
     fn = resolve_target(args.target)
-    return int(fn(TargetArgs(config=args.config, overrides=list(args.overrides), resume=args.resume)) or 0)
+    targs = TargetArgs(
+        config=args.config,
+        overrides=list(args.overrides),
+        resume=args.resume,
+        no_fallback=args.no_fallback,
+        allow_config_change=args.allow_config_change,
+    )
+    return int(fn(targs) or 0)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,6 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t = sub.add_parser(name, help=_HELP.get(name, f"train {name}"))
         t.add_argument("--config", "-c", default=None, help="YAML run config (see configs/)")
         t.add_argument("--resume", action="store_true", help="continue from <train.out_dir>/last (exact resume)")
+        t.add_argument(
+            "--no-fallback",
+            action="store_true",
+            help="with --resume: refuse a corrupt last checkpoint instead of falling back to the newest intact one",
+        )
+        t.add_argument(
+            "--allow-config-change",
+            action="store_true",
+            help="with --resume: continue although hyperparameters differ from the checkpoint's (they are listed)",
+        )
         t.add_argument(
             "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 data.image_size=32"
         )

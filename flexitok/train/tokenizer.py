@@ -24,6 +24,7 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
 from flexitok.models.flextok import FlexTok
+from flexitok.train.task import TrainTask
 
 TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
 KSampling = Literal["uniform", "pow2", "uniform_pow2"]
@@ -119,13 +120,15 @@ def repa_loss(pred: Tensor, target: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- the task
 
 
-class TokenizerTask:
-    """Implements :class:`flexitok.train.trainer.TrainTask` for a :class:`flexitok.FlexTok`.
+class TokenizerTask(TrainTask):
+    """:class:`~flexitok.train.task.TrainTask` for a :class:`flexitok.FlexTok`.
 
     ``repa_encoder``: any callable ``images [B,3,H,W] -> [B,D',h',w']`` or ``[B,M,D']``; when None and REPA is
     on, a frozen EfficientNet-Lite0 trunk is used. ``eval_dataset`` (items with ``"image"``) feeds periodic
     reconstruction grids.
     """
+
+    model: FlexTok
 
     def __init__(
         self,
@@ -135,11 +138,10 @@ class TokenizerTask:
         repa_encoder: Callable[[Tensor], Tensor] | None = None,
         repa_out_dim: int | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
         self.model.vae.requires_grad_(False)  # stage 0 is frozen
-        self.aux_modules = nn.ModuleDict()
         self.repa_encoder: Callable[[Tensor], Tensor] | None = None
         if cfg.repa_layer is not None:
             depth = len(model.decoder.trunk.blocks)
@@ -151,6 +153,7 @@ class TokenizerTask:
                 repa_encoder = EfficientNetLite0FeatureMaps(blocks=(cfg.repa_blocks,), resolution=cfg.repa_resolution)
             if isinstance(repa_encoder, nn.Module):
                 repa_encoder.requires_grad_(False).eval()
+                self.frozen_modules["repa_encoder"] = repa_encoder  # the trainer moves it to the device
             self.repa_encoder = repa_encoder
             out_dim = repa_out_dim or getattr(repa_encoder, "out_dim", None) or self._probe_dim(repa_encoder)
             dim = model.config.decoder.transformer.dim
