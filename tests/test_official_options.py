@@ -70,10 +70,11 @@ def test_adaln_expansion_modulates_groups_separately():
     randomize(model, 2)
     blk = model.decoder.trunk.blocks[0]
     c = torch.randn(2, 32)
-    mods = blk.modulation(c)  # [B, groups, 6, D]
-    assert mods.shape == (2, 2, 6, 32)
+    x = torch.randn(2, 9 + 12, 32)
+    mods = blk._per_token(c, x.shape[1], split=9)
+    assert all(m.shape == (2, 21, 32) for m in mods)
     # Patches use the first 6*D chunk, registers the second: they differ.
-    assert not torch.allclose(mods[:, 0], mods[:, 1])
+    assert not torch.allclose(mods[0][:, 0], mods[0][:, -1])
 
 
 @pytest.mark.parametrize(

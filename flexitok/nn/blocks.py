@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -9,11 +10,11 @@ from flexitok.config import TransformerConfig
 from flexitok.nn.attention import SelfAttention
 from flexitok.nn.fastpath import eager_inference
 from flexitok.nn.mlp import GatedMLP
-from flexitok.nn.norm import Fp32LayerNorm, gated_residual, modulate_groups
+from flexitok.nn.norm import Fp32LayerNorm, gated_residual_, modulate, modulate_groups_
 
 
 def _residual(x: Tensor, y: Tensor) -> Tensor:
-    """``x + y``; without autograd written into ``y``, a fresh branch output (``x`` is never modified)."""
+    """``x + y``; in eager inference written into ``y``, a fresh branch output (``x`` is never modified)."""
     return y.add_(x) if eager_inference() else x + y
 
 
@@ -38,8 +39,11 @@ class AdaLNBlock(nn.Module):
 
     The modulation layer maps ``silu(c)`` to ``groups x 6 x D`` values. With ``groups=2`` the sequence is split
     at ``split`` (the number of leading tokens, e.g. image patches) and each part gets its own
-    (gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp). They are applied per token range by
-    broadcasting, never expanded to ``[B, S, D]``.
+    (gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp).
+
+    Eager inference applies them per token range by broadcasting, in place and never expanded to ``[B, S, D]``;
+    with autograd (training) or under ``torch.compile`` the plain per-token formulation runs, so training
+    numerics do not depend on the inference fast path.
     """
 
     def __init__(self, cfg: TransformerConfig, groups: int = 1) -> None:
@@ -56,13 +60,29 @@ class AdaLNBlock(nn.Module):
         shift_mlp, scale_mlp."""
         return self.adaLN_modulation(c).unflatten(-1, (self.groups, 6, -1))
 
+    def _per_token(self, c: Tensor, seq_len: int, split: int) -> tuple[Tensor, ...]:
+        # [B, groups*6*D] -> six [B, S, D] (or [B, 1, D] when shared) tensors.
+        mod = self.adaLN_modulation(c)
+        if self.groups == 1:
+            return tuple(m.unsqueeze(1) for m in mod.chunk(6, dim=-1))
+        first, second = mod.chunk(2, dim=-1)
+        n_second = seq_len - split
+        out = []
+        for a, b in zip(first.chunk(6, dim=-1), second.chunk(6, dim=-1), strict=True):
+            out.append(torch.cat([a.unsqueeze(1).expand(-1, split, -1), b.unsqueeze(1).expand(-1, n_second, -1)], 1))
+        return tuple(out)
+
     def forward(self, x: Tensor, c: Tensor, split: int, mask: Tensor | None = None) -> Tensor:
         """``x [B, S, D]``, ``c [B, D]``, ``split`` = number of tokens in the first group -> ``[B, S, D]``."""
-        gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = self.modulation(c).unbind(2)
-        h = modulate_groups(self.norm1(x), shift_attn, scale_attn, split)
-        x = gated_residual(x, self.attn(h, mask), gate_attn, split)
-        h = modulate_groups(self.norm2(x), shift_mlp, scale_mlp, split)
-        return gated_residual(x, self.mlp(h), gate_mlp, split)
+        if eager_inference():
+            gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = self.modulation(c).unbind(2)
+            h = modulate_groups_(self.norm1(x), shift_attn, scale_attn, split)
+            x = gated_residual_(x, self.attn(h, mask), gate_attn, split)
+            h = modulate_groups_(self.norm2(x), shift_mlp, scale_mlp, split)
+            return gated_residual_(x, self.mlp(h), gate_mlp, split)
+        gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = self._per_token(c, x.shape[1], split)
+        x = x + gate_attn * self.attn(modulate(self.norm1(x), shift_attn, scale_attn), mask)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
 class Transformer(nn.Module):

@@ -12,7 +12,8 @@ from flexitok.nn.packed import PackedLinearsMixin, packed_weight
 class GatedMLP(PackedLinearsMixin):
     """SwiGLU feed-forward without biases: ``fc2(silu(fc1(x)) * fc3(x))``.
 
-    ``fc1`` and ``fc3`` are packed (:mod:`flexitok.nn.packed`) and computed as one ``[D -> 2 hidden]`` matmul.
+    ``fc1`` and ``fc3`` are packed (:mod:`flexitok.nn.packed`): in eager inference they run as one
+    ``[D -> 2 hidden]`` matmul followed by an in-place SiLU and product; otherwise the plain computation.
     """
 
     _packed_groups = (("fc1", "fc3"),)
@@ -27,8 +28,7 @@ class GatedMLP(PackedLinearsMixin):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., D] -> [..., D]``."""
-        h = F.linear(x, packed_weight((self.fc1, self.fc3)))  # [..., 2 hidden]
-        a, b = h[..., : self.hidden], h[..., self.hidden :]
         if eager_inference():
-            return self.fc2(F.silu(a, inplace=True).mul_(b))
-        return self.fc2(F.silu(a) * b)
+            h = F.linear(x, packed_weight((self.fc1, self.fc3)))  # [..., 2 hidden]
+            return self.fc2(F.silu(h[..., : self.hidden], inplace=True).mul_(h[..., self.hidden :]))
+        return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))

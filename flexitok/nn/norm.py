@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flexitok.nn.fastpath import eager_inference
-
 
 class Fp32LayerNorm(nn.Module):
     """LayerNorm without affine parameters, always computed in float32 (stable under bf16 autocast)."""
@@ -22,8 +20,8 @@ class Fp32LayerNorm(nn.Module):
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation ``x * (1 + scale) + shift`` (all broadcastable to ``[B, S, D]``), one fused kernel."""
-    return torch.addcmul(shift, x, 1.0 + scale)
+    """adaLN modulation ``x * (1 + scale) + shift`` (all broadcastable to ``[B, S, D]``)."""
+    return x * (1.0 + scale) + shift
 
 
 def group_slices(seq_len: int, split: int, groups: int) -> list[slice]:
@@ -35,33 +33,24 @@ def group_slices(seq_len: int, split: int, groups: int) -> list[slice]:
     raise ValueError(f"adaLN supports 1 or 2 token groups, got {groups}")
 
 
-def modulate_groups(h: Tensor, shift: Tensor, scale: Tensor, split: int) -> Tensor:
-    """Per-group adaLN modulation without materialising per-token ``[B, S, D]`` shift/scale tensors.
+def modulate_groups_(h: Tensor, shift: Tensor, scale: Tensor, split: int) -> Tensor:
+    """In-place per-group adaLN modulation ``h * (1 + scale) + shift``, one fused kernel per group, without
+    materialising per-token ``[B, S, D]`` shift/scale tensors. Inference only (no autograd through ``out=``).
 
-    ``h [B, S, D]`` (a fresh normalised tensor), ``shift``/``scale [B, G, D]``: group 0 modulates tokens
-    ``< split``, group 1 the rest (G = 1: all tokens share group 0). Without autograd ``h`` is overwritten and
-    returned.
+    ``h [B, S, D]`` (a fresh normalised tensor; overwritten and returned), ``shift``/``scale [B, G, D]``: group 0
+    modulates tokens ``< split``, group 1 the rest (G = 1: all tokens share group 0).
     """
-    slices = group_slices(h.shape[1], split, shift.shape[1])
     scale1 = scale + 1.0  # [B, G, D]: tiny
-    if eager_inference():
-        for g, sl in enumerate(slices):
-            seg = h[:, sl]
-            torch.addcmul(shift[:, g : g + 1], seg, scale1[:, g : g + 1], out=seg)
-        return h
-    parts = [torch.addcmul(shift[:, g : g + 1], h[:, sl], scale1[:, g : g + 1]) for g, sl in enumerate(slices)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    for g, sl in enumerate(group_slices(h.shape[1], split, shift.shape[1])):
+        seg = h[:, sl]
+        torch.addcmul(shift[:, g : g + 1], seg, scale1[:, g : g + 1], out=seg)
+    return h
 
 
-def gated_residual(x: Tensor, y: Tensor, gate: Tensor, split: int) -> Tensor:
-    """``x + gate * y`` per adaLN group: ``x``/``y [B, S, D]``, ``gate [B, G, D]`` (groups as in
-    :func:`modulate_groups`). ``x`` is never modified; without autograd ``y`` (a fresh branch output) is
-    overwritten and returned."""
-    slices = group_slices(x.shape[1], split, gate.shape[1])
-    if eager_inference():
-        for g, sl in enumerate(slices):
-            seg = y[:, sl]
-            torch.addcmul(x[:, sl], seg, gate[:, g : g + 1], out=seg)
-        return y
-    parts = [torch.addcmul(x[:, sl], y[:, sl], gate[:, g : g + 1]) for g, sl in enumerate(slices)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+def gated_residual_(x: Tensor, y: Tensor, gate: Tensor, split: int) -> Tensor:
+    """``x + gate * y`` per adaLN group (groups as in :func:`modulate_groups_`), written into ``y`` (a fresh branch
+    output) and returned; ``x`` is not modified. Inference only."""
+    for g, sl in enumerate(group_slices(x.shape[1], split, gate.shape[1])):
+        seg = y[:, sl]
+        torch.addcmul(x[:, sl], seg, gate[:, g : g + 1], out=seg)
+    return y
