@@ -1,5 +1,6 @@
 """flexitok: FlexTok image tokenization in PyTorch."""
 
+import flexitok.io.pretrained  # noqa: E402, F401  (registers the official checkpoint format with FlexTok)
 from flexitok.config import (
     DecoderConfig,
     EncoderConfig,

@@ -1,8 +1,9 @@
 """Typed configuration for FlexTok models.
 
 Every model in flexitok is built from one :class:`FlexTokConfig`. The config is plain data (dataclasses of
-ints, floats, bools and tuples) so it round-trips through JSON (``to_dict`` / ``from_dict``) and can be
-built from the official Hydra metadata (see :mod:`flexitok.io.official`).
+ints, floats, bools and tuples) so it round-trips through JSON (``to_dict``; reading back, with validation, is
+:func:`flexitok.utils.config_json.config_from_json`) and can be built from the official Hydra metadata (see
+:mod:`flexitok.io.official`).
 """
 
 from __future__ import annotations
@@ -141,33 +142,6 @@ class FlexTokConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlexTokConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown FlexTokConfig fields: {sorted(unknown)}")
-
-        def tr(x: dict[str, Any]) -> TransformerConfig:
-            return TransformerConfig(**x)
-
-        enc = dict(d.get("encoder", {}))
-        dec = dict(d.get("decoder", {}))
-        for part in (enc, dec):
-            if "transformer" in part:
-                part["transformer"] = tr(part["transformer"])
-            for key in ("patch_size", "posemb_grid"):
-                if part.get(key) is not None:
-                    part[key] = tuple(part[key])
-        return cls(
-            image_size=tuple(d.get("image_size", (256, 256))),
-            vae=VAEConfig(**d.get("vae", {})),
-            encoder=EncoderConfig(**enc),
-            decoder=DecoderConfig(**dec),
-            fsq_levels=tuple(d.get("fsq_levels", (8, 8, 8, 5, 5, 5))),
-        )
 
 
 def _paper_preset(enc_depth: int, dec_depth: int) -> FlexTokConfig:

@@ -83,7 +83,7 @@ def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
     from flexitok.sampling.ar import ARSamplingConfig, generate
 
     gen = Generator.from_pretrained("default" if kind == "class" else "default-text")
-    clf = SmallCNN.load(SAMPLES.parent / "classifiers" / "fmnist32.safetensors")
+    clf = SmallCNN.from_pretrained("fmnist32")
     labels = [c for c in range(10) for _ in range(5)]
     if kind == "class":
         kw = condition_kwargs(gen, labels, None, None)

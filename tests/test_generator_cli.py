@@ -129,7 +129,7 @@ def test_classifier_trains_saves_and_loads(tmp_path: Path) -> None:
     cfg = ClassifierConfig(image_size=8, num_classes=2, width=8, class_names=("dark", "bright"))
     model = train_classifier(data, cfg, steps=15, batch_size=16, lr=3e-3, progress=False)
     assert (model.predict(images) == labels).float().mean() > 0.9
-    model.save(tmp_path / "clf.safetensors")
-    loaded = SmallCNN.load(tmp_path / "clf.safetensors")
+    model.save_pretrained(tmp_path / "clf")
+    loaded = SmallCNN.from_pretrained(tmp_path / "clf")
     assert loaded.config == cfg
     torch.testing.assert_close(loaded(images[:4]), model(images[:4]))

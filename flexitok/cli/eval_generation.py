@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-path", default=None)
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--features", default="efflite0", help="feature extractor: efflite0 (offline) or inception")
-    p.add_argument("--classifier", default=None, help="classifier .safetensors for the accuracy column")
+    p.add_argument(
+        "--classifier", default=None, help="classifier for the accuracy column: a folder, or the bundled fmnist32"
+    )
     p.add_argument("--tokens", type=_ints, default=None, help="token counts, e.g. 1,4,16 (default: powers of 4 and N)")
     p.add_argument("--cfg-scales", type=_floats, default=(1.0, 3.0), help="generator CFG scales (default 1,3)")
     p.add_argument("-n", "--num-samples", type=positive_int, default=1000)
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if not captions:
             raise InvalidInputError(f"dataset {args.data!r} has no captions to prompt a text-conditioned generator")
         text_encoder = CachedTextEncoder(TextEncoder(gen.config.text_encoder))
-    classifier = SmallCNN.load(args.classifier, device) if args.classifier else None
+    classifier = SmallCNN.from_pretrained(args.classifier, device) if args.classifier else None
     # Class models are prompted with the reference split's labels so the FD compares like with like.
     use_labels = labels if (labels >= 0).all() and gen.config.condition != "none" else None
     rows = evaluate_generation(

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train-classifier",
         help="train the small CNN classifier used by eval-generation",
         description="Train a small CNN on a labelled dataset (default Fashion-MNIST) at a given resolution and save "
-        "it as one safetensors file; prints its test accuracy.",
+        "it as a model folder (config.json + model.safetensors); prints its test accuracy.",
     )
     p.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "folder", "webdataset"])
     p.add_argument("--data-path", default=None)
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test items for the accuracy report")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("-o", "--output", required=True, help="output model folder")
     p.set_defaults(func=run)
 
 
@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
     images = torch.stack([it["image"] for it in items])
     labels = torch.tensor([int(it["label"]) for it in items])
     acc = accuracy(model, images, labels)
-    model.save(args.output)
+    model.save_pretrained(args.output)
     info(f"test accuracy {acc:.4f} on {len(items)} images; wrote {args.output}")
     return 0

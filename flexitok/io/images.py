@@ -8,7 +8,10 @@ user in one line. Unreadable files raise :class:`flexitok.errors.InvalidInputErr
 
 Public helpers (stable; the CLI, the demo and the evaluation code import them): :func:`load_image`,
 :func:`load_images`, :func:`pil_to_tensor`, :func:`tensor_to_pil`, :func:`save_image`, :func:`make_grid`,
-:func:`save_grid`, :func:`is_image_file`, :data:`IMAGE_EXTENSIONS`.
+:func:`save_grid`, :func:`is_image_file`, :data:`IMAGE_EXTENSIONS`. The steps of :func:`load_pil` --
+:func:`exif_transpose`, :func:`to_rgb`, :func:`center_crop_resize` (and :func:`resize_box`, its scaling) -- are
+public too: the training transforms (:mod:`flexitok.data.transforms`) are built from them, so a file gives the
+same pixels at training and at inference.
 """
 
 from __future__ import annotations
@@ -88,8 +91,21 @@ def _open(source: ImageSource) -> Image.Image:
     return img
 
 
-def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited on white."""
+def exif_transpose(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
+    """Apply the EXIF orientation tag (rotate / mirror the pixels upright); images without one are unchanged."""
+    if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # 0 is invalid but seen in the wild: ignore it
+        img = ImageOps.exif_transpose(img)
+        if notes is not None:
+            notes.append("applied EXIF orientation")
+    return img
+
+
+def to_rgb(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited on white.
+
+    16-bit and 32-bit grayscale is scaled by its bit depth (65535 = white), not by the image's own range.
+    """
+    notes = notes if notes is not None else []
     n_frames = int(getattr(img, "n_frames", 1))
     if n_frames > 1:
         notes.append(f"used the first of {n_frames} frames")
@@ -113,8 +129,20 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     return img.convert("RGB")
 
 
-def _crop_resize(img: Image.Image, size: tuple[int, int], notes: list[str]) -> Image.Image:
+def resize_box(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Resize ``img`` (or its ``box`` = (left, top, right, bottom)) to ``size`` = (H, W).
+
+    LANCZOS when shrinking (the best downsampling filter), BICUBIC when enlarging (no LANCZOS ringing).
+    """
+    th, tw = size
+    src_w = img.size[0] if box is None else box[2] - box[0]
+    resample = Image.Resampling.LANCZOS if src_w > tw else Image.Resampling.BICUBIC
+    return img.resize((tw, th), resample=resample, box=box)
+
+
+def center_crop_resize(img: Image.Image, size: tuple[int, int], notes: list[str] | None = None) -> Image.Image:
     """Center-crop to the aspect ratio of ``size`` = (H, W), then resize to exactly ``size``."""
+    notes = notes if notes is not None else []
     th, tw = size
     w, h = img.size
     # Largest centered box with the target aspect ratio (integer arithmetic avoids off-by-one drift).
@@ -128,9 +156,7 @@ def _crop_resize(img: Image.Image, size: tuple[int, int], notes: list[str]) -> I
         img = img.crop((left, top, left + cw, top + ch))
         notes.append(f"center-cropped {w}x{h} to {cw}x{ch}")
     if (cw, ch) != (tw, th):
-        # LANCZOS is the best downsampling filter; BICUBIC avoids LANCZOS ringing when upsampling.
-        resample = Image.Resampling.LANCZOS if cw > tw else Image.Resampling.BICUBIC
-        img = img.resize((tw, th), resample=resample)
+        img = resize_box(img, (th, tw))
         notes.append(f"resized {cw}x{ch} to {tw}x{th}")
     return img
 
@@ -157,11 +183,9 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
 def load_pil(img: Image.Image, size: tuple[int, int]) -> LoadedImage:
     """Convert an already opened PIL image like :func:`load_image` does (for in-memory images, e.g. uploads)."""
     notes: list[str] = []
-    if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # 0 is invalid but seen in the wild: ignore it
-        img = ImageOps.exif_transpose(img)
-        notes.append("applied EXIF orientation")
-    img = _to_rgb(img, notes)
-    img = _crop_resize(img, (int(size[0]), int(size[1])), notes)
+    img = exif_transpose(img, notes)
+    img = to_rgb(img, notes)
+    img = center_crop_resize(img, (int(size[0]), int(size[1])), notes)
     return LoadedImage(pil_to_tensor(img), "; ".join(notes))
 
 

@@ -16,13 +16,17 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError
 from flexitok.io.checkpoint import load_state_dict_strict, read_safetensors
+from flexitok.models.vae import DiffusersVAE
+
+if TYPE_CHECKING:
+    from flexitok.models.flextok import FlexTok
 
 _P = "flextok.model."
 # Every class/function the official config may name, by role. Anything else is refused.
@@ -352,7 +356,7 @@ def _resolve_vae_config(
 
 def load_official(
     path: str | Path, vae_config: dict | str | Path | None = None, image_size: tuple[int, int] | None = None
-):
+) -> FlexTok:
     """Build a :class:`flexitok.FlexTok` from an official-format ``model.safetensors``.
 
     The VAE architecture comes from ``vae_config`` (a diffusers config dict, or a folder/file with
@@ -482,7 +486,7 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
     return {k: (v if isinstance(v, str) else str(v)) for k, v in cfg.items()}
 
 
-def export_official(model, directory: str | Path) -> Path:
+def export_official(model: FlexTok, directory: str | Path) -> Path:
     """Write ``model`` as an official-format checkpoint: ``model.safetensors`` (+ ``vae/config.json``)."""
     from flexitok.io.checkpoint import atomic_write_json, save_safetensors
 
@@ -499,5 +503,6 @@ def export_official(model, directory: str | Path) -> Path:
                 out[dst + key[len(src) :]] = value
                 break
     save_safetensors(out, directory / "model.safetensors", metadata=meta)
+    assert isinstance(model.vae, DiffusersVAE)  # official_metadata refused other VAEs
     atomic_write_json(directory / "vae" / "config.json", dict(model.vae.vae.config))
     return directory

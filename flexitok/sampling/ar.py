@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from flexitok.errors import InvalidInputError
-from flexitok.models.generator import Generator
+
+if TYPE_CHECKING:  # sampling sits below models: the model class is only an annotation here
+    from flexitok.models.generator import Generator
 
 GuidanceScheduleKind = Literal["constant", "linear", "cosine"]
 # A schedule maps (position i in [0, n), n) to the guidance scale used for token i.
