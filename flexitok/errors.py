@@ -27,3 +27,7 @@ class FeatureExtractorError(FlexiTokError):
 
 class TrainingError(FlexiTokError):
     """A training run cannot start or continue: its folder is in use, it diverged, or its settings changed."""
+
+
+class OutsideTrainedRegimeWarning(UserWarning):
+    """The model is used outside what it was trained for (e.g. images larger than its position tables)."""

@@ -225,7 +225,7 @@ def test_webdataset_roundtrip_and_rank_split(tmp_path: Path, monkeypatch: pytest
 
     ds = build_dataset(DataConfig("webdataset", path=str(tmp_path), split="train", image_size=12))
     assert isinstance(ds, WebDatasetShards)
-    ds.shuffle_shards = False
+    ds.shuffle_shards, ds.shuffle_buffer = False, 0
     items = list(ds)
     assert [it["label"] for it in items] == labels
     for it, img in zip(items, images, strict=True):

@@ -6,6 +6,7 @@ Messages for the user go to stderr (stdout is kept for data, e.g. ``flexitok tok
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flexitok.errors import InvalidInputError
-from flexitok.io.images import is_image_file
+from flexitok.io.images import SizeRule, fit_within, is_image_file
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -60,6 +61,49 @@ def add_batch_size_arg(parser: argparse.ArgumentParser, default: int = 8) -> Non
     parser.add_argument(
         "--batch-size", type=positive_int, default=default, help=f"images per forward pass (default {default})"
     )
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    """argparse type: ``HxW`` (or ``N`` for NxN) in pixels."""
+    parts = text.lower().split("x")
+    try:
+        hw = [int(p) for p in parts]
+    except ValueError:
+        hw = []
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size HxW such as 192x256, got {text!r}")
+    return hw[0], hw[1]
+
+
+def add_image_size_args(parser: argparse.ArgumentParser) -> None:
+    """``--size HxW`` / ``--keep-aspect``: how input images are sized (default: the model's native size)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--size",
+        type=image_size_arg,
+        metavar="HxW",
+        help="crop and resize every image to HxW (multiples of the model's patch size x VAE downsampling)",
+    )
+    group.add_argument(
+        "--keep-aspect",
+        action="store_true",
+        help="keep each image's aspect ratio: the largest size inside the model's native size with valid sides",
+    )
+
+
+def image_size_rule(args: argparse.Namespace, model: FlexTok) -> SizeRule:
+    """The size (or per-image size rule) selected by :func:`add_image_size_args`."""
+    if getattr(args, "size", None) is not None:
+        model.check_image_size(args.size)
+        return args.size
+    if getattr(args, "keep_aspect", False):
+        # Sides that both the encoder and the decoder take, so the tokens decode at the same size.
+        enc, dec = model.size_multiple("encoder"), model.size_multiple("decoder")
+        native, multiple = model.image_size, (math.lcm(enc[0], dec[0]), math.lcm(enc[1], dec[1]))
+        return lambda hw: fit_within(hw, native, multiple)
+    return model.image_size
 
 
 def positive_int(text: str) -> int:

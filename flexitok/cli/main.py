@@ -20,6 +20,7 @@ COMMANDS: list[str] = [
     "demo",
     "generate",
     "pretokenize",
+    "shards",
     "bench_generator",
     "eval_generation",
     "train_classifier",

@@ -3,7 +3,8 @@
 Two formats, chosen by suffix:
 
 * ``.json``: ``{"model": str, "image_size": [H, W], "vocab_size": int, "n_registers": int, "files": [str, ...],
-  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Only ``tokens`` is required
+  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Images of different sizes
+  record ``"image_sizes": [[H, W], ...]`` (one per row) instead of ``image_size``. Only ``tokens`` is required
   when reading (a bare list of rows is accepted too).
 * ``.npy``: an integer array ``[B, K]`` (or ``[K]`` for one image), no metadata.
 
@@ -36,6 +37,7 @@ class TokenFile:
     image_size: tuple[int, int] | None = None
     files: list[str] | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    image_sizes: list[tuple[int, int]] | None = None  # one per sequence, when the images' sizes differ
 
 
 def _suffix(path: Path) -> str:
@@ -58,12 +60,14 @@ def tokens_to_json(
     files: list[str] | None = None,
     vocab_size: int | None = None,
     n_registers: int | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
 ) -> str:
     """The JSON text of a token file; each token row is kept on one line so files stay readable."""
     header: dict[str, object] = {}
     for key, value in (
         ("model", model),
         ("image_size", list(image_size) if image_size else None),
+        ("image_sizes", [list(s) for s in image_sizes] if image_sizes else None),
         ("vocab_size", vocab_size),
         ("n_registers", n_registers),
         ("files", files),
@@ -83,11 +87,12 @@ def write_token_file(
     files: list[str] | None = None,
     vocab_size: int | None = None,
     n_registers: int | None = None,
+    image_sizes: list[tuple[int, int]] | None = None,
 ) -> Path:
     """Write ``tokens`` (``[B, K]`` or a list of ``[k_i]``) as .json or .npy (by suffix), atomically."""
     path = Path(path)
     if _suffix(path) == ".json":
-        text = tokens_to_json(tokens, model, image_size, files, vocab_size, n_registers)
+        text = tokens_to_json(tokens, model, image_size, files, vocab_size, n_registers, image_sizes)
         atomic_write_bytes(path, text.encode())
         return path
     rows = _rows(tokens)
@@ -150,14 +155,24 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) for s in size)):
             raise InvalidInputError(f'{path}: "image_size" must be [H, W], got {size!r}')
         image_size = (size[0], size[1])
+    sizes = data.get("image_sizes")
+    image_sizes = None
+    if sizes is not None:
+        ok = isinstance(sizes, list) and len(sizes) == len(tokens)
+        ok = ok and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s) for s in sizes)
+        if not ok:
+            raise InvalidInputError(f'{path}: "image_sizes" must list one [H, W] per token sequence ({len(tokens)})')
+        image_sizes = [(s[0], s[1]) for s in sizes]
     model = data.get("model")
-    extra = {k: v for k, v in data.items() if k not in ("tokens", "files", "image_size", "model")}
+    known = ("tokens", "files", "image_size", "image_sizes", "model")
+    extra = {k: v for k, v in data.items() if k not in known}
     return TokenFile(
         tokens=tokens,
         model=str(model) if model is not None else None,
         image_size=image_size,
         files=[str(f) for f in files] if files is not None else None,
         extra=extra,
+        image_sizes=image_sizes,
     )
 
 

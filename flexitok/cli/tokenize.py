@@ -12,8 +12,10 @@ from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
     add_batch_size_arg,
+    add_image_size_args,
     add_model_args,
     collect_image_paths,
+    image_size_rule,
     info,
     load_model,
     model_reference,
@@ -30,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokenize",
         help="images -> token ids",
         description="Tokenize images into ordered 1D token sequences (coarse to fine). Images of any size and mode "
-        "are converted to RGB, center-cropped to a square and resized to the model's resolution.",
+        "are converted to RGB, center-cropped and resized to the model's resolution (or to --size, or to their own "
+        "aspect ratio with --keep-aspect).",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("-o", "--output", metavar="FILE", help="tokens file, .json or .npy (default: print JSON to stdout)")
@@ -39,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--skip-invalid", action="store_true", help="warn about and skip unreadable files instead of stopping"
+    )
+    add_image_size_args(p)
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="encode the VAE posterior mean even if the model samples it (official checkpoints with "
+        "sample_posterior, the official default)",
     )
     add_model_args(p)
     add_batch_size_arg(p)
@@ -54,14 +64,16 @@ def run(args: argparse.Namespace) -> int:
     if args.num_tokens is not None and args.num_tokens > model.n_registers:
         raise InvalidInputError(f"--num-tokens {args.num_tokens} exceeds this model's {model.n_registers} tokens")
 
+    size_rule = image_size_rule(args, model)
     rows: list[torch.Tensor] = []
+    sizes: list[tuple[int, int]] = []
     done: list[str] = []
     bar = tqdm(total=len(paths), desc="tokenizing", unit="img", disable=len(paths) <= args.batch_size or None)
     for start in range(0, len(paths), args.batch_size):
         batch, names = [], []
         for path in paths[start : start + args.batch_size]:
             try:
-                loaded = load_image(path, model.image_size)
+                loaded = load_image(path, size_rule)
             except InvalidInputError as e:
                 if not args.skip_invalid:
                     raise
@@ -72,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
             batch.append(loaded.tensor)
             names.append(str(path))
         if batch:
-            ids = model.tokenize(torch.stack(batch).to(device))
+            # A list: with --keep-aspect the images of a batch may differ in size.
+            ids = model.tokenize([b.to(device) for b in batch], deterministic=True if args.deterministic else None)
+            sizes.extend((int(b.shape[1]), int(b.shape[2])) for b in batch)
             if args.num_tokens is not None:
                 ids = ids[:, : args.num_tokens]
             rows.extend(ids.cpu())
@@ -83,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("none of the inputs could be read as an image")
 
     tokens = torch.stack(rows)
+    same = len(set(sizes)) == 1
     meta: dict[str, Any] = {
         "model": model_reference(args.model),
-        "image_size": model.image_size,
+        "image_size": sizes[0] if same else None,
+        "image_sizes": None if same else sizes,
         "files": done,
         "vocab_size": model.vocab_size,
         "n_registers": model.n_registers,

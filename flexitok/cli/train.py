@@ -50,6 +50,13 @@ def resolve_target(name: str) -> Callable:
 def _run(args: argparse.Namespace) -> int:
     from flexitok.train.run import TargetArgs
 
+    if args.dry_run:
+        if args.target != "tokenizer":
+            raise InvalidInputError(f"--dry-run sizes tokenizer runs only, not {args.target!r}")
+        from flexitok.train.estimate import dry_run
+
+        print(dry_run(args.config, list(args.overrides), args.world_size))
+        return 0
     fn = resolve_target(args.target)
     targs = TargetArgs(
         config=args.config,
@@ -84,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             action="store_true",
             help="with --resume: continue although hyperparameters differ from the checkpoint's (they are listed)",
         )
+        t.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="tokenizer: print parameters, FLOPs and per-GPU memory from a meta-device trace; train nothing",
+        )
+        t.add_argument("--world-size", type=int, default=8, help="GPUs assumed by --dry-run (default 8)")
         t.add_argument(
             "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 data.image_size=32"
         )

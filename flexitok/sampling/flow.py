@@ -2,7 +2,7 @@
 
 The flow runs from t = 1 (pure noise) to t = 0 on the official grid ``t_i = i / T``. Guidance needs the
 conditional and the unconditional velocity; they are computed in ONE batched call on ``[cond; null_cond]``
-(2 x B rows: two *decoder passes* per image). A guidance interval restricts guidance to evaluations with
+(2 x B rows: two *decoder passes* per image; two calls when the null condition is shorter). A guidance interval restricts guidance to evaluations with
 ``lo <= t <= hi``; outside it the sampler makes one conditional pass. The defaults (Euler, guidance everywhere)
 are the official sampler.
 """
@@ -109,8 +109,11 @@ def sample_flow(
         tt = torch.full((b,), t, dtype=torch.float32, device=x.device)
         if null_cond is None or not _guided(t, scale, guidance_interval):
             return velocity(x, tt, cond)
-        both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
-        v_cond, v_uncond = both[:b], both[b:]
+        if null_cond.shape[1:] == cond.shape[1:]:
+            both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
+            v_cond, v_uncond = both[:b], both[b:]
+        else:  # a shorter null condition (official replace_with_single_token): two calls
+            v_cond, v_uncond = velocity(x, tt, cond), velocity(x, tt, null_cond)
         return apg(v_cond, v_uncond, scale) if apg is not None else cfg_combine(v_cond, v_uncond, scale)
 
     x = noise

@@ -28,7 +28,8 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 = off
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
-    precision: Precision = "bf16"  # bf16 autocast on CUDA only; CPU always runs fp32
+    precision: Precision = "bf16"  # bf16 autocast on CUDA; on CPU only with cpu_autocast
+    cpu_autocast: bool = False  # also autocast bf16 on CPU (smoke tests of the bf16 path; slow without bf16 units)
     compile: bool = False
     activation_checkpointing: bool = False
     fsdp: bool = False  # FSDP2 (fully_shard) with sharded DCP checkpoints; torchrun, NCCL on CUDA, Gloo on CPU

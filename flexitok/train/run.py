@@ -72,8 +72,29 @@ def eval_split(data: DataConfig, eval_data: DataConfig | None, n: int) -> Any:
         return build_dataset(dataclasses.replace(cfg, split="train"))
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_architecture(model: Any, source: Any, name: str) -> None:
+    """Fine-tuning: every model field but the image size must equal the source's (weights alone do not show
+    e.g. a different mask mode or timestep scale)."""
+    ours, theirs = _flat(model.to_dict()), _flat(source.to_dict())
+    differ = [k for k in ours if k != "image_size" and not k.startswith("vae.") and ours[k] != theirs.get(k)]
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"init_from {name}: model.{k} = {ours[k]!r} but the checkpoint has {theirs.get(k)!r} "
+            f"({len(differ)} field(s) differ: {', '.join(differ[:6])}); set model to the checkpoint's architecture"
+        )
+
+
 def run_tokenizer(args: TargetArgs) -> int:
     from flexitok.models.flextok import FlexTok
+    from flexitok.models.resize import resize_for_finetuning
     from flexitok.train.tokenizer import TokenizerTask
 
     cfg = load_run_config(TokenizerTrainConfig, args.config, args.overrides)
@@ -82,6 +103,15 @@ def run_tokenizer(args: TargetArgs) -> int:
         raise ConfigError(
             f"model.image_size {tuple(cfg.model.image_size)} does not match data.image_size {cfg.data.image_size}"
         )
+    src = None
+    if cfg.init_from is not None:
+        # A larger model.image_size than the source's (e.g. 256 -> 512): its position tables are grown first.
+        src = resize_for_finetuning(FlexTok.from_pretrained(cfg.init_from), cfg.model.image_size)
+        if cfg.model.vae.pretrained is None and cfg.model.vae.diffusers_config is None:
+            cfg.model.vae = dataclasses.replace(src.config.vae)  # fine-tuning: the source's VAE
+        cfg.model.encoder.posemb_grid = src.config.encoder.posemb_grid
+        cfg.model.decoder.posemb_grid = src.config.decoder.posemb_grid
+        _check_same_architecture(cfg.model, src.config, cfg.init_from)
     vae = cfg.model.vae
     if vae.kind == "diffusers" and vae.pretrained is None and vae.diffusers_config is None:
         raise ConfigError(
@@ -91,9 +121,11 @@ def run_tokenizer(args: TargetArgs) -> int:
     prepare_out_dir(cfg.train)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = FlexTok(cfg.model)
-    if cfg.init_from is not None:
-        src = FlexTok.from_pretrained(cfg.init_from)
-        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if src is not None:
+        try:
+            missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ConfigError(f"init_from {cfg.init_from}: weights do not match model.* ({e})") from None
         if unexpected or [k for k in missing if not k.startswith("vae.")]:
             raise ConfigError(
                 f"init_from {cfg.init_from}: weights do not match model ({missing[:3]}, {unexpected[:3]})"

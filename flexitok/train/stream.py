@@ -138,6 +138,7 @@ class BatchStream:
         pin_memory: bool = False,
     ) -> None:
         self.dataset, self.batch_size, self.state = dataset, batch_size, state
+        self.rank, self.world_size = rank, world_size
         self.seed, self.num_workers, self.collate_fn, self.pin_memory = seed, num_workers, collate_fn, pin_memory
         self.iterable = isinstance(dataset, IterableDataset)
         n = 0 if self.iterable else len(dataset)  # type: ignore[arg-type]
@@ -186,8 +187,15 @@ class BatchStream:
             set_epoch = getattr(self.dataset, "set_epoch", None)  # optional protocol of streaming datasets
             if set_epoch is not None:
                 set_epoch(s.epoch)
+            set_rank = getattr(self.dataset, "set_rank", None)  # split shards by this process group
+            if set_rank is not None:
+                set_rank(self.rank, self.world_size)
             skip = s.index // self.batch_size
             got = False
+            skip_batches = getattr(self.dataset, "skip_batches", None)  # the dataset skips without decoding
+            if skip_batches is not None:
+                skip_batches(skip, self.batch_size, self.num_workers)
+                got, skip = skip > 0, 0
             for i, b in enumerate(self._loader(self.dataset, self.seed + s.epoch)):
                 got = True
                 if i < skip:

@@ -94,7 +94,8 @@ class Trainer:
         self.out_dir, device = Path(cfg.out_dir), info.device
         if device.type == "cpu" and cfg.cpu_threads is not None:
             torch.set_num_threads(cfg.cpu_threads)
-        self.amp_dtype = torch.bfloat16 if (cfg.precision == "bf16" and device.type == "cuda") else None
+        bf16 = cfg.precision == "bf16" and (device.type == "cuda" or cfg.cpu_autocast)
+        self.amp_dtype = torch.bfloat16 if bf16 else None
         self.run_config = plain(run_config if run_config is not None else {"train": dataclasses.asdict(cfg)})
 
         # Modules: the trained root (model + aux), frozen helpers, and the extra optimizers' modules.

@@ -60,7 +60,11 @@ class WeightsFile:
         if not self.path.is_file():
             raise CheckpointError(f"checkpoint file not found: {self.path}")
         try:
-            self._cm = safe_open(str(self.path), framework="pt")
+            # safetensors opens its path more than once (header, then mmap); through /proc/self/fd every open
+            # reaches the file opened here, even if a concurrent save swaps the path meanwhile.
+            self._fh = open(self.path, "rb")
+            pinned = Path(f"/proc/self/fd/{self._fh.fileno()}")
+            self._cm = safe_open(str(pinned if pinned.exists() else self.path), framework="pt")
             self._f = self._cm.__enter__()
             shapes: dict[str, tuple[int, ...]] = {}
             dtypes: dict[str, str] = {}
@@ -70,6 +74,8 @@ class WeightsFile:
                 dtypes[k] = str(sl.get_dtype())
             self.header = WeightsHeader(shapes, dtypes, dict(self._f.metadata() or {}))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            if hasattr(self, "_fh"):
+                self._fh.close()
             raise _open_error(self.path, e) from e
 
     def tensors(self) -> dict[str, Tensor]:
@@ -80,6 +86,7 @@ class WeightsFile:
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
+        self._fh.close()
 
     def __enter__(self) -> WeightsFile:
         return self
@@ -96,16 +103,8 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> WeightsHeader:
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read all tensors and the header metadata; a missing, truncated or corrupt file raises CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _open_error(path, e) from e
-    return tensors, meta
+    with WeightsFile(path) as f:
+        return f.tensors(), f.header.metadata
 
 
 def state_dict_problems(own: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]]) -> list[str]:
