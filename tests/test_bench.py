@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from flexitok import DecodeConfig
 from flexitok.bench import BenchConfig, CompareConfig, count_flops, run_benchmark, run_comparison
 from flexitok.bench.generator import GeneratorBenchConfig, run_generator_benchmark
-from flexitok.bench.session import PROTOCOL_PREFIX, Session, model_config, serve
+from flexitok.bench.session import PROTOCOL_PREFIX, Session, SessionSpec, detokenize_call, model_config, serve
 from flexitok.cli.main import main
 from flexitok.config import tiny_config
 from flexitok.errors import InvalidInputError
 from flexitok.models.flextok import FlexTok
 
-FAST = dict(model="tiny", batch_size=2, steps=1, device="cpu", warmup=1, repeats=2, resolution=16, peak_size=64)
+FAST = dict(model="tiny", batch_size=2, device="cpu", warmup=1, repeats=2, resolution=16, peak_size=64)
+SPEC = dict(model="tiny", batch_size=2, device="cpu", resolution=16, peak_size=64, decode={"steps": 1})
 
 
 def _assert_phase_ok(stats) -> None:
@@ -31,7 +33,7 @@ def _assert_phase_ok(stats) -> None:
 
 
 def test_run_benchmark_tiny_reports_positive_finite_numbers() -> None:
-    report = run_benchmark(BenchConfig(**FAST))
+    report = run_benchmark(BenchConfig(**FAST, decode=DecodeConfig(steps=1)))
     assert set(report.phases) == {"tokenize", "detokenize", "decoder_pass"}
     for phase in report.phases.values():
         _assert_phase_ok(phase)
@@ -44,7 +46,8 @@ def test_run_benchmark_tiny_reports_positive_finite_numbers() -> None:
     assert report.detokenize.gflops >= report.phases["decoder_pass"].gflops > 0
     table = report.format_table()
     assert "tokenize" in table and "detokenize" in table and "images/s" in table and "of peak" in table
-    assert json.loads(json.dumps(report.to_dict()))["config"]["steps"] == 1
+    assert json.loads(json.dumps(report.to_dict()))["config"]["decode"]["steps"] == 1
+    assert "1 euler steps, guidance 7.5 (APG), 2 decoder passes/image" in table
 
 
 def test_flop_count_of_a_decoder_pass_is_the_analytic_count() -> None:
@@ -63,29 +66,31 @@ def test_flop_count_of_a_decoder_pass_is_the_analytic_count() -> None:
 
 
 def test_bench_bf16_runs() -> None:
-    report = run_benchmark(BenchConfig(**{**FAST, "dtype": "bf16", "warmup": 0, "repeats": 1}))
+    report = run_benchmark(
+        BenchConfig(**{**FAST, "dtype": "bf16", "warmup": 0, "repeats": 1}, decode=DecodeConfig(steps=1))
+    )
     _assert_phase_ok(report.detokenize)
 
 
 def test_bench_config_validation_and_presets(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="steps"):
-        BenchConfig(steps=0)
+        BenchConfig(decode=DecodeConfig(steps=0))
     with pytest.raises(InvalidInputError, match="dtype"):
         BenchConfig(dtype="fp16")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="phases"):
         BenchConfig(phases=("encode",))
-    cfg = model_config(BenchConfig(model="d12-d12", resolution=128))
+    cfg = model_config(SessionSpec(model="d12-d12", resolution=128))
     assert cfg is not None and cfg.image_size == (128, 128) and cfg.latent_size == (16, 16)
     assert cfg.vae.diffusers_config is not None and cfg.vae.diffusers_config["latent_channels"] == 16
-    assert model_config(BenchConfig(model=str(tmp_path))) is None
+    assert model_config(SessionSpec(model=str(tmp_path))) is None
     FlexTok(tiny_config()).save_pretrained(tmp_path / "m")
     with pytest.raises(InvalidInputError, match="presets only"):
         run_benchmark(BenchConfig(model=str(tmp_path / "m"), resolution=64, device="cpu"))
 
 
 def test_sessions_with_the_same_seed_have_the_same_weights_and_outputs() -> None:
-    cfg = BenchConfig(**FAST)
-    a, b = Session(cfg), Session(cfg)
+    spec = SessionSpec(**SPEC)
+    a, b = Session(spec), Session(spec)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # adaLN-zero layers are randomised too, so the decoder output depends on the tokens.
@@ -95,10 +100,9 @@ def test_sessions_with_the_same_seed_have_the_same_weights_and_outputs() -> None
 
 
 def test_worker_protocol_answers_every_request() -> None:
-    cfg = BenchConfig(**{**FAST, "phases": ("decoder_pass",)})
     requests = [
         {"op": "flops", "phase": "decoder_pass"},  # before setup: an error reply, not a crash
-        {"op": "setup", "config": cfg.to_dict()},
+        {"op": "setup", "config": SessionSpec(**SPEC).to_dict()},
         {"op": "flops", "phase": "decoder_pass"},
         {"op": "measure", "phase": "decoder_pass", "repeats": 2},
         {"op": "peak"},
@@ -114,6 +118,17 @@ def test_worker_protocol_answers_every_request() -> None:
     assert len(replies[3]["seconds"]) == 2 and replies[4]["flops_per_second"] > 0
 
 
+def test_detokenize_call_passes_sampler_options_and_refuses_unknown_ones() -> None:
+    session = Session(SessionSpec(**SPEC))
+    m, tokens, noise = session.model, session.tokens, session.noise
+    with torch.inference_mode():
+        heun = detokenize_call(m, tokens, noise, DecodeConfig(steps=2, sampler="heun").to_dict())
+        ref = m.detokenize(tokens, DecodeConfig(steps=2, sampler="heun"), noise=noise)
+        assert torch.equal(heun, ref)
+        with pytest.raises(InvalidInputError, match="no fields"):
+            detokenize_call(m, tokens, noise, {"steps": 2, "solver": "rk4"})
+
+
 def test_compare_rejects_unknown_revisions(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="unknown git revision"):
         run_comparison(CompareConfig(rev="no-such-rev-xyz", bench=BenchConfig(**FAST)))
@@ -124,7 +139,7 @@ def test_compare_rejects_unknown_revisions(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_compare_head_against_the_working_tree_gives_identical_outputs() -> None:
     # Two subprocesses, each importing its own copy of the package: same seed -> same weights -> same outputs.
-    cfg = CompareConfig(rev="HEAD", bench=BenchConfig(**{**FAST, "repeats": 2}))
+    cfg = CompareConfig(rev="HEAD", bench=BenchConfig(**{**FAST, "repeats": 2}, decode=DecodeConfig(steps=1)))
     report = run_comparison(cfg)
     assert [p.phase for p in report.phases] == ["tokenize", "detokenize", "decoder_pass"]
     assert report.rev_package != report.base_package and "flexitok-compare-" in report.rev_package
@@ -150,7 +165,7 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     torch.manual_seed(0)
     FlexTok(tiny_config()).save_pretrained(tmp_path / "m")
     out = tmp_path / "bench.json"
-    args = ["bench", "--model", str(tmp_path / "m"), "--steps", "1", "--batch-size", "1", "--warmup", "0"]
+    args = ["bench", "tokenizer", "--model", str(tmp_path / "m"), "--steps", "1", "--batch-size", "1", "--warmup", "0"]
     args += ["--repeats", "1", "--device", "cpu", "--guidance-scale", "1", "--phases", "tokenize,detokenize"]
     rc = main([*args, "--threads", "1", "--json", str(out)])
     captured = capsys.readouterr()
@@ -160,8 +175,8 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     assert data["phases"]["detokenize"]["images_per_second"] > 0 and data["image_size"] == [32, 32]
     assert data["threads"] == 1
     with pytest.raises(SystemExit) as info:  # argparse rejects a non-positive step count
-        main(["bench", "--preset", "tiny", "--steps", "0"])
+        main(["bench", "tokenizer", "--preset", "tiny", "--steps", "0"])
     assert info.value.code == 2 and "positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        main(["bench", "--phases", "encode"])
+        main(["bench", "tokenizer", "--phases", "encode"])
     assert info.value.code == 2 and "phases" in capsys.readouterr().err

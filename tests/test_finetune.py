@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from flexitok import FlexTok, tiny_config
+from flexitok import DecodeConfig, FlexTok, tiny_config
 from flexitok.cli.main import main
 from flexitok.errors import OutsideTrainedRegimeWarning
 from flexitok.models.resize import grow_table, resize_for_finetuning
@@ -65,8 +65,8 @@ def test_resized_model_matches_the_source_inside_the_old_grid(one_thread):
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(big.tokenize(images), src.tokenize(images))
     noise = torch.randn(2, 3, 32, 32)
-    a = src.detokenize(src.tokenize(images), steps=2, noise=noise)
-    b = big.detokenize(src.tokenize(images), steps=2, noise=noise, image_size=32)
+    a = src.detokenize(src.tokenize(images), DecodeConfig(steps=2), noise=noise)
+    b = big.detokenize(src.tokenize(images), DecodeConfig(steps=2), noise=noise, image_size=32)
     assert torch.equal(a, b)
     assert resize_for_finetuning(src, (16, 16)).encoder.posemb.sizes == (8, 8)  # smaller: tables kept
 

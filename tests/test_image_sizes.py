@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexitok import FlexTok, InvalidInputError
+from flexitok import DecodeConfig, FlexTok, InvalidInputError
 from flexitok.errors import OutsideTrainedRegimeWarning
 from tests.conftest import bilinear_align_corners
 
@@ -54,35 +54,45 @@ def test_sizes_that_do_not_fit_the_patch_grid_are_refused(model):
     with pytest.raises(InvalidInputError, match="image 1 of the list"):
         model.tokenize([_images(1, 32, 32, 0)[0], torch.zeros(32, 32)])
     with pytest.raises(InvalidInputError, match="image_size has 1 entries for 2"):
-        model.detokenize(torch.zeros(2, 4, dtype=torch.long), image_size=[(32, 32)], steps=1)
+        model.detokenize(torch.zeros(2, 4, dtype=torch.long), DecodeConfig(steps=1), image_size=[(32, 32)])
     with pytest.raises(InvalidInputError, match="multiples of 16"):
-        model.detokenize(torch.zeros(1, 4, dtype=torch.long), image_size=(24, 32), steps=1)
+        model.detokenize(torch.zeros(1, 4, dtype=torch.long), DecodeConfig(steps=1), image_size=(24, 32))
 
 
 def test_detokenize_image_size_one_for_all_and_per_image(model):
     tokens = model.tokenize(_images(3, 32, 48, 3))
-    assert model.detokenize(tokens, steps=1, guidance_scale=1.0).shape == (3, 3, 64, 64)  # native default
-    assert model.detokenize(tokens, steps=1, guidance_scale=1.0, image_size=(32, 48)).shape == (3, 3, 32, 48)
-    assert model.detokenize(tokens, steps=1, guidance_scale=1.0, image_size=32).shape == (3, 3, 32, 32)
+    assert model.detokenize(tokens, DecodeConfig(steps=1, guidance_scale=1.0)).shape == (3, 3, 64, 64)  # native default
+    assert model.detokenize(tokens, DecodeConfig(steps=1, guidance_scale=1.0), image_size=(32, 48)).shape == (
+        3,
+        3,
+        32,
+        48,
+    )
+    assert model.detokenize(tokens, DecodeConfig(steps=1, guidance_scale=1.0), image_size=32).shape == (3, 3, 32, 32)
     sizes = [(32, 48), (64, 64), (32, 48)]
     noise = model.initial_noise_list(3, torch.Generator().manual_seed(4), sizes)
     assert [tuple(n.shape) for n in noise] == [(16, 4, 6), (16, 8, 8), (16, 4, 6)]
-    mixed = model.detokenize(tokens[:, :8], steps=2, guidance_scale=3.0, image_size=sizes, noise=noise)
+    mixed = model.detokenize(tokens[:, :8], DecodeConfig(steps=2, guidance_scale=3.0), image_size=sizes, noise=noise)
     assert isinstance(mixed, list) and [tuple(m.shape) for m in mixed] == [(3, 32, 48), (3, 64, 64), (3, 32, 48)]
     for i in range(3):
-        alone = model.detokenize(tokens[i : i + 1, :8], steps=2, guidance_scale=3.0, image_size=sizes[i],
-                                 noise=noise[i][None])  # fmt: skip
+        alone = model.detokenize(
+            tokens[i : i + 1, :8], DecodeConfig(steps=2, guidance_scale=3.0), image_size=sizes[i], noise=noise[i][None]
+        )
         assert torch.allclose(mixed[i], alone[0], atol=1e-5)
     # Drawing the noise inside detokenize follows the same per-image order as initial_noise_list.
-    drawn = model.detokenize(tokens[:, :8], steps=2, guidance_scale=3.0, image_size=sizes,
-                             generator=torch.Generator().manual_seed(4))  # fmt: skip
+    drawn = model.detokenize(
+        tokens[:, :8],
+        DecodeConfig(steps=2, guidance_scale=3.0),
+        image_size=sizes,
+        generator=torch.Generator().manual_seed(4),
+    )
     assert all(torch.equal(a, b) for a, b in zip(drawn, mixed, strict=True))
     with pytest.raises(InvalidInputError, match="noise must have shape"):
-        model.detokenize(tokens, steps=1, image_size=sizes, noise=torch.zeros(3, 16, 4, 6))
+        model.detokenize(tokens, DecodeConfig(steps=1), image_size=sizes, noise=torch.zeros(3, 16, 4, 6))
 
 
 def test_autoencode_keeps_the_input_size(model):
-    out = model.autoencode(_images(2, 32, 48, 5), steps=1, guidance_scale=1.0)
+    out = model.autoencode(_images(2, 32, 48, 5), decode=DecodeConfig(steps=1, guidance_scale=1.0))
     assert out.shape == (2, 3, 32, 48)
 
 
@@ -92,7 +102,7 @@ def test_larger_than_the_table_warns_and_interpolates(model):
         ids = model.tokenize(_images(1, 96, 64, 6))
     assert ids.shape == (1, 32)
     with pytest.warns(OutsideTrainedRegimeWarning, match="decoder"):
-        out = model.detokenize(ids, steps=1, guidance_scale=1.0, image_size=(96, 64))
+        out = model.detokenize(ids, DecodeConfig(steps=1, guidance_scale=1.0), image_size=(96, 64))
     assert out.shape == (1, 3, 96, 64)
     # Rows stretched from 4 to 6 (corners aligned), columns exactly the table's 4.
     table = model.encoder.posemb.table[0].double().numpy()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexitok import FlexTok
+from flexitok import DecodeConfig, FlexTok
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError, InvalidInputError
 from flexitok.io.checkpoint import read_safetensors, save_safetensors
@@ -91,8 +91,8 @@ def test_export_import_roundtrip_is_exact(name, tmp_path):
     noise = torch.randn(3, 4, *model.config.latent_size)
     n = tokens.shape[1]
     keep = [1, n // 2, n]
-    a = model.detokenize(tokens, keep_k=keep, noise=noise, steps=3, guidance_scale=3.0)
-    b = loaded.detokenize(tokens, keep_k=keep, noise=noise, steps=3, guidance_scale=3.0)
+    a = model.detokenize(tokens, DecodeConfig(steps=3, guidance_scale=3.0), keep_k=keep, noise=noise)
+    b = loaded.detokenize(tokens, DecodeConfig(steps=3, guidance_scale=3.0), keep_k=keep, noise=noise)
     assert torch.equal(a, b)
 
 

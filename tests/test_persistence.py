@@ -65,6 +65,9 @@ def test_roundtrip_is_exact_and_tagged(name: str, tmp_path: Path) -> None:
     assert own.keys() == got.keys() and all(torch.equal(own[k], got[k]) for k in own)
     assert model.config == before, "saving does not change the model's config"
     assert not [p for p in tmp_path.iterdir() if p.name != "m"], "no temporary folders left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(f.stat().st_mode & 0o777) for f in out.iterdir()} == {0o666 & ~umask}, "files follow the umask"
 
 
 def test_save_does_not_mutate_a_pretrained_vae_config(tmp_path: Path) -> None:

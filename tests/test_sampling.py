@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from flexitok.errors import InvalidInputError
+from flexitok.sampling.decode import DecodeConfig as D
 from flexitok.sampling.flow import decoder_passes, euler_sample, evaluation_times, sample_flow, timestep_grid
 from flexitok.sampling.guidance import APG, cfg_combine
 
@@ -35,10 +37,12 @@ class _Recorder:
 
 def test_default_sampler_is_the_official_euler_loop():
     noise, cond, null = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 8), torch.zeros(2, 5, 8)
-    for apg in (None, APG()):
+    for apg in (False, True):
         ref = _official_euler(_Recorder(), noise, cond, null, 6, 3.0, APG() if apg else None)
-        assert torch.equal(sample_flow(_Recorder(), noise, cond, null, 6, 3.0, APG() if apg else None), ref)
-        assert torch.equal(euler_sample(_Recorder(), noise, cond, null, 6, 3.0, APG() if apg else None), ref)
+        cfg = D(steps=6, guidance_scale=3.0, apg=apg)
+        assert cfg.official
+        assert torch.equal(sample_flow(_Recorder(), noise, cond, null, cfg), ref)
+        assert torch.equal(euler_sample(_Recorder(), noise, cond, null, cfg), ref)
 
 
 @pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
@@ -50,7 +54,7 @@ def test_convergence_order(sampler, order):
     x1 = torch.ones(1, 1, 1, 1, dtype=torch.float64)
 
     def err(steps):
-        out = sample_flow(velocity, x1, torch.zeros(1, 1, 1), steps=steps, sampler=sampler)
+        out = sample_flow(velocity, x1, torch.zeros(1, 1, 1), config=D(steps=steps, sampler=sampler))
         return abs(float(out) - math.exp(-1))
 
     ratio = err(16) / err(32)
@@ -63,23 +67,25 @@ def test_convergence_order(sampler, order):
 def test_pass_count_and_guidance_interval(sampler, interval, scale):
     rec = _Recorder()
     noise, cond, null = torch.randn(2, 1, 2, 2), torch.randn(2, 3, 4), torch.zeros(2, 3, 4)
-    sample_flow(rec, noise, cond, null, steps=5, guidance_scale=scale, sampler=sampler, guidance_interval=interval)
+    cfg = D(steps=5, guidance_scale=scale, sampler=sampler, guidance_interval=interval)
+    sample_flow(rec, noise, cond, null, cfg)
     times = evaluation_times(5, sampler)
     assert [t for t, _ in rec.calls] == pytest.approx(times)
     assert len(times) == {"euler": 5, "heun": 9, "midpoint": 10}[sampler]
     for t, rows in rec.calls:
         guided = scale != 1.0 and (interval is None or interval[0] <= t <= interval[1])
         assert rows == (4 if guided else 2), (t, rows)
-    assert decoder_passes(5, sampler, scale, interval) == sum(rows for _, rows in rec.calls) // 2
+    assert decoder_passes(cfg) == sum(rows for _, rows in rec.calls) // 2
 
 
 def test_guidance_outside_the_interval_is_the_conditional_velocity():
     noise, cond, null = torch.randn(1, 1, 2, 2), torch.randn(1, 3, 4), torch.zeros(1, 3, 4)
-    off = sample_flow(_Recorder(), noise, cond, null, steps=4, guidance_scale=5.0, guidance_interval=(0.0, 0.1))
-    unguided = sample_flow(_Recorder(), noise, cond, None, steps=4)
+    off = sample_flow(_Recorder(), noise, cond, null, D(steps=4, guidance_scale=5.0, guidance_interval=(0.0, 0.1)))
+    unguided = sample_flow(_Recorder(), noise, cond, None, D(steps=4))
     assert torch.equal(off, unguided)  # no evaluation t (1, .75, .5, .25) lies in [0, 0.1]
-    on = sample_flow(_Recorder(), noise, cond, null, steps=4, guidance_scale=5.0, guidance_interval=(0.0, 1.0))
-    assert torch.equal(on, sample_flow(_Recorder(), noise, cond, null, steps=4, guidance_scale=5.0))
+    on = sample_flow(_Recorder(), noise, cond, null, D(steps=4, guidance_scale=5.0, guidance_interval=(0.0, 1.0)))
+    assert torch.equal(on, sample_flow(_Recorder(), noise, cond, null, D(steps=4, guidance_scale=5.0)))
+    assert decoder_passes(D()) == 40 and decoder_passes(D(guidance_scale=1.0)) == 20
 
 
 @pytest.mark.parametrize(
@@ -88,9 +94,19 @@ def test_guidance_outside_the_interval_is_the_conditional_velocity():
         ({"sampler": "rk4"}, "unknown sampler"),
         ({"guidance_interval": (0.8, 0.2)}, "guidance_interval"),
         ({"guidance_interval": (-0.1, 0.5)}, "guidance_interval"),
+        ({"guidance_interval": (0.5,)}, "two numbers"),
         ({"steps": 0}, "steps"),
     ],
 )
 def test_bad_sampler_options_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        sample_flow(_Recorder(), torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1), **kwargs)
+    with pytest.raises(InvalidInputError, match=match):
+        D(**kwargs)
+
+
+def test_sampler_options_serialise_only_when_not_official():
+    assert D().to_dict() == {"steps": 20, "guidance_scale": 7.5, "apg": True, "seed": 0}
+    d = D(sampler="heun", guidance_interval=(0.25, 0.75)).to_dict()
+    assert d["sampler"] == "heun" and d["guidance_interval"] == [0.25, 0.75]
+    assert D(**{**d, "guidance_interval": tuple(d["guidance_interval"])}) == D(
+        sampler="heun", guidance_interval=(0.25, 0.75)
+    )

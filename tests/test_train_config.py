@@ -128,7 +128,7 @@ def _tiny_run_yaml(tmp_path: Path) -> Path:
                     "eval_every": 2,
                     "progress": False,
                 },
-                "task": {"eval_images": 2, "eval_steps": 2, "eval_ks": [1, 4]},
+                "task": {"eval_images": 2, "eval_decode": {"steps": 2}, "eval_ks": [1, 4]},
             }
         )
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flexitok.errors import InvalidInputError
 from flexitok.train.checkpoint import load_checkpoint
 from flexitok.train.config import VAEModelConfig, VAETaskConfig
 from flexitok.train.trainer import TrainConfig, train
@@ -89,7 +90,7 @@ def test_patch_discriminator_shapes() -> None:
 
 
 def test_bad_vae_channels_is_a_clear_error() -> None:
-    with pytest.raises(Exception, match="norm_num_groups"):
+    with pytest.raises(InvalidInputError, match="norm_num_groups"):
         build_autoencoder(VAEModelConfig(block_out_channels=(10, 16), norm_num_groups=4))
 
 

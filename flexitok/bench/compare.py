@@ -4,6 +4,9 @@
 
     from flexitok.bench import BenchConfig, CompareConfig, run_comparison
     report = run_comparison(CompareConfig(rev="9b29af3", bench=BenchConfig(model="d12-d12", batch_size=1)))
+
+Decoder settings other than the official sampler's exist only in revisions that have them (the worker of an
+older revision refuses them).
     print(report.format_table())
 
 ``rev`` is extracted with ``git archive`` into a temporary folder; the other side is the running package (its
@@ -31,11 +34,12 @@ from typing import Any
 
 import torch
 
-import flexitok
-from flexitok.bench.session import PROTOCOL_PREFIX, BenchConfig
+from flexitok.bench.session import PROTOCOL_PREFIX
+from flexitok.bench.tokenizer import BenchConfig, describe_decode
 from flexitok.errors import InvalidInputError
 
 SESSION_FILE = Path(__file__).with_name("session.py")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this revision's flexitok/
 
 
 @dataclass
@@ -87,10 +91,9 @@ class CompareReport:
 
     def format_table(self) -> str:
         c = self.config.bench
-        guidance = "off" if c.guidance_scale == 1.0 else f"{c.guidance_scale:g} ({'APG' if c.apg else 'CFG'})"
         lines = [
-            f"{self.base_label} (A) vs {self.rev_label} (B): model {c.model}, batch {c.batch_size}, {c.steps} steps, "
-            f"guidance {guidance}, {c.dtype}{', compiled' if c.compile else ''}, device {self.device} "
+            f"{self.base_label} (A) vs {self.rev_label} (B): model {c.model}, batch {c.batch_size}, "
+            f"{describe_decode(c.decode)}, {c.dtype}{', compiled' if c.compile else ''}, device {self.device} "
             f"({self.threads} threads), {c.repeats} interleaved rounds, matmul peak {self.matmul_peak_gflops:.1f} "
             "GFLOP/s",
             f"{'phase':<13} {'A min s':>9} {'A med s':>9} {'B min s':>9} {'B med s':>9} {'B/A min':>8} {'B/A med':>8} "
@@ -113,7 +116,7 @@ class CompareReport:
 
 # ---------------------------------------------------------------------------------------------- sources
 def _repo_root(repo: str | None) -> Path:
-    start = Path(repo) if repo else Path(flexitok.__file__).resolve().parent.parent
+    start = Path(repo) if repo else PACKAGE_ROOT
     res = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     if res.returncode != 0:
         raise InvalidInputError(
@@ -205,7 +208,7 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
         rev_root = tmpdir / "rev"
         rev_commit = _extract(repo, cfg.rev, rev_root)
         if cfg.base is None:
-            base_root = Path(flexitok.__file__).resolve().parent.parent
+            base_root = PACKAGE_ROOT
             base_label = f"working tree {base_root}"
         else:
             base_root = tmpdir / "base"
@@ -216,7 +219,7 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
             info = {}
             for side, w in workers.items():
                 say(f"setting up {side} = {base_label if side == 'A' else rev_label}")
-                info[side] = w.request(op="setup", config=bench.to_dict())
+                info[side] = w.request(op="setup", config=bench.spec().to_dict())
             flops: dict[str, dict[str, int]] = {s: {} for s in workers}
             for phase in bench.phases:
                 for side, w in workers.items():

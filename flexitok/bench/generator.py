@@ -17,19 +17,20 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from flexitok.bench.session import resolve_device, synchronize
 from flexitok.errors import InvalidInputError
+from flexitok.sampling.decode import DecodeConfig
 
 
 @dataclass
 class GeneratorBenchConfig:
     """``generator``: a saved/bundled generator (None: the random-weight ``preset``); ``tokens``: tokens per image
-    (None: all); ``tokenizer``: also time AR + decoding with this tokenizer (``steps`` decoder steps)."""
+    (None: all); ``tokenizer``: also time AR + decoding with this tokenizer and ``decode``."""
 
     preset: str = "tiny"
     generator: str | None = None
@@ -38,7 +39,7 @@ class GeneratorBenchConfig:
     batch_size: int = 8
     cfg_scale: float = 3.0
     temperature: float = 1.0
-    steps: int = 20
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     device: str = "auto"
     dtype: Literal["fp32", "bf16"] = "fp32"
     warmup: int = 1
@@ -48,7 +49,7 @@ class GeneratorBenchConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "steps", "repeats"):
+        for name in ("batch_size", "repeats"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -128,19 +129,13 @@ def run_generator_benchmark(cfg: GeneratorBenchConfig) -> GeneratorBenchResult:
         raise InvalidInputError(f"tokens must be in 1..{gen.config.n_tokens}, got {k}")
     b = cfg.batch_size
     dev = gen.tok_emb.weight.device
-    kw: dict[str, Any] = {}
-    if gen.config.condition == "class":
-        kw["labels"] = torch.arange(b, device=dev) % gen.config.num_classes
-    elif gen.config.condition == "text":
-        kw["text_features"] = torch.randn(b, 8, gen.config.text_dim, device=dev)  # stand-in prompt features
-    else:
-        kw["batch_size"] = b
+    condition = gen.conditioning.placeholder(b)  # stand-in labels / prompt features
 
     def sample(use_cache: bool) -> torch.Tensor:
         scfg = ARSamplingConfig(
             n_tokens=k, temperature=cfg.temperature, guidance_scale=cfg.cfg_scale, use_cache=use_cache
         )
-        return generate(gen, scfg, generator=torch.Generator(device=dev).manual_seed(cfg.seed), **kw)
+        return generate(gen, scfg, condition, generator=torch.Generator(device=dev).manual_seed(cfg.seed))
 
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else nullcontext()
     paths = [True] if cfg.skip_uncached else [True, False]
@@ -163,9 +158,9 @@ def run_generator_benchmark(cfg: GeneratorBenchConfig) -> GeneratorBenchResult:
             raise InvalidInputError(f"tokenizer vocab {tok.vocab_size} != generator vocab {gen.vocab_size}")
         with ctx:
             for _ in range(cfg.warmup):
-                tok.detokenize(sample(True), steps=cfg.steps)
+                tok.detokenize(sample(True), cfg.decode)
             t_p = statistics.median(
-                _time_once(lambda: tok.detokenize(sample(True), steps=cfg.steps), device)[0] for _ in range(cfg.repeats)
+                _time_once(lambda: tok.detokenize(sample(True), cfg.decode), device)[0] for _ in range(cfg.repeats)
             )
         pipeline = b / t_p
     return GeneratorBenchResult(

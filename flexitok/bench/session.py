@@ -62,53 +62,60 @@ def _invalid(msg: str) -> Exception:
 
 
 @dataclass
-class BenchConfig:
-    """What to benchmark. ``model``: a preset name (random weights) or a model name/path for ``from_pretrained``.
-
-    ``decode_options`` are extra keyword arguments for ``detokenize`` (e.g. sampler options of newer revisions);
-    ``threads`` sets ``torch.set_num_threads`` (None leaves it alone).
+class SessionSpec:
+    """What one session builds: plain JSON-able data, so a parent process can send it to a worker of another
+    revision. ``model``: a preset name (random weights) or a model name/path for ``from_pretrained``.
+    ``decode``: the decoder settings as ``DecodeConfig.to_dict()`` (revisions before DecodeConfig get the
+    steps, guidance scale and APG switch as keyword arguments). ``threads`` sets ``torch.set_num_threads``.
     """
 
     model: str = "tiny"
     batch_size: int = 4
-    steps: int = 20
     resolution: int | None = None  # presets only: square image side (default: the preset's)
     device: str = "auto"
     dtype: Dtype = "fp32"
-    compile: bool = False
-    warmup: int = 1
-    repeats: int = 3
-    guidance_scale: float = 7.5
-    apg: bool = True
     seed: int = 0
     threads: int | None = None
-    phases: tuple[str, ...] = PHASES
     peak_size: int = 2048
-    decode_options: dict[str, Any] = field(default_factory=dict)
+    decode: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.phases = tuple(self.phases)
-        for name in ("batch_size", "steps", "repeats", "peak_size"):
+        for name in ("batch_size", "peak_size"):
             if getattr(self, name) < 1:
                 raise _invalid(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise _invalid(f"warmup must be >= 0, got {self.warmup}")
         if self.dtype not in ("fp32", "bf16"):
             raise _invalid(f"dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.resolution is not None and self.resolution < 1:
             raise _invalid(f"resolution must be positive, got {self.resolution}")
         if self.threads is not None and self.threads < 1:
             raise _invalid(f"threads must be >= 1, got {self.threads}")
-        unknown = [p for p in self.phases if p not in PHASES]
-        if unknown or not self.phases:
-            raise _invalid(f"phases must be a non-empty subset of {list(PHASES)}, got {list(self.phases)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BenchConfig:
+    def from_dict(cls, d: dict[str, Any]) -> SessionSpec:
         return cls(**d)
+
+
+def detokenize_call(model: Any, tokens: Tensor, noise: Tensor, decode: dict[str, Any]) -> Tensor:
+    """``model.detokenize`` with the settings ``decode`` in whatever form this revision takes them."""
+    try:
+        from flexitok.sampling.decode import DecodeConfig
+    except ImportError:  # revisions before DecodeConfig: keyword arguments, official sampler only
+        defaults = {"steps": 20, "guidance_scale": 7.5, "apg": True}
+        unknown = sorted(k for k in decode if k not in defaults and k != "seed")
+        if unknown:
+            raise _invalid(f"this revision of flexitok has no decoder options {unknown}") from None
+        return model.detokenize(tokens, noise=noise, **{k: decode.get(k, v) for k, v in defaults.items()})
+    known = {f.name for f in dataclasses.fields(DecodeConfig)}
+    extra = sorted(set(decode) - known)
+    if extra:
+        raise _invalid(f"this revision's DecodeConfig has no fields {extra}")
+    d = dict(decode)
+    if d.get("guidance_interval") is not None:
+        d["guidance_interval"] = tuple(d["guidance_interval"])
+    return model.detokenize(tokens, DecodeConfig(**d), noise=noise)
 
 
 # ---------------------------------------------------------------------------------------------- devices, memory
@@ -234,7 +241,7 @@ def matmul_peak(device: torch.device, dtype: Dtype, size: int = 2048, repeats: i
 
 
 # ---------------------------------------------------------------------------------------------- the model
-def model_config(cfg: BenchConfig) -> Any:
+def model_config(cfg: SessionSpec) -> Any:
     """The FlexTokConfig for a preset benchmark (None when ``cfg.model`` is not a preset)."""
     from flexitok.config import PRESETS, preset, tiny_config
 
@@ -271,7 +278,7 @@ def randomize_by_name(model: Any, seed: int, std: float = 0.02) -> None:
             m.reset_parameters()
 
 
-def build_model(cfg: BenchConfig, device: torch.device) -> Any:
+def build_model(cfg: SessionSpec, device: torch.device) -> Any:
     from flexitok.models.flextok import FlexTok
 
     config = model_config(cfg)
@@ -298,7 +305,7 @@ class PhaseTiming:
 class Session:
     """A model, its inputs and the phases of :data:`PHASES` as zero-argument callables."""
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: SessionSpec) -> None:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
@@ -342,8 +349,7 @@ class Session:
         if phase == "tokenize":
             return m.tokenize(self.images)
         if phase == "detokenize":
-            kwargs = {"steps": c.steps, "guidance_scale": c.guidance_scale, "apg": c.apg, **c.decode_options}
-            return m.detokenize(self.tokens, noise=self.noise, **kwargs)
+            return detokenize_call(m, self.tokens, self.noise, c.decode)
         if phase == "decoder_pass":
             return m.decoder(self.pass_x, self.pass_t, self.pass_cond)
         raise _invalid(f"unknown phase {phase!r}")
@@ -374,10 +380,10 @@ class Session:
         return matmul_peak(self.device, self.cfg.dtype, self.cfg.peak_size)
 
     def describe(self) -> dict[str, Any]:
-        import flexitok
+        import flexitok.config
 
         return {
-            "package": str(Path(flexitok.__file__).resolve().parent),
+            "package": str(Path(flexitok.config.__file__).resolve().parent),  # the revision under test
             "parameters": self.parameters,
             "device": str(self.device),
             "image_size": list(self.model.image_size),
@@ -410,7 +416,7 @@ def serve(inp: Any = None, out: Any = None) -> None:
                 print(PROTOCOL_PREFIX + json.dumps(reply), file=out, flush=True)
                 return
             if op == "setup":
-                session = Session(BenchConfig.from_dict(req["config"]))
+                session = Session(SessionSpec.from_dict(req["config"]))
                 reply = {"ok": True, **session.describe()}
             elif session is None:
                 raise RuntimeError("setup first")

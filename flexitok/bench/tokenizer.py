@@ -2,8 +2,9 @@
 
 ::
 
+    from flexitok import DecodeConfig
     from flexitok.bench import BenchConfig, run_benchmark
-    report = run_benchmark(BenchConfig(model="tiny", steps=1, batch_size=2))
+    report = run_benchmark(BenchConfig(model="tiny", decode=DecodeConfig(steps=1), batch_size=2))
     print(report.format_table())
 
 The phases, FLOP counting and memory probes are those of :mod:`flexitok.bench.session`.
@@ -15,10 +16,63 @@ import dataclasses
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from flexitok.bench.session import BenchConfig, Session
+from flexitok.bench.session import PHASES, Dtype, Session, SessionSpec
+from flexitok.errors import InvalidInputError
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.sampling.flow import decoder_passes
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark. ``model``: a preset name (random weights) or a model name/path for ``from_pretrained``.
+
+    ``decode`` sets the detokenize phase (its seed is unused: ``seed`` draws the weights, images and noise).
+    ``phases``: a subset of ``tokenize``, ``detokenize``, ``decoder_pass`` (one decoder forward on
+    ``[cond; uncond]``). ``threads``: ``torch.set_num_threads`` (None: leave it). ``peak_size``: the side of the
+    square matmul that measures the peak.
+    """
+
+    model: str = "tiny"
+    batch_size: int = 4
+    resolution: int | None = None
+    device: str = "auto"
+    dtype: Dtype = "fp32"
+    compile: bool = False
+    warmup: int = 1
+    repeats: int = 3
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    seed: int = 0
+    threads: int | None = None
+    phases: tuple[str, ...] = PHASES
+    peak_size: int = 2048
+
+    def __post_init__(self) -> None:
+        self.phases = tuple(self.phases)
+        if self.repeats < 1:
+            raise InvalidInputError(f"repeats must be >= 1, got {self.repeats}")
+        if self.warmup < 0:
+            raise InvalidInputError(f"warmup must be >= 0, got {self.warmup}")
+        unknown = [p for p in self.phases if p not in PHASES]
+        if unknown or not self.phases:
+            raise InvalidInputError(f"phases must be a non-empty subset of {list(PHASES)}, got {list(self.phases)}")
+        self.spec()  # validates the rest
+
+    def spec(self) -> SessionSpec:
+        """The session part (what to build), as plain data."""
+        return SessionSpec(
+            model=self.model,
+            batch_size=self.batch_size,
+            resolution=self.resolution,
+            device=self.device,
+            dtype=self.dtype,
+            seed=self.seed,
+            threads=self.threads,
+            peak_size=self.peak_size,
+            decode=self.decode.to_dict(),
+        )
 
 
 @dataclass
@@ -76,12 +130,11 @@ class BenchReport:
 
     def format_table(self) -> str:
         c = self.config
-        guidance = "off" if c.guidance_scale == 1.0 else f"{c.guidance_scale:g} ({'APG' if c.apg else 'CFG'})"
-        extra = "".join(f", {k}={v}" for k, v in c.decode_options.items())
+        guidance = describe_decode(c.decode)
         head = (
             f"model {self.model_name}: {self.parameters / 1e6:.1f}M params, {self.image_size[0]}x{self.image_size[1]} "
             f"images, {self.n_registers} tokens | device {self.device} ({self.threads} threads), {c.dtype}"
-            f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {c.steps} steps, guidance {guidance}{extra}"
+            f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {guidance}"
             f" | median of {c.repeats} after {c.warmup} warm-up | matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s"
         )
         mem = "peak alloc MiB" if self.device.startswith("cuda") else "peak RSS MiB"
@@ -100,6 +153,16 @@ class BenchReport:
         return "\n".join(lines)
 
 
+def describe_decode(d: DecodeConfig) -> str:
+    """``"20 euler steps, guidance 7.5 (APG), 40 decoder passes/image"``."""
+    g = d.guidance_scale
+    guidance = "guidance off" if g == 1.0 else f"guidance {'schedule' if callable(g) else f'{g:g}'}"
+    guidance += "" if g == 1.0 else f" ({'APG' if d.apg else 'CFG'})"
+    if d.guidance_interval is not None and g != 1.0:
+        guidance += f" for t in [{d.guidance_interval[0]:g}, {d.guidance_interval[1]:g}]"
+    return f"{d.steps} {d.sampler} steps, {guidance}, {decoder_passes(d)} decoder passes/image"
+
+
 def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Build (or load) the model, then time each phase of ``cfg.phases`` on one random batch.
 
@@ -109,7 +172,7 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     """
     say = progress or (lambda _msg: None)
     say(f"building {cfg.model}")
-    session = Session(cfg)
+    session = Session(cfg.spec())
     peak = session.matmul_peak()
     flops: dict[str, int] = {}
     raw: dict[str, tuple[list[float], float, float]] = {}

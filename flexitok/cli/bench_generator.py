@@ -1,4 +1,4 @@
-"""``flexitok bench-generator``: AR sampling throughput with and without the KV cache (logic in
+"""``flexitok bench generator``: AR sampling throughput with and without the KV cache (logic in
 :mod:`flexitok.bench.generator`).
 
 Prints tokens/s and images/s (token generation only, and with decoding when a tokenizer is given), the KV-cache
@@ -11,16 +11,16 @@ import argparse
 from pathlib import Path
 
 from flexitok.bench.generator import GeneratorBenchConfig, run_generator_benchmark
-from flexitok.cli.common import info, positive_int
+from flexitok.cli.common import add_decode_args, decode_config, info, positive_int
 from flexitok.models.generator import GENERATOR_PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench-generator",
+        "generator",
         help="benchmark AR generation speed with and without the KV cache",
-        description="Time AR token sampling with and without the KV cache (tokens/s, images/s) and check both "
-        "paths give the same samples for the same seed. Presets use random weights.",
+        description="Time AR token sampling with and without the KV cache (tokens/s, images/s, their ratio) and "
+        "check both paths give the same samples for the same seed. Presets use random weights.",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--cfg-scale", type=float, default=3.0, help="guidance (doubles the batch unless 1; default 3)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--steps", type=positive_int, default=20, help="decoder steps for the pipeline timing")
+    add_decode_args(p, seed=False)  # the decoder settings of the pipeline timing
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 runs under autocast")
     p.add_argument("--warmup", type=int, default=1)
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cfg_scale=args.cfg_scale,
         temperature=args.temperature,
-        steps=args.steps,
+        decode=decode_config(args),
         device=args.device,
         dtype=args.dtype,
         warmup=args.warmup,

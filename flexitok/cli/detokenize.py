@@ -5,24 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
     DEFAULT_MODEL,
     add_batch_size_arg,
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
+    decode_config,
     image_size_arg,
     info,
     load_model,
     positive_int,
-    resolve_device,
-    sampling_kwargs,
 )
-from flexitok.cli.token_files import read_token_file, validate_tokens
+from flexitok.codec.token_files import read_token_file, validate_tokens
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file, save_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p, model_default=None)
     p.epilog = f"--model defaults to the model recorded in a JSON tokens file, else {DEFAULT_MODEL!r}."
-    add_sampling_args(p)
+    add_decode_args(p)
     add_batch_size_arg(p)
     p.set_defaults(func=run)
 
@@ -100,14 +99,14 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{source}: {e}; pass --size HxW") from None
 
     # One CPU generator drawn image by image: the result for an image does not depend on --batch-size or device.
-    generator = torch.Generator().manual_seed(args.seed)
-    kwargs = sampling_kwargs(args)
+    decode = decode_config(args)
+    generator = decode.generator()
     bar = tqdm(total=len(tokens), desc="detokenizing", unit="img", disable=len(tokens) <= args.batch_size or None)
     for start in range(0, len(tokens), args.batch_size):
         chunk = tokens[start : start + args.batch_size]
         chunk_sizes = sizes[start : start + args.batch_size]
         noise = model.initial_noise_list(len(chunk), generator, chunk_sizes)
-        images = model.detokenize([t.to(device) for t in chunk], noise=noise, image_size=chunk_sizes, **kwargs)
+        images = model.detokenize([t.to(device) for t in chunk], decode, noise=noise, image_size=chunk_sizes)
         for image, path in zip(images, outputs[start : start + len(chunk)], strict=True):
             save_image(image, path)
         bar.update(len(chunk))

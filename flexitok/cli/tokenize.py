@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -20,11 +19,11 @@ from flexitok.cli.common import (
     load_model,
     model_reference,
     positive_int,
-    resolve_device,
 )
-from flexitok.cli.token_files import tokens_to_json, write_token_file
+from flexitok.codec.token_files import TokenFile, tokens_to_json, write_token_file
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import load_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,19 +95,19 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         raise InvalidInputError("none of the inputs could be read as an image")
 
-    tokens = torch.stack(rows)
     same = len(set(sizes)) == 1
-    meta: dict[str, Any] = {
-        "model": model_reference(args.model),
-        "image_size": sizes[0] if same else None,
-        "image_sizes": None if same else sizes,
-        "files": done,
-        "vocab_size": model.vocab_size,
-        "n_registers": model.n_registers,
-    }
+    token_file = TokenFile(
+        rows,
+        model_reference(args.model),
+        sizes[0] if same else None,
+        model.vocab_size,
+        model.n_registers,
+        files=done,
+        image_sizes=None if same else sizes,
+    )
     if args.output is None:
-        sys.stdout.write(tokens_to_json(tokens, **meta))
+        sys.stdout.write(tokens_to_json(token_file))
         return 0
-    out = write_token_file(args.output, tokens, **meta)
-    info(f"wrote {tokens.shape[0]} x {tokens.shape[1]} tokens to {out}")
+    out = write_token_file(args.output, token_file)
+    info(f"wrote {len(rows)} x {rows[0].numel()} tokens to {out}")
     return 0

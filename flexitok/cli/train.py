@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a tokenizer, VAE or generator from a YAML config",
+        help="train a tokenizer, VAE or generator from a YAML config, or the evaluation classifier",
         description="Train from a YAML config with dotted overrides (section.key=value). Multi-GPU: "
         "torchrun --nproc_per_node=8 -m flexitok train tokenizer --config configs/tokenizer-d12-d12.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -101,3 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 data.image_size=32"
         )
         t.set_defaults(func=_run)
+    # The classifier is trained from flags, not a run config.
+    from flexitok.cli import train_classifier
+
+    train_classifier.register(sub)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import warnings
@@ -20,8 +19,8 @@ from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
 from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_vae_size
 from flexitok.nn.fsq import FSQ
-from flexitok.sampling.flow import euler_sample
-from flexitok.sampling.guidance import APG, GuidanceScale
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.sampling.flow import sample_flow
 from flexitok.utils.persistence import PretrainedModel
 
 TokensLike = Tensor | Sequence[Tensor]
@@ -237,7 +236,8 @@ class FlexTok(PretrainedModel):
 
         ``images``: a batch ``[B, 3, H, W]`` of any size that :meth:`check_image_size` accepts, or a list of
         ``[3, H, W]`` (or ``[1, 3, H, W]``) images whose sizes may differ. A list is run one batch per size;
-        each image gets the same tokens as when tokenized alone.
+        each image gets the same tokens as when tokenized alone (when encoding is deterministic: posterior
+        samples are drawn per size group, so they differ from one-at-a-time draws).
 
         ``deterministic``: ``None`` (default) follows the model's ``vae.sample_posterior``, the official VAE
         wrapper's option (official checkpoints that omit it sample, as the official code does); ``True`` encodes
@@ -325,9 +325,8 @@ class FlexTok(PretrainedModel):
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = ...,
-        guidance_scale: GuidanceScale = ...,
-        apg: bool | APG = ...,
+        decode: DecodeConfig | None = ...,
+        *,
         noise: Tensor | Sequence[Tensor] | None = ...,
         generator: torch.Generator | None = ...,
         keep_k: int | Sequence[int] | Tensor | None = ...,
@@ -340,14 +339,12 @@ class FlexTok(PretrainedModel):
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = ...,
-        guidance_scale: GuidanceScale = ...,
-        apg: bool | APG = ...,
+        decode: DecodeConfig | None = ...,
+        *,
         noise: Tensor | Sequence[Tensor] | None = ...,
         generator: torch.Generator | None = ...,
         keep_k: int | Sequence[int] | Tensor | None = ...,
         progress: bool = ...,
-        *,
         return_latents: Literal[True],
         image_size: ImageSize | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
@@ -356,15 +353,13 @@ class FlexTok(PretrainedModel):
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = ...,
-        guidance_scale: GuidanceScale = ...,
-        apg: bool | APG = ...,
+        decode: DecodeConfig | None = ...,
+        *,
         noise: Tensor | Sequence[Tensor] | None = ...,
         generator: torch.Generator | None = ...,
         keep_k: int | Sequence[int] | Tensor | None = ...,
         progress: bool = ...,
         return_latents: Literal[False] = ...,
-        *,
         image_size: list[ImageSize],
     ) -> list[Tensor]: ...
 
@@ -372,14 +367,12 @@ class FlexTok(PretrainedModel):
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = ...,
-        guidance_scale: GuidanceScale = ...,
-        apg: bool | APG = ...,
+        decode: DecodeConfig | None = ...,
+        *,
         noise: Tensor | Sequence[Tensor] | None = ...,
         generator: torch.Generator | None = ...,
         keep_k: int | Sequence[int] | Tensor | None = ...,
         progress: bool = ...,
-        *,
         return_latents: Literal[True],
         image_size: list[ImageSize],
     ) -> tuple[list[Tensor], list[Tensor]]: ...
@@ -388,9 +381,8 @@ class FlexTok(PretrainedModel):
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = 20,
-        guidance_scale: GuidanceScale = 7.5,
-        apg: bool | APG = True,
+        decode: DecodeConfig | None = None,
+        *,
         noise: Tensor | Sequence[Tensor] | None = None,
         generator: torch.Generator | None = None,
         keep_k: int | Sequence[int] | Tensor | None = None,
@@ -401,19 +393,21 @@ class FlexTok(PretrainedModel):
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
         ``tokens``: ``LongTensor [B, K]`` (K <= N) or a list of 1D tensors of different lengths. Each image is
-        decoded from its first ``keep_k`` tokens (default: all given). ``guidance_scale`` 1.0 disables
-        guidance; ``apg`` selects adaptive projected guidance over plain CFG. ``noise [B, C, h, w]`` (or a list
-        of ``[C, h, w]``) fixes the starting point; otherwise it is drawn from ``generator``.
+        decoded from its first ``keep_k`` tokens (default: all given). ``decode`` holds the sampler settings
+        (steps, guidance, APG, seed; default :class:`DecodeConfig()`). The initial noise is ``noise [B, C, h, w]``
+        (or a list of ``[C, h, w]``) when given, else drawn from ``generator``, else from a CPU generator seeded with
+        ``decode.seed``.
 
         ``image_size``: the output size in pixels, ``(H, W)`` or an int for all images; default the model's
         native size (:attr:`image_size`). A list with one entry per image returns a list of ``[3, H_i, W_i]``
         images (and of ``[C, h_i, w_i]`` latents); the images are computed one batch per size.
         """
+        decode = decode or DecodeConfig()
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
         sizes = self._decode_sizes(image_size, b)
         if noise is None:
-            starts = self.initial_noise_list(b, generator, sizes)
+            starts = self.initial_noise_list(b, generator if generator is not None else decode.generator(), sizes)
         else:
             starts = self._check_noise(noise, sizes)
         starts = [x.to(self.dtype) for x in starts]
@@ -424,15 +418,12 @@ class FlexTok(PretrainedModel):
         images: list[Tensor] = [torch.empty(0)] * b
         latents: list[Tensor] = [torch.empty(0)] * b
         for idx in groups.values():
-            guider = dataclasses.replace(apg, _buffer=None) if isinstance(apg, APG) else (APG() if apg else None)
-            lat = euler_sample(
+            lat = sample_flow(
                 self.decoder,
                 torch.stack([starts[i] for i in idx]),
                 cond[idx],
                 self.decoder.null_condition(len(idx)),
-                steps=steps,
-                guidance_scale=guidance_scale,
-                apg=guider,
+                decode,
                 progress=progress,
             )
             decoded = self.vae.decode(lat)
@@ -459,10 +450,16 @@ class FlexTok(PretrainedModel):
         return [r.to(self.device, torch.float32) for r in rows]
 
     @torch.no_grad()
-    def autoencode(self, images: Tensor, keep_k: int | Sequence[int] | Tensor | None = None, **kwargs) -> Tensor:
+    def autoencode(
+        self,
+        images: Tensor,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        decode: DecodeConfig | None = None,
+        **kwargs,
+    ) -> Tensor:
         """Tokenize then detokenize (at the input size), keeping the first ``keep_k`` tokens (int or one per image)."""
         kwargs.setdefault("image_size", (int(images.shape[-2]), int(images.shape[-1])))
-        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)
+        return self.detokenize(self.tokenize(images), decode, keep_k=keep_k, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def config_for_saving(self) -> FlexTokConfig:

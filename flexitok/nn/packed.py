@@ -25,13 +25,19 @@ def _weights(linears: Sequence[nn.Linear]) -> list[Tensor]:
     return [lin.weight for lin in linears]
 
 
+def _plain(w: Tensor) -> bool:
+    # Only ordinary dense tensors are packed; tensor subclasses (FSDP's DTensor shards, fake/meta tensors under
+    # tracing) are left exactly as their owner made them.
+    return type(w) in (Tensor, nn.Parameter) and type(w.data) is Tensor and w.layout == torch.strided
+
+
 def is_packed(linears: Sequence[nn.Linear]) -> bool:
     """True when the weights are consecutive, contiguous pieces of one storage (in order)."""
     ws = _weights(linears)
     first = ws[0]
-    if not all(w.is_contiguous() and w.dtype == first.dtype and w.device == first.device for w in ws):
+    if not all(_plain(w) for w in ws) or first.device.type == "meta":
         return False
-    if first.device.type == "meta":
+    if not all(w.is_contiguous() and w.dtype == first.dtype and w.device == first.device for w in ws):
         return False
     ptr = first.untyped_storage().data_ptr()
     offset = first.storage_offset()
@@ -44,11 +50,12 @@ def is_packed(linears: Sequence[nn.Linear]) -> bool:
 
 @torch.no_grad()
 def pack_(linears: Sequence[nn.Linear]) -> None:
-    """Move the weights into one contiguous storage (values unchanged); a no-op when already packed."""
+    """Move the weights into one contiguous storage (values unchanged); a no-op when already packed, and for
+    weights that are not plain dense tensors (e.g. FSDP-sharded) or not stackable (different dtype/device/width)."""
     ws = _weights(linears)
-    if is_packed(linears) or ws[0].device.type == "meta" or any(w.shape[1] != ws[0].shape[1] for w in ws):
+    if not all(_plain(w) for w in ws) or ws[0].device.type == "meta" or is_packed(linears):
         return
-    if len({(w.dtype, w.device) for w in ws}) != 1:
+    if len({(w.dtype, w.device, w.shape[1]) for w in ws}) != 1:
         return
     base = torch.cat([w.detach() for w in ws])
     start = 0

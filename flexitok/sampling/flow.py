@@ -4,23 +4,21 @@ The flow runs from t = 1 (pure noise) to t = 0 on the official grid ``t_i = i / 
 conditional and the unconditional velocity; they are computed in ONE batched call on ``[cond; null_cond]``
 (2 x B rows: two *decoder passes* per image; two calls when the null condition is shorter). A guidance interval restricts guidance to evaluations with
 ``lo <= t <= hi``; outside it the sampler makes one conditional pass. The defaults (Euler, guidance everywhere)
-are the official sampler.
+are the official sampler. All settings come from one :class:`~flexitok.sampling.decode.DecodeConfig`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from flexitok.sampling.guidance import APG, GuidanceScale, cfg_combine
+from flexitok.sampling.decode import SAMPLERS, DecodeConfig, Sampler
+from flexitok.sampling.guidance import cfg_combine
 
 VelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t [B,...], t [B], cond [B,N,D]) -> v [B,...]
-Sampler = Literal["euler", "heun", "midpoint"]
-SAMPLERS: tuple[str, ...] = ("euler", "heun", "midpoint")
 
 
 def timestep_grid(steps: int) -> list[float]:
@@ -35,22 +33,11 @@ def _f32(t: float) -> float:
     return float(torch.tensor(t, dtype=torch.float32))
 
 
-def check_sampler_options(steps: int, sampler: str, guidance_interval: tuple[float, float] | None) -> None:
-    """ValueError for an unknown sampler, ``steps < 1`` or an interval that is not ``0 <= lo <= hi <= 1``."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if guidance_interval is not None:
-        lo, hi = guidance_interval
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {guidance_interval}")
-
-
 def evaluation_times(steps: int, sampler: Sampler = "euler") -> list[float]:
     """The t of every velocity evaluation, in order. Heun corrects every step but the last (whose end point
     t = 0 it would otherwise evaluate): 2T - 1 evaluations; midpoint: 2T; Euler: T."""
-    check_sampler_options(steps, sampler, None)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     grid = timestep_grid(steps)
     dt = 1.0 / steps
     times: list[float] = []
@@ -67,17 +54,15 @@ def _guided(t: float, scale: float, interval: tuple[float, float] | None) -> boo
     return scale != 1.0 and (interval is None or interval[0] <= t <= interval[1])
 
 
-def decoder_passes(
-    steps: int,
-    sampler: Sampler = "euler",
-    guidance_scale: GuidanceScale = 1.0,
-    guidance_interval: tuple[float, float] | None = None,
-) -> int:
-    """Decoder passes per image of one sampling run: 2 per guided evaluation ([cond; uncond]), 1 otherwise."""
+def decoder_passes(config: DecodeConfig | None = None) -> int:
+    """Decoder passes per image of one sampling run with ``config``: 2 per guided evaluation ([cond; uncond]),
+    1 otherwise (the official 20 guided Euler steps: 40)."""
+    config = config or DecodeConfig()
     total = 0
-    for t in evaluation_times(steps, sampler):
-        scale = guidance_scale(t) if callable(guidance_scale) else float(guidance_scale)
-        total += 2 if _guided(t, scale, guidance_interval) else 1
+    for t in evaluation_times(config.steps, config.sampler):
+        g = config.guidance_scale
+        scale = g(t) if callable(g) else float(g)
+        total += 2 if _guided(t, scale, config.guidance_interval) else 1
     return total
 
 
@@ -86,28 +71,27 @@ def sample_flow(
     noise: Tensor,
     cond: Tensor,
     null_cond: Tensor | None = None,
-    steps: int = 20,
-    guidance_scale: GuidanceScale = 1.0,
-    apg: APG | None = None,
-    sampler: Sampler = "euler",
-    guidance_interval: tuple[float, float] | None = None,
+    config: DecodeConfig | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Integrate ``dx/dt = v`` from t = 1 (``noise [B, C, h, w]``) to t = 0 in ``steps`` steps.
+    """Integrate ``dx/dt = v`` from t = 1 (``noise [B, C, h, w]``) to t = 0 as ``config`` says.
 
-    ``sampler``: ``euler`` (official), ``heun`` (trapezoidal predictor-corrector, second order) or ``midpoint``
-    (explicit midpoint, second order). At an evaluation whose guidance scale (``guidance_scale`` may be a function
-    of t) is not exactly 1 and whose t lies in ``guidance_interval`` (all t when None), the conditional and
-    unconditional velocities come from one batched call and are combined with CFG, or with ``apg`` if given (its
-    momentum buffer advances once per guided evaluation).
+    ``config.sampler``: ``euler`` (official), ``heun`` (trapezoidal predictor-corrector, second order) or
+    ``midpoint`` (explicit midpoint, second order), over ``config.steps`` steps. At an evaluation whose guidance
+    scale (``config.guidance_scale`` may be a function of t) is not exactly 1 and whose t lies in
+    ``config.guidance_interval`` (all t when None), the conditional and unconditional velocities come from one
+    batched call and are combined with APG (``config.apg``; its momentum buffer advances once per guided
+    evaluation) or plain CFG. ``config.seed`` is not used: the noise is given.
     """
-    check_sampler_options(steps, sampler, guidance_interval)
+    config = config or DecodeConfig()
+    steps, sampler, interval = config.steps, config.sampler, config.guidance_interval  # validated by DecodeConfig
+    guidance_scale, apg = config.guidance_scale, config.guider()
     b = noise.shape[0]
 
     def v_at(x: Tensor, t: float) -> Tensor:
         scale = guidance_scale(t) if callable(guidance_scale) else float(guidance_scale)
         tt = torch.full((b,), t, dtype=torch.float32, device=x.device)
-        if null_cond is None or not _guided(t, scale, guidance_interval):
+        if null_cond is None or not _guided(t, scale, interval):
             return velocity(x, tt, cond)
         if null_cond.shape[1:] == cond.shape[1:]:
             both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, null_cond]))
@@ -136,10 +120,8 @@ def euler_sample(
     noise: Tensor,
     cond: Tensor,
     null_cond: Tensor | None = None,
-    steps: int = 20,
-    guidance_scale: GuidanceScale = 1.0,
-    apg: APG | None = None,
+    config: DecodeConfig | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """The official sampler: :func:`sample_flow` with Euler steps and guidance at every step."""
-    return sample_flow(velocity, noise, cond, null_cond, steps, guidance_scale, apg, "euler", None, progress)
+    """The 0.1.0 name of :func:`sample_flow` (with the default config, the official Euler sampler)."""
+    return sample_flow(velocity, noise, cond, null_cond, config, progress)

@@ -232,6 +232,12 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     if cls is FlexTokConfig:
         values = _expand_model(values)
+    # A field whose default is a dataclass value (e.g. a DecodeConfig) takes a partial mapping as changes to it.
+    value_defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(f.default) and not isinstance(f.default, type)
+    }
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
@@ -239,6 +245,9 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {(f'{where}.' if where else '') + close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {path!r}{hint} (valid: {', '.join(names)})")
+        if key in value_defaults and isinstance(value, dict):
+            default = value_defaults[key]
+            value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return cls(**kwargs)

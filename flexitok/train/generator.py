@@ -129,7 +129,7 @@ class GeneratorTask(TrainTask):
         self.cfg = cfg or GeneratorTaskConfig()
         self.eval_dataset = eval_dataset
         self.text_encoder = text_encoder
-        if model.config.condition == "text" and text_encoder is None:
+        if model.conditioning.needs_text_encoder and text_encoder is None:
             enc = TextEncoder(model.config.text_encoder, max_length=self.cfg.text_max_length)
             if enc.dim != model.config.text_dim:
                 raise InvalidInputError(
@@ -139,16 +139,7 @@ class GeneratorTask(TrainTask):
             self.text_encoder = CachedTextEncoder(enc)
 
     def _prefix(self, model: Generator, batch: dict[str, Any], drop: Tensor | None) -> tuple[Tensor, Tensor]:
-        c = model.config
-        if c.condition == "class":
-            return model.prefix(labels=torch.as_tensor(batch["label"]), null=drop)
-        if c.condition == "text":
-            if "caption" not in batch:
-                raise InvalidInputError("text-conditioned training needs captions in the token shards")
-            assert self.text_encoder is not None
-            feats, mask = self.text_encoder(list(batch["caption"]))
-            return model.prefix(text_features=feats, text_mask=mask, null=drop)
-        return model.prefix(batch_size=batch["tokens"].shape[0])
+        return model.prefix(model.conditioning.from_batch(batch, self.text_encoder), null=drop)
 
     def batch_loss(self, model: Generator, batch: dict[str, Any], drop_prob: float) -> Tensor:
         """Mean next-token cross-entropy over the first ``train_tokens`` tokens. -> scalar."""

@@ -24,6 +24,7 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
 from flexitok.models.flextok import FlexTok
+from flexitok.sampling.decode import DecodeConfig
 from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
 from flexitok.train.task import TrainTask
 
@@ -52,9 +53,7 @@ class TokenizerTaskConfig:
     repa_hidden: int = 1024  # projector MLP width
     eval_images: int = 8
     eval_ks: tuple[int, ...] | None = None  # None: 1, 2, 4, ..., N
-    eval_steps: int = 20
-    eval_guidance: float = 1.0
-    eval_apg: bool = False
+    eval_decode: DecodeConfig = DecodeConfig(steps=20, guidance_scale=1.0, apg=False, seed=0)
 
     @property
     def repa_enabled(self) -> bool:
@@ -247,10 +246,7 @@ class TokenizerTask(TrainTask):
             ks=ks,
             n_images=n,
             batch_size=n,
-            steps=cfg.eval_steps,
-            guidance_scale=cfg.eval_guidance,
-            apg=cfg.eval_apg,
-            seed=0,
+            decode=cfg.eval_decode,
             extractor=None,
             n_examples=n,
             progress=False,

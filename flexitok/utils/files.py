@@ -54,8 +54,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     tmp = _temp_name(path)
     # O_EXCL with mode 0o666: the umask decides the final permissions, as for any newly created file.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # writers that replace the file (safetensors' save_file) leave it at 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -266,6 +266,8 @@ class PretrainedModel(nn.Module):
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_bytes(data)
             save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=meta)
+            # save_file leaves 0600; give the weights the umask's permissions, like config.json.
+            os.chmod(tmp / WEIGHTS_NAME, (tmp / CONFIG_NAME).stat().st_mode & 0o777)
             for name in KEPT_FILES:
                 try:
                     shutil.copy2(directory / name, tmp / name)
