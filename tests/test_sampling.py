@@ -110,3 +110,29 @@ def test_sampler_options_serialise_only_when_not_official():
     assert D(**{**d, "guidance_interval": tuple(d["guidance_interval"])}) == D(
         sampler="heun", guidance_interval=(0.25, 0.75)
     )
+
+
+def test_ftok_header_refuses_sampler_options_it_cannot_store():
+    from flexitok.codec.ftok import FtokError, FtokFile
+
+    args = ((1, 2, 3), "0" * 32, (32, 32), 16, (8, 8, 8, 5, 5, 5), "")
+    assert FtokFile(*args, D(steps=7)).decode.steps == 7
+    for d in (D(sampler="heun"), D(guidance_interval=(0.2, 0.8))):
+        with pytest.raises(FtokError, match="cannot be stored"):
+            FtokFile(*args, d)
+
+
+def test_detokenize_with_fewer_passes_calls_the_decoder_fewer_times():
+    from flexitok.config import tiny_config
+    from flexitok.models.flextok import FlexTok
+
+    torch.manual_seed(0)
+    model = FlexTok(tiny_config()).eval()
+    rows: list[int] = []
+    model.decoder.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    tokens = torch.zeros(2, 16, dtype=torch.long)
+    for cfg in (D(steps=4), D(steps=4, sampler="midpoint", guidance_interval=(0.5, 1.0)), D(steps=3, sampler="heun")):
+        rows.clear()
+        out = model.detokenize(tokens, cfg)
+        assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+        assert sum(rows) == 2 * decoder_passes(cfg), cfg
