@@ -30,6 +30,8 @@ def _assert_phase_ok(stats) -> None:
     assert math.isfinite(stats.memory_increase_mib) and stats.memory_increase_mib >= 0
     assert stats.memory_increase_mib <= stats.peak_memory_mib
     assert stats.gflops > 0 and stats.fraction_of_peak > 0
+    # CPU runs also time each call on the busy clock (CPU time / threads).
+    assert stats.busy_seconds_per_batch > 0 and stats.fraction_of_peak_busy > 0
 
 
 def test_run_benchmark_tiny_reports_positive_finite_numbers() -> None:
@@ -41,7 +43,7 @@ def test_run_benchmark_tiny_reports_positive_finite_numbers() -> None:
         assert phase.seconds_per_image == pytest.approx(phase.seconds_per_batch / 2)
     assert report.image_size == (16, 16) and report.n_registers == 16 and report.device == "cpu"
     assert report.parameters == sum(p.numel() for p in FlexTok(tiny_config(image_size=16)).parameters())
-    assert report.matmul_peak_gflops > 0
+    assert report.matmul_peak_gflops > 0 and report.matmul_peak_busy_gflops > 0
     # One guided step is one decoder pass on [cond; uncond]: detokenize with 1 step costs at least that.
     assert report.detokenize.gflops >= report.phases["decoder_pass"].gflops > 0
     table = report.format_table()
@@ -116,6 +118,8 @@ def test_worker_protocol_answers_every_request() -> None:
     assert "setup first" in replies[0]["error"] and "nonsense" in replies[5]["error"]
     assert replies[1]["image_size"] == [16, 16] and replies[2]["flops"] > 0
     assert len(replies[3]["seconds"]) == 2 and replies[4]["flops_per_second"] > 0
+    assert len(replies[3]["busy_seconds"]) == 2 and all(t > 0 for t in replies[3]["busy_seconds"])
+    assert replies[4]["busy_flops_per_second"] > 0
 
 
 def test_detokenize_call_passes_sampler_options_and_refuses_unknown_ones() -> None:
@@ -146,7 +150,9 @@ def test_compare_head_against_the_working_tree_gives_identical_outputs() -> None
     for p in report.phases:
         assert p.base.min_seconds > 0 and p.rev.min_seconds > 0 and p.speedup_paired_median > 0
         assert p.max_abs_diff < 1e-5, p.phase
-    assert "B/A" in report.format_table()
+        assert p.base.fraction_of_peak_busy > 0 and p.rev.fraction_of_peak_busy > 0
+    assert report.matmul_peak_busy_gflops > 0
+    assert "B/A" in report.format_table() and "busy" in report.format_table()
 
 
 def test_generator_bench_reports_both_paths_and_the_ratio() -> None:

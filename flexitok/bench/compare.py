@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,8 @@ class SideStats:
     gflops: float
     fraction_of_peak: float  # from the median
     peak_memory_mib: float
+    busy_median_seconds: float  # CPU time / threads (CPU runs)
+    fraction_of_peak_busy: float  # from busy_median_seconds and the busy matmul peak
 
 
 @dataclass
@@ -85,6 +88,7 @@ class CompareReport:
     threads: int
     matmul_peak_gflops: float
     phases: list[PhaseComparison]
+    matmul_peak_busy_gflops: float
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,9 +99,9 @@ class CompareReport:
             f"{self.base_label} (A) vs {self.rev_label} (B): model {c.model}, batch {c.batch_size}, "
             f"{describe_decode(c.decode)}, {c.dtype}{', compiled' if c.compile else ''}, device {self.device} "
             f"({self.threads} threads), {c.repeats} interleaved rounds, matmul peak {self.matmul_peak_gflops:.1f} "
-            "GFLOP/s",
+            f"GFLOP/s ({self.matmul_peak_busy_gflops:.1f} busy)",
             f"{'phase':<13} {'A min s':>9} {'A med s':>9} {'B min s':>9} {'B med s':>9} {'B/A min':>8} {'B/A med':>8} "
-            f"{'paired':>7} {'A peak':>7} {'B peak':>7} {'max |A-B|':>10}",
+            f"{'paired':>7} {'A peak':>7} {'B peak':>7} {'A busy':>7} {'B busy':>7} {'max |A-B|':>10}",
         ]
         for p in self.phases:
             diff = f"{int(p.max_abs_diff)} ids" if p.phase == "tokenize" else f"{p.max_abs_diff:.2e}"
@@ -105,11 +109,12 @@ class CompareReport:
                 f"{p.phase:<13} {p.base.min_seconds:>9.3f} {p.base.median_seconds:>9.3f} {p.rev.min_seconds:>9.3f} "
                 f"{p.rev.median_seconds:>9.3f} {p.speedup_min:>8.3f} {p.speedup_median:>8.3f} "
                 f"{p.speedup_paired_median:>7.3f} {p.base.fraction_of_peak:>7.1%} {p.rev.fraction_of_peak:>7.1%} "
-                f"{diff:>10}"
+                f"{p.base.fraction_of_peak_busy:>7.1%} {p.rev.fraction_of_peak_busy:>7.1%} {diff:>10}"
             )
         lines.append(
             "B/A > 1: A is faster. 'paired' = median of per-round ratios; 'peak' = fraction of the matmul peak "
-            "(median time); decoder_pass = one decoder forward on [cond; uncond]."
+            "(median time; 'busy': on the CPU-time / threads clock, which other jobs' load does not inflate); "
+            "decoder_pass = one decoder forward on [cond; uncond]."
         )
         return "\n".join(lines)
 
@@ -233,16 +238,21 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
                     for w in workers.values():
                         w.request(op="measure", phase=phase, repeats=1)
             seconds: dict[str, dict[str, list[float]]] = {s: {p: [] for p in bench.phases} for s in workers}
+            busy: dict[str, dict[str, list[float]]] = {s: {p: [] for p in bench.phases} for s in workers}
             memory: dict[str, dict[str, float]] = {s: dict.fromkeys(bench.phases, 0.0) for s in workers}
             peaks: list[float] = []
+            busy_peaks: list[float] = []
             for r in range(bench.repeats):
                 order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
                 for side in order:
-                    peaks.append(workers[side].request(op="peak")["flops_per_second"])
+                    reply = workers[side].request(op="peak")
+                    peaks.append(reply["flops_per_second"])
+                    busy_peaks.append(reply["busy_flops_per_second"])
                 for phase in bench.phases:
                     for side in order:
                         reply = workers[side].request(op="measure", phase=phase, repeats=1)
                         seconds[side][phase].extend(reply["seconds"])
+                        busy[side][phase].extend(reply["busy_seconds"])
                         memory[side][phase] = max(memory[side][phase], reply["peak_memory_mib"])
                 say(
                     f"round {r + 1}/{bench.repeats}: "
@@ -256,17 +266,20 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
         finally:
             for w in workers.values():
                 w.close()
-    peak = max(peaks)
+    peak, busy_peak = max(peaks), max(busy_peaks)
 
     def side_stats(side: str, phase: str) -> SideStats:
         s = seconds[side][phase]
         med = statistics.median(s)
+        busy_med = statistics.median(busy[side][phase])
         return SideStats(
             min_seconds=min(s),
             median_seconds=med,
             gflops=flops[side][phase] / 1e9,
             fraction_of_peak=flops[side][phase] / med / peak,
             peak_memory_mib=memory[side][phase],
+            busy_median_seconds=busy_med,
+            fraction_of_peak_busy=flops[side][phase] / busy_med / busy_peak if busy_med > 0 else math.nan,
         )
 
     phases = []
@@ -294,4 +307,5 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
         threads=info["A"]["threads"],
         matmul_peak_gflops=peak / 1e9,
         phases=phases,
+        matmul_peak_busy_gflops=busy_peak / 1e9,
     )

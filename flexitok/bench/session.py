@@ -15,7 +15,10 @@ Phases (each timed as one call on one batch of ``batch_size`` random images):
 
 FLOPs are counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention: the analytic count) on one
 eager call; the fraction of peak is that count over the measured time over the fp32 (or bf16) throughput of a
-large square matmul measured in the same process. Presets get random weights, drawn per parameter from a
+large square matmul measured in the same process. On the CPU every call is also timed by the process's CPU
+time divided by the thread count (the *busy* clock): on a machine shared with other jobs, wall time includes
+the time slices the scheduler gave to others, CPU time does not, so the busy fraction of peak (phase and
+matmul both on that clock) is the figure that does not depend on the load. Presets get random weights, drawn per parameter from a
 generator seeded by the parameter's name, so two revisions with the same parameter names get the same weights.
 """
 
@@ -222,8 +225,14 @@ def count_flops(fn: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(device: torch.device, dtype: Dtype, size: int = 2048, repeats: int = 3) -> float:
-    """Best FLOP/s of a ``size`` x ``size`` x ``size`` matmul (the reference for fractions of peak)."""
+def busy_clock() -> float:
+    """Seconds of CPU time of this process divided by torch's thread count (see the module doc)."""
+    return time.process_time() / torch.get_num_threads()
+
+
+def matmul_peaks(device: torch.device, dtype: Dtype, size: int = 2048, repeats: int = 3) -> tuple[float, float]:
+    """Best FLOP/s of a ``size`` x ``size`` x ``size`` matmul (the reference for fractions of peak), on the wall
+    clock and on the busy clock (the latter is meaningful on the CPU only)."""
     tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=gen).to(device, tdtype)
@@ -231,13 +240,19 @@ def matmul_peak(device: torch.device, dtype: Dtype, size: int = 2048, repeats: i
     out = torch.empty(size, size, device=device, dtype=tdtype)
     torch.mm(a, b, out=out)  # warm-up
     synchronize(device)
-    best = float("inf")
+    best, best_busy = float("inf"), float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), busy_clock()
         torch.mm(a, b, out=out)
         synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best
+        best, best_busy = min(best, time.perf_counter() - t0), min(best_busy, busy_clock() - c0)
+    flops = 2.0 * size**3
+    return flops / best, flops / max(best_busy, 1e-9)
+
+
+def matmul_peak(device: torch.device, dtype: Dtype, size: int = 2048, repeats: int = 3) -> float:
+    """Best wall-clock FLOP/s of a ``size``-cubed matmul (see :func:`matmul_peaks`)."""
+    return matmul_peaks(device, dtype, size, repeats)[0]
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -297,6 +312,7 @@ class PhaseTiming:
     """Raw measurements of one phase in one process."""
 
     seconds: list[float]
+    busy_seconds: list[float]  # CPU time / threads per call
     flops: int
     peak_memory_mib: float
     memory_increase_mib: float
@@ -354,30 +370,37 @@ class Session:
             return m.decoder(self.pass_x, self.pass_t, self.pass_cond)
         raise _invalid(f"unknown phase {phase!r}")
 
-    def run(self, phase: str) -> float:
-        """Run ``phase`` once; its wall-clock seconds (accelerator work included)."""
+    def run(self, phase: str) -> tuple[float, float]:
+        """Run ``phase`` once; its wall-clock seconds (accelerator work included) and busy seconds."""
         with torch.inference_mode(), self.autocast:
             synchronize(self.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), busy_clock()
             out = self._call(phase)
             synchronize(self.device)
-            seconds = time.perf_counter() - t0
+            seconds, busy = time.perf_counter() - t0, busy_clock() - c0
         self.outputs[phase] = out
-        return seconds
+        return seconds, busy
 
     def flops(self, phase: str) -> int:
         """FLOPs of one eager call of ``phase`` (counted on the uncompiled model)."""
         with torch.inference_mode(), self.autocast:
             return count_flops(lambda: self._call(phase))
 
-    def measure(self, phase: str, repeats: int) -> tuple[list[float], float, float]:
-        """``repeats`` timed calls: (seconds per call, peak memory MiB, increase MiB)."""
+    def measure(self, phase: str, repeats: int) -> PhaseTiming:
+        """``repeats`` timed calls (FLOPs left at 0: see :meth:`flops`)."""
         with MemoryProbe(self.device) as mem:
-            seconds = [self.run(phase) for _ in range(repeats)]
-        return seconds, mem.peak_mib, mem.increase_mib
+            runs = [self.run(phase) for _ in range(repeats)]
+        return PhaseTiming(
+            seconds=[r[0] for r in runs],
+            busy_seconds=[r[1] for r in runs],
+            flops=0,
+            peak_memory_mib=mem.peak_mib,
+            memory_increase_mib=mem.increase_mib,
+        )
 
-    def matmul_peak(self) -> float:
-        return matmul_peak(self.device, self.cfg.dtype, self.cfg.peak_size)
+    def matmul_peaks(self) -> tuple[float, float]:
+        """(wall, busy) FLOP/s of the reference matmul."""
+        return matmul_peaks(self.device, self.cfg.dtype, self.cfg.peak_size)
 
     def describe(self) -> dict[str, Any]:
         import flexitok.config
@@ -423,10 +446,11 @@ def serve(inp: Any = None, out: Any = None) -> None:
             elif op == "flops":
                 reply = {"ok": True, "flops": session.flops(req["phase"])}
             elif op == "measure":
-                seconds, peak, inc = session.measure(req["phase"], int(req.get("repeats", 1)))
-                reply = {"ok": True, "seconds": seconds, "peak_memory_mib": peak, "memory_increase_mib": inc}
+                timing = session.measure(req["phase"], int(req.get("repeats", 1)))
+                reply = {"ok": True, **dataclasses.asdict(timing)}
             elif op == "peak":
-                reply = {"ok": True, "flops_per_second": session.matmul_peak()}
+                wall, busy = session.matmul_peaks()
+                reply = {"ok": True, "flops_per_second": wall, "busy_flops_per_second": busy}
             elif op == "compile":
                 session.compile()
                 reply = {"ok": True}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flexitok.bench.session import PHASES, Dtype, Session, SessionSpec
+from flexitok.bench.session import PHASES, Dtype, PhaseTiming, Session, SessionSpec
 from flexitok.errors import InvalidInputError
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.sampling.flow import decoder_passes
@@ -87,12 +87,22 @@ class PhaseStats:
     memory_increase_mib: float  # peak minus the level just before the phase
     gflops: float  # per call (matmul, conv and attention FLOPs)
     fraction_of_peak: float  # gflops / median seconds / matmul peak
+    busy_seconds_per_batch: float = math.nan  # CPU: median CPU time / threads (what the load does not inflate)
+    fraction_of_peak_busy: float = math.nan  # CPU: gflops / busy seconds / busy matmul peak
 
     @classmethod
     def from_seconds(
-        cls, seconds: list[float], batch: int, flops: int, peak_flops: float, mem: tuple[float, float]
+        cls,
+        seconds: list[float],
+        batch: int,
+        flops: int,
+        peak_flops: float,
+        mem: tuple[float, float],
+        busy: tuple[list[float], float] | None = None,
     ) -> PhaseStats:
+        """``busy``: (busy seconds per call, busy matmul peak FLOP/s), CPU only."""
         med, best = statistics.median(seconds), min(seconds)
+        busy_med = statistics.median(busy[0]) if busy else math.nan
         return cls(
             seconds_per_batch=med,
             min_seconds_per_batch=best,
@@ -102,6 +112,8 @@ class PhaseStats:
             memory_increase_mib=mem[1],
             gflops=flops / 1e9,
             fraction_of_peak=flops / med / peak_flops if med > 0 and peak_flops > 0 else 0.0,
+            busy_seconds_per_batch=busy_med,
+            fraction_of_peak_busy=flops / busy_med / busy[1] if busy and busy_med > 0 else math.nan,
         )
 
 
@@ -116,6 +128,7 @@ class BenchReport:
     n_registers: int
     matmul_peak_gflops: float  # best large-matmul throughput in the run's dtype, measured in this run
     phases: dict[str, PhaseStats]
+    matmul_peak_busy_gflops: float = math.nan  # CPU: the same on the busy clock
 
     @property
     def tokenize(self) -> PhaseStats:
@@ -136,20 +149,27 @@ class BenchReport:
             f"images, {self.n_registers} tokens | device {self.device} ({self.threads} threads), {c.dtype}"
             f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {guidance}"
             f" | median of {c.repeats} after {c.warmup} warm-up | matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s"
+            + ("" if math.isnan(self.matmul_peak_busy_gflops) else f" ({self.matmul_peak_busy_gflops:.1f} busy)")
         )
+        busy = not math.isnan(self.matmul_peak_busy_gflops)
         mem = "peak alloc MiB" if self.device.startswith("cuda") else "peak RSS MiB"
         lines = [
             head,
             f"{'phase':<13} {'images/s':>10} {'s/image':>10} {'min s/batch':>12} {mem:>15} {'increase MiB':>13} "
-            f"{'GFLOP':>9} {'of peak':>8}",
+            f"{'GFLOP':>9} {'of peak':>8}" + (f" {'busy s':>8} {'busy of peak':>12}" if busy else ""),
         ]
         for name, s in self.phases.items():
             lines.append(
                 f"{name:<13} {s.images_per_second:>10.3f} {s.seconds_per_image:>10.4f} {s.min_seconds_per_batch:>12.4f} "
                 f"{s.peak_memory_mib:>15.1f} {s.memory_increase_mib:>13.1f} {s.gflops:>9.1f} {s.fraction_of_peak:>8.1%}"
+                + (f" {s.busy_seconds_per_batch:>8.3f} {s.fraction_of_peak_busy:>12.1%}" if busy else "")
             )
         if "decoder_pass" in self.phases:
             lines.append("decoder_pass = one decoder forward on [cond; uncond] (2 x batch rows), the work of one step")
+        if busy:
+            lines.append(
+                "busy = CPU time / threads, phase and peak matmul alike: the load of other jobs does not count"
+            )
         return "\n".join(lines)
 
 
@@ -173,9 +193,9 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     say = progress or (lambda _msg: None)
     say(f"building {cfg.model}")
     session = Session(cfg.spec())
-    peak = session.matmul_peak()
+    peak, peak_busy = session.matmul_peaks()
     flops: dict[str, int] = {}
-    raw: dict[str, tuple[list[float], float, float]] = {}
+    raw: dict[str, PhaseTiming] = {}
     for phase in cfg.phases:
         say(f"counting {phase} FLOPs")
         flops[phase] = session.flops(phase)
@@ -187,10 +207,19 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         for _ in range(cfg.warmup - (0 if cfg.compile else 1)):
             session.run(phase)
         raw[phase] = session.measure(phase, cfg.repeats)
-    peak = max(peak, session.matmul_peak())
+    wall2, busy2 = session.matmul_peaks()
+    peak, peak_busy = max(peak, wall2), max(peak_busy, busy2)
+    on_cpu = session.device.type == "cpu"
     phases = {
-        name: PhaseStats.from_seconds(seconds, cfg.batch_size, flops[name], peak, (mem_peak, mem_inc))
-        for name, (seconds, mem_peak, mem_inc) in raw.items()
+        name: PhaseStats.from_seconds(
+            t.seconds,
+            cfg.batch_size,
+            flops[name],
+            peak,
+            (t.peak_memory_mib, t.memory_increase_mib),
+            (t.busy_seconds, peak_busy) if on_cpu else None,
+        )
+        for name, t in raw.items()
     }
     info = session.describe()
     return BenchReport(
@@ -203,4 +232,5 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
         n_registers=info["n_registers"],
         matmul_peak_gflops=peak / 1e9,
         phases=phases,
+        matmul_peak_busy_gflops=peak_busy / 1e9 if on_cpu else math.nan,
     )
