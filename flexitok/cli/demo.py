@@ -14,6 +14,7 @@ from flexitok.cli.common import (
     info,
     load_model,
     model_reference,
+    positive_int,
 )
 from flexitok.cli.quickstart import SAMPLES
 from flexitok.errors import FlexiTokError, InvalidInputError
@@ -33,6 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB (default 10; larger: 413)"
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=None,
+        help="largest upload in decoded megapixels, checked from the image header before decoding (default: 256 "
+        "times the model's pixels, at least 16.8 = 4096x4096; larger: 413)",
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=2, help="requests decoding images or running the model at once (2)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=16, help="requests that may wait for a worker (default 16; beyond: 503)"
     )
     p.add_argument(
         "--samples", default=str(SAMPLES), metavar="FOLDER", help="sample images to offer (default: the bundled ones)"
@@ -55,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
         from flexitok.demo import DemoConfig, create_app
     except ImportError as e:
         raise InvalidInputError(f"the demo needs FastAPI and uvicorn: pip install 'flexitok[demo]' ({e})") from None
-    if args.max_upload_mb <= 0:
-        raise InvalidInputError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if not 0 < args.max_upload_mb <= 1024:
+        raise InvalidInputError(f"--max-upload-mb must lie in (0, 1024], got {args.max_upload_mb}")
+    if args.max_megapixels is not None and not 0 < args.max_megapixels <= 1000:
+        raise InvalidInputError(f"--max-megapixels must lie in (0, 1000], got {args.max_megapixels}")
+    if not 0 <= args.max_queue <= 10000:
+        raise InvalidInputError(f"--max-queue must lie in 0..10000, got {args.max_queue}")
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port must lie in 0..65535, got {args.port}")
     if args.generator == "auto":
@@ -76,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         decode=decode,
         samples_dir=samples,
+        max_pixels=None if args.max_megapixels is None else max(1, int(args.max_megapixels * 1e6)),
+        workers=args.workers,
+        max_queue=args.max_queue,
     )
     backend = None
     if args.generator:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flexitok.errors import CheckpointError
+from flexitok.errors import CheckpointError, OutputError
 
 _TMP_MARK = ".tmp-"
 
@@ -50,10 +50,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     A crash at any point leaves either the old file or the new one, never a partial file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
-    # O_EXCL with mode 0o666: the umask decides the final permissions, as for any newly created file.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL with mode 0o666: the umask decides the final permissions, as for any newly created file.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except (OSError, ValueError) as e:  # a parent that is a file, no permission, a name too long or with NUL
+        raise OutputError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
     mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
