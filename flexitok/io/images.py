@@ -325,6 +325,17 @@ def make_grid(images: Tensor | Sequence[Tensor | Sequence[Tensor]], pad: int = 2
     return grid
 
 
+def letterbox(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``image [3, h, w]`` centred on a white ``[3, H, W]`` canvas (``H >= h``, ``W >= w``): grid cells of one size."""
+    h, w = image.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise InvalidInputError(f"cannot letterbox a {h}x{w} image into {size[0]}x{size[1]}")
+    out = torch.full((image.shape[0], *size), _GRID_PAD_VALUE, dtype=image.dtype)
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    out[:, top : top + h, left : left + w] = image
+    return out
+
+
 def save_grid(
     rows: Tensor | Sequence[Tensor | Sequence[Tensor]],
     path: str | os.PathLike,

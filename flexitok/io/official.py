@@ -27,6 +27,7 @@ from flexitok.errors import CheckpointError
 from flexitok.io.official_options import check_options, class_name, option
 from flexitok.models.vae import DiffusersVAE
 from flexitok.nn.precision import PRECISIONS
+from flexitok.utils.weights import state_dict_problems
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -619,7 +620,8 @@ def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             names: dict[str, str] = {}
-            unknown, mismatched = [], []
+            shapes: dict[str, tuple[int, ...]] = {}
+            unknown = []
             for key in f.keys():
                 if _dropped(key, cfg):
                     continue
@@ -628,19 +630,13 @@ def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
                     unknown.append(key)
                     continue
                 names[new] = key
-                shape = list(f.get_slice(key).get_shape())
-                if new == "decoder.register_posemb":
-                    shape = shape[-1:] + shape[-2:-1]
-                if new in own and tuple(shape) != tuple(own[new].shape):
-                    mismatched.append(f"{new}: checkpoint {tuple(shape)} vs model {tuple(own[new].shape)}")
-            missing = sorted(set(own) - set(names))
+                shape = tuple(f.get_slice(key).get_shape())
+                # The official decoder register table is [1, 1, D, N]; ours is [N, D] (see _to_ours).
+                shapes[new] = shape[-1:] + shape[-2:-1] if new == "decoder.register_posemb" else shape
             problems = []
             if unknown:
                 problems.append(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
-            if missing:
-                problems.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
-            if mismatched:
-                problems.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})")
+            problems += state_dict_problems({k: tuple(v.shape) for k, v in own.items()}, shapes)
             if problems:
                 raise CheckpointError(f"official checkpoint {path} does not match the model: " + "; ".join(problems))
             with torch.no_grad():

@@ -24,8 +24,8 @@ from flexitok.errors import CheckpointError, OutputError
 _TMP_MARK = ".tmp-"
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename in ``path`` durable; not every platform can open a folder.
+def fsync_dir(path: Path) -> None:
+    """Make a rename in folder ``path`` durable (best effort: not every platform can open a folder)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -69,7 +69,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -92,7 +92,7 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     for _ in range(100):
         try:
             os.rename(src, dst)  # dst absent (or an empty folder): one atomic rename
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
             return
         except OSError as e:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
@@ -100,7 +100,7 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
         swapped = _exchange(src, dst)
         if swapped is True:  # src now holds the old folder
             shutil.rmtree(src, ignore_errors=True)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
             return
         if swapped is None:  # dst vanished meanwhile (another writer is mid-swap): retry the rename
             continue
@@ -117,7 +117,7 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
             continue  # another writer put its folder in place first: try again against that one
         finally:
             shutil.rmtree(trash, ignore_errors=True)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         return
     raise CheckpointError(f"could not move {src} into place at {dst}: other processes kept replacing it")
 
@@ -194,7 +194,7 @@ def write_folder_atomically(dst: str | os.PathLike[str], write: Callable[[Path],
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
