@@ -7,7 +7,9 @@ evaluation (:func:`flexitok.eval.reconstruction.evaluate_reconstruction`: PSNR, 
     python benchmarks/quality_vs_passes.py --model default -n 256 --update-doc docs/performance.md
 
 ``--update-doc`` rewrites the block between the ``quality-table`` markers of that file (the rest is untouched),
-so the table can be regenerated after the bundled model is retrained. ``--json`` keeps every number.
+so the table can be regenerated after the bundled model is retrained. ``--json`` keeps every number. Every row
+decodes with its own seeded noise, so rows can be split over processes (``--only 1,4 --json a.json``, ...) and
+joined afterwards (``--merge a.json b.json ... --update-doc ...``): the numbers are those of one full run.
 """
 
 from __future__ import annotations
@@ -90,30 +92,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", default=None, help="comma-separated row numbers to run (default all; for testing)")
+    p.add_argument("--only", default=None, help="comma-separated row numbers to run (default all)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, help="join the rows of these --json files instead")
     p.add_argument("--json", type=Path, default=None, help="write all numbers here")
     p.add_argument("--update-doc", type=Path, default=None, help="rewrite the quality-table block of this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/quality_vs_passes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        return merge(args.merge, args.json, args.update_doc)
 
     model = FlexTok.from_pretrained(args.model)
     ks = [int(k) for k in args.ks.split(",")]
     h = model.image_size[0]
     data = build_dataset(DataConfig(kind="fashion_mnist", split="test", image_size=h, limit=args.n_images))
     base = DecodeConfig(guidance_scale=args.guidance_scale, apg=not args.no_apg, seed=args.seed)
-    chosen = options(base)
+    chosen = list(enumerate(options(base)))
     if args.only:
         chosen = [chosen[int(i)] for i in args.only.split(",")]
     rows: list[dict[str, Any]] = []
     fd_name = "FD"
-    for label, cfg in chosen:
+    for index, (label, cfg) in chosen:
         t0 = time.perf_counter()
         res = evaluate_reconstruction(
             model, data, ks=ks, n_images=args.n_images, batch_size=args.batch_size, decode=cfg, progress=False
         )
         fd_name = res["metrics"][-1]
         row = {
+            "index": index,
             "option": label,
             "decode": cfg.to_dict(),
             "passes": passes(cfg),
@@ -132,9 +138,35 @@ def main(argv: list[str] | None = None) -> int:
     block = markdown(rows, ks, fd_name, command, meta)
     print(block)
     if args.json:
-        args.json.write_text(json.dumps({"command": command, "meta": meta, "rows": rows}, indent=2) + "\n")
+        record = {"command": command, "meta": meta, "ks": ks, "fd_name": fd_name, "rows": rows}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     if args.update_doc:
         update_doc(args.update_doc, block)
+    return 0
+
+
+def _unsplit(command: str) -> str:
+    """The command of a split run without the flags that only split or save it."""
+    return re.sub(r" --(only|json|update-doc) \S+", "", command)
+
+
+def merge(files: list[Path], out_json: Path | None, doc: Path | None) -> int:
+    """Join the rows of split runs (same model, images, ks and settings) into one table."""
+    records = [json.loads(f.read_text()) for f in files]
+    first = records[0]
+    for f, r in zip(files, records, strict=True):
+        if _unsplit(r["command"]) != _unsplit(first["command"]) or r["meta"] != first["meta"]:
+            raise SystemExit(f"{f} is not a part of the same run as {files[0]}")
+    rows = sorted((row for r in records for row in r["rows"]), key=lambda row: row["index"])
+    if len({row["index"] for row in rows}) != len(rows):
+        raise SystemExit("the files share rows")
+    command = _unsplit(first["command"])
+    block = markdown(rows, first["ks"], first["fd_name"], command, first["meta"])
+    print(block)
+    if out_json:
+        out_json.write_text(json.dumps({**first, "command": command, "rows": rows}, indent=2) + "\n")
+    if doc:
+        update_doc(doc, block)
     return 0
 
 
