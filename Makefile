@@ -27,13 +27,13 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check flexitok tests benchmarks
-	$(BIN)/ruff format --check flexitok tests benchmarks
+	$(BIN)/ruff check flexitok tests benchmarks scripts
+	$(BIN)/ruff format --check flexitok tests benchmarks scripts
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format flexitok tests benchmarks
-	$(BIN)/ruff check --fix flexitok tests benchmarks
+	$(BIN)/ruff format flexitok tests benchmarks scripts
+	$(BIN)/ruff check --fix flexitok tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/flexitok bench tokenizer --preset tiny

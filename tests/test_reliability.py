@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from flexitok.cli.demo import DEMO_MODELS
 from flexitok.cli.main import build_parser, main
 from flexitok.codec.ftok import FtokError, FtokFile, read_ftok
 from flexitok.errors import InvalidInputError
@@ -282,6 +283,9 @@ def test_docs_demo_options_match_the_cli_defaults() -> None:
             or (isinstance(have, float) and want == f"{have:g}")
             or (have is None and want == "from the model")
             or (str(have).endswith(os.path.join("assets", "samples")) and want == "the bundled samples")
+            # Repeatable --model: None stands for the bundled models it then serves; --samples: each model's own.
+            or (flag == "--model" and have is None and want == "`, `".join(DEMO_MODELS))
+            or (flag == "--samples" and have is None and want == "per model")
         ), (flag, want, have)
         checked += 1
     assert checked >= 8

@@ -33,7 +33,8 @@ class DataConfig:
     ``path``: Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist), image folder root, or
     webdataset shards (folder, glob, or comma list); for folders and shard folders ``path/<split>`` is used
     when it exists. ``random_resized_crop`` is a scale range (e.g. ``(0.8, 1.0)``); ``None`` resizes the
-    shorter side and centre-crops. ``limit`` keeps the first N items (per reader for webdataset).
+    shorter side and centre-crops. ``channel_shuffle`` is the probability of a random RGB permutation (colour
+    augmentation). ``limit`` keeps the first N items (per reader for webdataset).
     webdataset only (train split): ``shuffle_buffer`` samples per reader in the shuffle buffer (0: off);
     ``resampled`` draws shards with replacement instead of one pass per epoch, an epoch then being
     ``epoch_size`` samples per rank (default: the shard index's total / world size).
@@ -45,6 +46,7 @@ class DataConfig:
     image_size: int = 32
     random_resized_crop: tuple[float, float] | None = None
     hflip: bool = False
+    channel_shuffle: float = 0.0
     limit: int | None = None
     shuffle_buffer: int = 1000
     resampled: bool = False
@@ -62,6 +64,8 @@ class DataConfig:
             if not 0 < lo <= hi <= 1:
                 raise DatasetError(f"random_resized_crop must be a scale range 0 < lo <= hi <= 1, got {(lo, hi)}")
             self.random_resized_crop = (float(lo), float(hi))
+        if not 0.0 <= self.channel_shuffle <= 1.0:
+            raise DatasetError(f"channel_shuffle must be a probability in [0, 1], got {self.channel_shuffle}")
         if self.limit is not None and self.limit < 1:
             raise DatasetError(f"limit must be >= 1, got {self.limit}")
         if self.shuffle_buffer < 0 or (self.epoch_size is not None and self.epoch_size < 1):
@@ -70,7 +74,12 @@ class DataConfig:
             )
 
     def transform(self) -> ImageTransform:
-        return ImageTransform(size=self.image_size, random_resized_crop=self.random_resized_crop, hflip=self.hflip)
+        return ImageTransform(
+            size=self.image_size,
+            random_resized_crop=self.random_resized_crop,
+            hflip=self.hflip,
+            channel_shuffle=self.channel_shuffle,
+        )
 
 
 def _split_dir(path: str | None, split: str, kind: str) -> Path:

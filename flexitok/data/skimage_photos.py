@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
@@ -74,7 +76,7 @@ class SkimagePhotos(Dataset):
             transform = ImageTransform(size=32, random_resized_crop=DEFAULT_CROP_SCALE)
         elif transform.random_resized_crop is None:
             # A whole-photo centre crop would give the same image for every index; crops are the point here.
-            transform = ImageTransform(transform.size, DEFAULT_CROP_SCALE, transform.ratio, transform.hflip)
+            transform = dataclasses.replace(transform, random_resized_crop=DEFAULT_CROP_SCALE)
         self.transform = transform
         self.seed = seed
         self.classes = self.photo_names

@@ -94,13 +94,16 @@ class ImageTransform:
 
     ``random_resized_crop=None`` takes the central square and resizes it, like
     :func:`flexitok.io.images.load_image`; otherwise it is the scale range of a random-resized crop with aspect
-    range ``ratio``. ``hflip`` flips with probability 0.5.
+    range ``ratio``. ``hflip`` flips with probability 0.5. ``channel_shuffle`` is the probability of a random
+    permutation of the RGB channels (colour augmentation for autoencoders trained on small photo sets); 0 draws
+    no random numbers.
     """
 
     size: int
     random_resized_crop: tuple[float, float] | None = None
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
+    channel_shuffle: float = 0.0
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         img = to_rgb(exif_transpose(img))
@@ -111,4 +114,6 @@ class ImageTransform:
         x = pil_to_tensor(img)
         if self.hflip and float(torch.rand((), generator=generator)) < 0.5:
             x = x.flip(-1)
+        if self.channel_shuffle > 0 and float(torch.rand((), generator=generator)) < self.channel_shuffle:
+            x = x[torch.randperm(3, generator=generator)]
         return x
