@@ -189,6 +189,11 @@ class FtokFile:
         d = self.decode
         if callable(d.guidance_scale):
             raise FtokError("a .ftok header stores one guidance scale, not a schedule")
+        if not d.official:
+            raise FtokError(
+                "a .ftok header records steps, guidance, APG and seed of the official Euler sampler; "
+                f"sampler={d.sampler!r}, guidance_interval={d.guidance_interval} cannot be stored"
+            )
         if self.n_registers > 0xFFFF or not 0 <= d.seed <= 0xFFFFFFFF or not 1 <= d.steps <= 0xFFFF:
             raise FtokError("n_registers, seed or steps out of the .ftok header's range")
 

@@ -20,7 +20,7 @@ from flexitok.models.encoder import FlexTokEncoder
 from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_vae_size
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.decode import DecodeConfig
-from flexitok.sampling.flow import euler_sample
+from flexitok.sampling.flow import sample_flow
 from flexitok.utils.limits import MAX_IMAGE_SIDE
 from flexitok.utils.persistence import PretrainedModel
 
@@ -101,6 +101,23 @@ class FlexTok(PretrainedModel):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.encoder.trunk.activation_checkpointing = enabled
         self.decoder.trunk.activation_checkpointing = enabled
+
+    def compile(self, mode: str | None = None, freezing: bool | None = None) -> FlexTok:  # type: ignore[override]
+        """Opt-in ``torch.compile`` of the encoder and decoder for inference (inductor on CPU or CUDA), in place.
+
+        The first tokenize/detokenize of each batch shape pays the compilation (minutes on a small CPU).
+        ``freezing`` (default: on for CPU models) lets inductor treat the weights as constants (prepacked matmul
+        weights, folded constants), so compile after loading the weights and do not train the compiled model.
+        ``mode`` is torch.compile's (e.g. ``"max-autotune"`` on CUDA) and excludes ``freezing``.
+        """
+        if freezing is None:
+            freezing = mode is None and self.device.type == "cpu"
+        if freezing and mode is not None:
+            raise InvalidInputError("compile: pass either mode or freezing, not both")
+        kwargs = {"options": {"freezing": True}} if freezing else {"mode": mode}
+        self.encoder.compile(dynamic=False, **kwargs)
+        self.decoder.compile(dynamic=False, **kwargs)
+        return self
 
     # ------------------------------------------------------------------ validation
     def check_images(self, images: Tensor) -> None:
@@ -408,7 +425,7 @@ class FlexTok(PretrainedModel):
         images: list[Tensor] = [torch.empty(0)] * b
         latents: list[Tensor] = [torch.empty(0)] * b
         for idx in groups.values():
-            lat = euler_sample(
+            lat = sample_flow(
                 self.decoder,
                 torch.stack([starts[i] for i in idx]),
                 cond[idx],
