@@ -540,6 +540,7 @@ def test_browser_upload_slider_and_generate(server: _Server, gen_server: _Server
     assert _loaded_width(driver, generated) == 32
 
 
+@pytest.mark.slow  # real models at the demo's decoder defaults: tens of seconds on a CPU
 @needs_browser
 def test_browser_bundled_models_first_screen_and_photo(browser, tmp_path: Path, one_thread: None) -> None:
     """What `flexitok demo` serves by default: the bundled `default` and `photo` tokenizers with their samples.
