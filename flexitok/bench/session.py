@@ -42,7 +42,8 @@ PHASES = ("tokenize", "detokenize", "decoder_pass")
 PROTOCOL_PREFIX = "@@flexitok-bench "
 
 # SD-style AutoencoderKL (downsampling 8) with 16 latent channels, for presets that name no VAE: the benchmark
-# needs the architecture's cost, not trained weights.
+# needs the architecture's cost, not trained weights. (The same as flexitok.models.vae.sd_style_vae_config, kept
+# here rather than imported: this module also runs against older revisions that lack it, see compare.py.)
 BENCH_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,

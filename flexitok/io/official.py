@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError
 from flexitok.io.official_options import check_options, class_name, option
-from flexitok.models.vae import DiffusersVAE
+from flexitok.models.vae import DiffusersVAE, sd_style_vae_config
 from flexitok.nn.precision import PRECISIONS
 from flexitok.utils.weights import state_dict_problems
 
@@ -683,18 +683,7 @@ _VAE_ARCH_KEYS = ("block_out_channels", "down_block_types", "latent_channels")
 
 def official_base_vae_config(latent_channels: int) -> dict[str, Any]:
     """The AutoencoderKL the official wrapper builds when ``hf_hub_path`` is unset (an SD-style f8 VAE)."""
-    return {
-        "act_fn": "silu",
-        "block_out_channels": [128, 256, 512, 512],
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": latent_channels,
-        "layers_per_block": 2,
-        "norm_num_groups": 32,
-        "sample_size": 1024,
-    }
+    return {**sd_style_vae_config(latent_channels), "sample_size": 1024}
 
 
 def _resolve_vae_config(
