@@ -15,6 +15,9 @@ BENCH="$FT bench tokenizer --preset d12-d12 --device cpu --threads $T"
 # 1. d12-d12 fp32, batch 1, 20 steps CFG 7.5 + APG: 0.1.0 (9b29af3) vs this tree, interleaved, identical weights
 #    and inputs; max |A-B| of the outputs, fractions of peak (wall and busy clock) for every phase.
 $BENCH --batch-size 1 --repeats 3 --compare 9b29af3 --json "$OUT/compare-d12-b1.json" | tee "$OUT/compare-d12-b1.txt"
+# 1b. the decoder pass alone on 2 threads, more rounds.
+$FT bench tokenizer --preset d12-d12 --device cpu --threads 2 --batch-size 1 --phases decoder_pass --repeats 7 \
+  --compare 9b29af3 --json "$OUT/compare-d12-pass-t2.json" | tee "$OUT/compare-d12-pass-t2.txt"
 # 2. where one decoder trunk pass spends its time.
 $PY benchmarks/trunk_profile.py --preset d12-d12 --threads "$T" | tee "$OUT/profile-d12.txt"
 # 3. the bench report on this tree alone (images/s, s/image, peak memory, fraction of peak): the bundled default
