@@ -36,7 +36,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix flexitok tests benchmarks scripts
 
 bench: $(STAMP)
-	$(BIN)/flexitok bench --preset tiny
+	$(BIN)/flexitok bench tokenizer --preset tiny
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache

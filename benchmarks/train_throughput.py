@@ -19,8 +19,8 @@ from torch import nn
 
 from flexitok.config import FlexTokConfig, preset, tiny_config
 from flexitok.models.flextok import FlexTok
+from flexitok.train.optim import param_groups
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
-from flexitok.train.trainer import param_groups
 
 # Dense bf16 peak FLOP/s by device-name fragment.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}

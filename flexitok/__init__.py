@@ -1,5 +1,6 @@
 """flexitok: FlexTok image tokenization in PyTorch."""
 
+import flexitok.io.pretrained  # noqa: E402, F401  (registers the official checkpoint format with FlexTok)
 from flexitok.config import (
     DecoderConfig,
     EncoderConfig,
@@ -11,15 +12,25 @@ from flexitok.config import (
 )
 from flexitok.errors import CheckpointError, FlexiTokError, InvalidInputError
 from flexitok.models.flextok import FlexTok
+from flexitok.models.generator import Generator, GeneratorConfig
+from flexitok.pipelines import GenerationOutput, GenerationPipeline
+from flexitok.sampling.ar import ARSamplingConfig
+from flexitok.sampling.decode import DecodeConfig
 
 __version__ = "0.1.0"
 __all__ = [
+    "ARSamplingConfig",
     "CheckpointError",
+    "DecodeConfig",
     "DecoderConfig",
     "EncoderConfig",
     "FlexTok",
     "FlexTokConfig",
     "FlexiTokError",
+    "GenerationOutput",
+    "GenerationPipeline",
+    "Generator",
+    "GeneratorConfig",
     "InvalidInputError",
     "TransformerConfig",
     "VAEConfig",

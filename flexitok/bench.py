@@ -1,9 +1,10 @@
 """Tokenizer throughput benchmark: tokenize / detokenize images per second, seconds per image and peak memory.
 
-Used by ``flexitok bench``; importable so tests and scripts can run it::
+Used by ``flexitok bench tokenizer``; importable so tests and scripts can run it::
 
+    from flexitok import DecodeConfig
     from flexitok.bench import BenchConfig, run_benchmark
-    report = run_benchmark(BenchConfig(model="tiny", steps=1, batch_size=2))
+    report = run_benchmark(BenchConfig(model="tiny", decode=DecodeConfig(steps=1), batch_size=2))
     print(report.format_table())
 
 Weights are random for presets (speed does not depend on their values). Peak memory is
@@ -21,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,8 @@ from torch import Tensor
 from flexitok.config import PRESETS, FlexTokConfig, preset, tiny_config
 from flexitok.errors import InvalidInputError
 from flexitok.models.flextok import FlexTok
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.device import resolve_device
 
 Dtype = Literal["fp32", "bf16"]
 
@@ -51,23 +54,23 @@ BENCH_VAE_CONFIG: dict[str, Any] = {
 
 @dataclass
 class BenchConfig:
-    """What to benchmark. ``model``: a preset name (random weights) or a model name/path for ``from_pretrained``."""
+    """What to benchmark. ``model``: a preset name (random weights) or a model name/path for ``from_pretrained``.
+
+    ``decode`` sets the detokenize phase (its seed is unused: ``seed`` draws the weights, images and noise)."""
 
     model: str = "tiny"
     batch_size: int = 4
-    steps: int = 20
     resolution: int | None = None  # presets only: square image side (default: the preset's)
     device: str = "auto"
     dtype: Dtype = "fp32"
     compile: bool = False
     warmup: int = 1
     repeats: int = 3
-    guidance_scale: float = 7.5
-    apg: bool = True
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "steps", "repeats"):
+        for name in ("batch_size", "repeats"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -105,11 +108,12 @@ class BenchReport:
 
     def format_table(self) -> str:
         c = self.config
-        guidance = "off" if c.guidance_scale == 1.0 else f"{c.guidance_scale:g} ({'APG' if c.apg else 'CFG'})"
+        d = c.decode
+        guidance = "off" if d.guidance_scale == 1.0 else f"{d.guidance_scale:g} ({'APG' if d.apg else 'CFG'})"
         head = (
             f"model {self.model_name}: {self.parameters / 1e6:.1f}M params, {self.image_size[0]}x{self.image_size[1]} "
             f"images, {self.n_registers} tokens | device {self.device}, {c.dtype}"
-            f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {c.steps} steps, guidance {guidance}, "
+            f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {d.steps} steps, guidance {guidance}, "
             f"median of {c.repeats} after {c.warmup} warm-up"
         )
         mem = "peak alloc MiB" if self.device.startswith("cuda") else "peak RSS MiB"
@@ -247,8 +251,6 @@ def _time_phase(
 
 def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Build (or load) the model, then time tokenize and detokenize of one random batch. See the module doc."""
-    from flexitok.cli.common import resolve_device
-
     device = resolve_device(cfg.device)
     say = progress or (lambda _msg: None)
     say(f"building {cfg.model} on {device}")
@@ -264,17 +266,11 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     images = (torch.rand(cfg.batch_size, 3, h, w, generator=gen) * 2 - 1).to(device)
     noise = model.initial_noise(cfg.batch_size, gen)
     # Guidance-free runs use a single decoder pass per step; otherwise two (conditional + unconditional).
-    decode_kwargs: dict[str, Any] = {
-        "steps": cfg.steps,
-        "guidance_scale": cfg.guidance_scale,
-        "apg": cfg.apg,
-        "noise": noise,
-    }
 
     say("timing tokenize")
     tokens, tok_stats = _time_phase(lambda: model.tokenize(images), cfg, device, autocast)
     say("timing detokenize")
-    _, detok_stats = _time_phase(lambda: model.detokenize(tokens, **decode_kwargs), cfg, device, autocast)
+    _, detok_stats = _time_phase(lambda: model.detokenize(tokens, cfg.decode, noise=noise), cfg, device, autocast)
     return BenchReport(
         config=cfg,
         model_name=cfg.model,

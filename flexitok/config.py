@@ -1,8 +1,9 @@
 """Typed configuration for FlexTok models.
 
 Every model in flexitok is built from one :class:`FlexTokConfig`. The config is plain data (dataclasses of
-ints, floats, bools and tuples) so it round-trips through JSON (``to_dict`` / ``from_dict``) and can be
-built from the official Hydra metadata (see :mod:`flexitok.io.official`).
+ints, floats, bools and tuples) so it round-trips through JSON (``to_dict``; reading back, with validation, is
+:func:`flexitok.utils.config_json.config_from_json`) and can be built from the official Hydra metadata (see
+:mod:`flexitok.io.official`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,24 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 VAEKind = Literal["diffusers", "identity"]
+PosEmbType = Literal["sincos", "learnable_sum", "learnable_prod"]
+PosEmbScaling = Literal["absolute", "interpolate"]
+MaskMode = Literal["full", "causal", "causal_last"]
+RegisterOrdering = Literal["nested", "avg_pool"]
+Precision = Literal["fp32", "float32", "bf16", "bfloat16", "fp16", "float16"]
+_PRECISIONS = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+def _check_precision(where: str, value: str | None) -> None:
+    if value is not None and value not in _PRECISIONS:
+        raise ValueError(f"{where} must be one of {list(_PRECISIONS)} or null, got {value!r}")
 
 
 @dataclass
 class TransformerConfig:
     """Trunk hyper-parameters shared by the encoder and the decoder.
 
-    ``mlp_hidden`` defaults to ``int(2 * mlp_ratio * dim / 3)`` (gated SiLU MLP). The attention logit scale
+    ``mlp_hidden`` defaults to ``int(2 * int(mlp_ratio * dim) / 3)`` (gated SiLU MLP; the official rounding). The attention logit scale
     defaults to ``attn_scale_base / head_dim`` (the official muP-style 8 / head_dim); set
     ``attn_scale_base=None`` for the usual ``1 / sqrt(head_dim)``.
     """
@@ -45,7 +57,7 @@ class TransformerConfig:
 
     @property
     def hidden(self) -> int:
-        return self.mlp_hidden if self.mlp_hidden is not None else int(2 * self.mlp_ratio * self.dim / 3)
+        return self.mlp_hidden if self.mlp_hidden is not None else int(2 * int(self.mlp_ratio * self.dim) / 3)
 
     @property
     def attn_scale(self) -> float:
@@ -70,36 +82,121 @@ class VAEConfig:
     sample_posterior: bool = False
     diffusers_config: dict[str, Any] | None = None
     pretrained: str | None = None
+    dtype_override: Precision | None = None  # official VAE precision: None = the caller's (autocast) context
 
     def __post_init__(self) -> None:
+        _check_precision("vae.dtype_override", self.dtype_override)
         if self.kind not in ("diffusers", "identity"):
             raise ValueError(f"unknown VAE kind {self.kind!r}; expected 'diffusers' or 'identity'")
         if self.kind == "identity" and (self.latent_channels != 3 or self.downsample != 1):
             raise ValueError("the identity (pixel) VAE needs latent_channels=3 and downsample=1")
 
 
+def _check_posemb(where: str, kind: str, scaling: str, grid: tuple[int, ...] | None, flat: bool) -> None:
+    if kind not in ("sincos", "learnable_sum", "learnable_prod"):
+        raise ValueError(f"{where}.posemb_type must be sincos, learnable_sum or learnable_prod, got {kind!r}")
+    if scaling not in ("absolute", "interpolate"):
+        raise ValueError(f"{where}.posemb_scaling must be absolute or interpolate, got {scaling!r}")
+    if flat and (kind == "sincos" or scaling == "interpolate"):
+        raise ValueError(f"{where}.flatten_patches needs a learned 1-D table with absolute scaling")
+    if grid is not None and len(grid) != (1 if flat else 2):
+        raise ValueError(f"{where}.posemb_grid must have {1 if flat else 2} entries, got {grid}")
+    if grid is not None and kind != "sincos" and len(set(grid)) != 1:
+        raise ValueError(f"{where}.posemb_grid of a learned table must be square, got {grid}")
+
+
 @dataclass
 class EncoderConfig:
-    """Resampler: latent patches + registers -> FSQ inputs."""
+    """Resampler: latent patches + registers -> FSQ inputs.
+
+    The options below the first five mirror official constructor options (docs/official-checkpoints.md):
+    ``posemb_type`` / ``posemb_scaling`` (``PositionalEmbeddingAdder``), ``flatten_patches`` (``PatchEmbedder``:
+    patches form one raster-order sequence with a 1-D learned table), ``register_ordering`` and ``n_eval``
+    (``Registers1D``: how many registers, hence tokens, inference uses and how they are taken from the
+    ``n_registers`` learned ones), ``mask_mode`` (``BlockWiseSequencePacker``), ``mup_base_width``
+    (``LinearHead(use_mup_readout=True)``: the head divides its input by ``dim / mup_base_width``),
+    ``head_norm`` / ``head_dtype`` (``LinearHead`` ``norm_layer`` present / ``dtype_override``), ``patch_proj``
+    (``PatchEmbedder``: False = ``dim=None``, raw patches are the tokens).
+    """
 
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     patch_size: tuple[int, int] = (2, 2)
     n_registers: int = 256
-    posemb_grid: tuple[int, int] | None = None  # sin-cos table size; None = the model's patch grid
+    posemb_grid: tuple[int, ...] | None = None  # position table size; None = the model's patch grid
     head_bias: bool = True
+    posemb_type: PosEmbType = "sincos"
+    posemb_scaling: PosEmbScaling = "absolute"
+    flatten_patches: bool = False
+    register_ordering: RegisterOrdering = "nested"
+    n_eval: int | None = None  # None = n_registers
+    mask_mode: MaskMode = "causal_last"
+    mup_base_width: int | None = None  # None = plain linear head
+    head_norm: bool = True
+    head_dtype: Precision | None = None
+    patch_proj: bool = True
+
+    def __post_init__(self) -> None:
+        _check_posemb("encoder", self.posemb_type, self.posemb_scaling, self.posemb_grid, self.flatten_patches)
+        _check_precision("encoder.head_dtype", self.head_dtype)
+        if self.register_ordering not in ("nested", "avg_pool"):
+            raise ValueError(f"encoder.register_ordering must be nested or avg_pool, got {self.register_ordering!r}")
+        if self.n_eval is not None and not 1 <= self.n_eval <= self.n_registers:
+            raise ValueError(f"encoder.n_eval must lie in 1..{self.n_registers}, got {self.n_eval}")
+        if self.mask_mode not in ("full", "causal", "causal_last"):
+            raise ValueError(f"encoder.mask_mode must be full, causal or causal_last, got {self.mask_mode!r}")
+        if self.mup_base_width is not None and self.mup_base_width < 1:
+            raise ValueError(f"encoder.mup_base_width must be >= 1, got {self.mup_base_width}")
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per image at inference."""
+        return self.n_eval or self.n_registers
 
 
 @dataclass
 class DecoderConfig:
-    """Rectified-flow decoder: [noised latent patches | registers] -> velocity."""
+    """Rectified-flow decoder: [noised latent patches | registers] -> velocity.
+
+    ``posemb_type``, ``posemb_scaling``, ``mask_mode`` and ``mup_base_width`` mirror the official options as in
+    :class:`EncoderConfig`; ``register_posemb_len`` is the length of the learned register position table when it
+    is longer than the register count (official ``max_sizes``; only the first ``n_registers`` rows are used).
+    Head options as in :class:`EncoderConfig`, plus ``head_bias`` / ``head_adaln_bias`` (``ToPatchesLinearHead``
+    ``proj_bias`` / ``adaLN_bias``), ``from_codes_bias`` / ``from_codes_dtype`` (``LinearLayer``),
+    ``mask_truncated`` (``MaskedNestedDropout``: False = ``eval_keep_k_read_key=None``, positions past keep_k
+    keep their id-0 codes instead of the mask token) and ``null_single_token`` (``LearnedNullCond``
+    ``replace_with_single_token``: the null condition is one token instead of N).
+    """
 
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     patch_size: tuple[int, int] = (2, 2)
-    posemb_grid: tuple[int, int] | None = None
+    posemb_grid: tuple[int, ...] | None = None
     adaln_expansion: int = 2  # 2: separate modulation for patches and registers; 1: shared
     time_freq_dim: int = 256
     max_timestep: float = 1.0
     learned_null_cond: bool = True  # False: the null condition is a zero vector
+    posemb_type: PosEmbType = "sincos"
+    posemb_scaling: PosEmbScaling = "absolute"
+    mask_mode: MaskMode = "full"
+    mup_base_width: int | None = None
+    register_posemb_len: int | None = None  # None = n_registers
+    head_norm: bool = True
+    head_dtype: Precision | None = None
+    head_bias: bool = True
+    head_adaln_bias: bool = True
+    from_codes_bias: bool = True
+    from_codes_dtype: Precision | None = None
+    patch_proj: bool = True
+    mask_truncated: bool = True
+    null_single_token: bool = False
+
+    def __post_init__(self) -> None:
+        _check_posemb("decoder", self.posemb_type, self.posemb_scaling, self.posemb_grid, False)
+        _check_precision("decoder.head_dtype", self.head_dtype)
+        _check_precision("decoder.from_codes_dtype", self.from_codes_dtype)
+        if self.mask_mode not in ("full", "causal", "causal_last"):
+            raise ValueError(f"decoder.mask_mode must be full, causal or causal_last, got {self.mask_mode!r}")
+        if self.mup_base_width is not None and self.mup_base_width < 1:
+            raise ValueError(f"decoder.mup_base_width must be >= 1, got {self.mup_base_width}")
 
 
 @dataclass
@@ -120,6 +217,17 @@ class FlexTokConfig:
         for name, ps in (("encoder", self.encoder.patch_size), ("decoder", self.decoder.patch_size)):
             if h % ps[0] or w % ps[1]:
                 raise ValueError(f"{name} patch size {ps} does not divide the latent grid {(h, w)}")
+        for name, part in (("encoder", self.encoder), ("decoder", self.decoder)):
+            patch_dim = self.vae.latent_channels * part.patch_size[0] * part.patch_size[1]
+            if not part.patch_proj and patch_dim != part.transformer.dim:
+                raise ValueError(
+                    f"{name}.patch_proj=False needs transformer.dim = latent channels x patch area = {patch_dim}"
+                )
+        rp = self.decoder.register_posemb_len
+        if rp is not None and rp < self.encoder.n_registers:
+            raise ValueError(
+                f"decoder.register_posemb_len {rp} is shorter than the {self.encoder.n_registers} registers"
+            )
         if any(level < 2 for level in self.fsq_levels):
             raise ValueError(f"every FSQ level must be >= 2, got {self.fsq_levels}")
 
@@ -141,33 +249,6 @@ class FlexTokConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlexTokConfig:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown FlexTokConfig fields: {sorted(unknown)}")
-
-        def tr(x: dict[str, Any]) -> TransformerConfig:
-            return TransformerConfig(**x)
-
-        enc = dict(d.get("encoder", {}))
-        dec = dict(d.get("decoder", {}))
-        for part in (enc, dec):
-            if "transformer" in part:
-                part["transformer"] = tr(part["transformer"])
-            for key in ("patch_size", "posemb_grid"):
-                if part.get(key) is not None:
-                    part[key] = tuple(part[key])
-        return cls(
-            image_size=tuple(d.get("image_size", (256, 256))),
-            vae=VAEConfig(**d.get("vae", {})),
-            encoder=EncoderConfig(**enc),
-            decoder=DecoderConfig(**dec),
-            fsq_levels=tuple(d.get("fsq_levels", (8, 8, 8, 5, 5, 5))),
-        )
 
 
 def _paper_preset(enc_depth: int, dec_depth: int) -> FlexTokConfig:

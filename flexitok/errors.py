@@ -23,3 +23,11 @@ class DatasetError(FlexiTokError):
 
 class FeatureExtractorError(FlexiTokError):
     """A feature network's package or weights (EfficientNet-Lite0, Inception) are not available."""
+
+
+class TrainingError(FlexiTokError):
+    """A training run cannot start or continue: its folder is in use, it diverged, or its settings changed."""
+
+
+class OutsideTrainedRegimeWarning(UserWarning):
+    """The model is used outside what it was trained for (e.g. images larger than its position tables)."""

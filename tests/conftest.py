@@ -64,3 +64,27 @@ def tiny_model(seed: int = 0):
             if not p.abs().any():
                 p.normal_(0, 0.05)
     return model
+
+
+def bilinear_align_corners(table, size: tuple[int, int]):
+    """Reference bilinear resize with corners aligned, in float64 numpy: ``[D, H, W]`` -> ``[D, h, w]``; output
+    index i samples input position i * (H - 1) / (h - 1)."""
+    import numpy as np
+
+    d, hh, ww = table.shape
+    out = np.zeros((d, *size))
+    for i in range(size[0]):
+        y = 0.0 if size[0] == 1 else i * (hh - 1) / (size[0] - 1)
+        y0 = min(int(np.floor(y)), hh - 1)
+        y1, fy = min(y0 + 1, hh - 1), y - y0
+        for j in range(size[1]):
+            x = 0.0 if size[1] == 1 else j * (ww - 1) / (size[1] - 1)
+            x0 = min(int(np.floor(x)), ww - 1)
+            x1, fx = min(x0 + 1, ww - 1), x - x0
+            out[:, i, j] = (
+                (1 - fy) * (1 - fx) * table[:, y0, x0]
+                + (1 - fy) * fx * table[:, y0, x1]
+                + fy * (1 - fx) * table[:, y1, x0]
+                + fy * fx * table[:, y1, x1]
+            )
+    return out

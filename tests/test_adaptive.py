@@ -11,21 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from flexitok.adaptive import (
-    DecodeSettings,
-    QualityTarget,
-    bisect_k,
-    build_scorer,
-    decode,
-    gradient_magnitude,
-    png_bits_per_pixel,
-    search_k,
-    spearman,
-)
+from flexitok import DecodeConfig
 from flexitok.cli.main import main
+from flexitok.codec.adaptive import QualityTarget, bisect_k, build_scorer, decode_tokens, search_k
+from flexitok.codec.ftok import read_ftok
+from flexitok.codec.report import gradient_magnitude, png_bits_per_pixel, spearman
 from flexitok.errors import InvalidInputError
 from flexitok.eval.metrics import psnr
-from flexitok.io.ftok import read_ftok
 from tests.conftest import tiny_model
 
 
@@ -88,20 +80,20 @@ def test_bisect_on_non_monotone_quality_returns_a_k_that_meets_the_target() -> N
 def test_search_k_with_a_model_is_deterministic_and_reproducible() -> None:
     model = tiny_model()
     image = torch.rand(3, 32, 32) * 2 - 1
-    settings = DecodeSettings(seed=5, steps=2)
+    settings = DecodeConfig(seed=5, steps=2)
     tokens = model.tokenize(image[None])[0]
     n = model.n_registers
-    full = float(psnr(image[None], decode(model, tokens, settings))[0])
+    full = float(psnr(image[None], decode_tokens(model, tokens, settings))[0])
     target = QualityTarget("psnr", full - 0.5)
-    a = search_k(model, image, target, settings=settings)
-    b = search_k(model, image, target, settings=settings, tokens=tokens)
+    a = search_k(model, image, target, decode=settings)
+    b = search_k(model, image, target, decode=settings, tokens=tokens)
     assert a.k == b.k and a.scores == b.scores and a.met
     assert 1 <= a.k <= n and a.score >= target.value
     # Decoding the chosen prefix again with the same settings reproduces the score exactly.
-    again = float(psnr(image[None], decode(model, tokens[: a.k], settings))[0])
+    again = float(psnr(image[None], decode_tokens(model, tokens[: a.k], settings))[0])
     assert again == pytest.approx(a.score, abs=1e-9)
     # An unreachable target falls back to all tokens.
-    never = search_k(model, image, QualityTarget("psnr", 99.0), settings=settings, tokens=tokens)
+    never = search_k(model, image, QualityTarget("psnr", 99.0), decode=settings, tokens=tokens)
     assert never.k == n and not never.met
 
 
@@ -114,7 +106,7 @@ def test_scorers_agree_with_metrics() -> None:
 
 
 def test_feature_distance_scorer() -> None:
-    pytest.importorskip("efficientnet_lite_pytorch")  # an optional [eval] extra
+    pytest.importorskip("efficientnet_lite_pytorch", reason="EfficientNet-Lite0 features need the [eval] extra")
     score = build_scorer("lpips-like")
     a = torch.rand(1, 3, 32, 32) * 2 - 1
     assert score(a, a.clone()) == pytest.approx(0.0, abs=1e-5)
@@ -160,7 +152,7 @@ def test_cli_encode_folder_with_target_and_report(tmp_path: Path, capsys: pytest
     assert "psnr=8" in text and "Spearman" in text and "PNG bits per pixel" in text
     for name in ("flat", "noise", "ramp"):
         f = read_ftok(out_dir / f"{name}.ftok")
-        assert 1 <= f.k <= model.n_registers and f.steps == 3
+        assert 1 <= f.k <= model.n_registers and f.decode.steps == 3
         assert f"k={f.k} tokens" in out
         assert f"| {folder / (name + '.png')} | {f.k} |" in text
     assert "3 images" in out

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flexitok import DecodeConfig
 from flexitok.bench import BenchConfig, bench_config_for, run_benchmark
 from flexitok.cli.main import main
 from flexitok.config import tiny_config
@@ -24,7 +25,8 @@ def _assert_phase_ok(stats) -> None:
 
 
 def test_run_benchmark_tiny_reports_positive_finite_numbers() -> None:
-    cfg = BenchConfig(model="tiny", batch_size=2, steps=1, device="cpu", warmup=1, repeats=2, resolution=16)
+    decode = DecodeConfig(steps=1)
+    cfg = BenchConfig(model="tiny", batch_size=2, decode=decode, device="cpu", warmup=1, repeats=2, resolution=16)
     report = run_benchmark(cfg)
     _assert_phase_ok(report.tokenize)
     _assert_phase_ok(report.detokenize)
@@ -35,19 +37,21 @@ def test_run_benchmark_tiny_reports_positive_finite_numbers() -> None:
         assert phase.seconds_per_image == pytest.approx(phase.seconds_per_batch / 2)
     table = report.format_table()
     assert "tokenize" in table and "detokenize" in table and "images/s" in table
-    assert json.loads(json.dumps(report.to_dict()))["config"]["steps"] == 1
+    assert json.loads(json.dumps(report.to_dict()))["config"]["decode"]["steps"] == 1
 
 
 def test_bench_bf16_runs() -> None:
     report = run_benchmark(
-        BenchConfig(model="tiny", batch_size=1, steps=1, device="cpu", dtype="bf16", warmup=0, repeats=1)
+        BenchConfig(
+            model="tiny", batch_size=1, decode=DecodeConfig(steps=1), device="cpu", dtype="bf16", warmup=0, repeats=1
+        )
     )
     _assert_phase_ok(report.detokenize)
 
 
 def test_bench_config_validation_and_presets(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="steps"):
-        BenchConfig(steps=0)
+        BenchConfig(decode=DecodeConfig(steps=0))
     with pytest.raises(InvalidInputError, match="dtype"):
         BenchConfig(dtype="fp16")  # type: ignore[arg-type]
     cfg = bench_config_for(BenchConfig(model="d12-d12", resolution=128))
@@ -66,6 +70,7 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     rc = main(
         [
             "bench",
+            "tokenizer",
             "--model",
             str(tmp_path / "m"),
             "--steps",
@@ -90,5 +95,5 @@ def test_bench_cli_prints_table_and_writes_json(tmp_path: Path, capsys: pytest.C
     data = json.loads(out.read_text())
     assert data["detokenize"]["images_per_second"] > 0 and data["image_size"] == [32, 32]
     with pytest.raises(SystemExit) as info:  # argparse rejects a non-positive step count
-        main(["bench", "--preset", "tiny", "--steps", "0"])
+        main(["bench", "tokenizer", "--preset", "tiny", "--steps", "0"])
     assert info.value.code == 2 and "positive integer" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexitok import FlexTok
+from flexitok import DecodeConfig, FlexTok
 from flexitok.cli.main import main
 from flexitok.cli.quickstart import SAMPLES
 from flexitok.io.images import load_images
@@ -29,7 +29,7 @@ def test_default_tokenizer_loads_and_roundtrips_sample_images(tokenizer):
     assert tokens.max() < tokenizer.vocab_size
     # Different garments get different token sequences.
     assert len({tuple(t.tolist()) for t in tokens}) == 10
-    recon = tokenizer.detokenize(tokens, steps=4, generator=torch.Generator().manual_seed(0))
+    recon = tokenizer.detokenize(tokens, DecodeConfig(steps=4), generator=torch.Generator().manual_seed(0))
     assert recon.shape == images.shape and torch.isfinite(recon).all()
 
 
@@ -66,7 +66,7 @@ def test_default_tokenizer_reconstruction_improves_monotonically_with_k(tokenize
     noise = tokenizer.initial_noise(len(images), torch.Generator().manual_seed(0))
     scores = []
     for k in _ks(tokenizer.n_registers):
-        recon = tokenizer.detokenize(tokens, keep_k=k, steps=20, guidance_scale=3.0, noise=noise)
+        recon = tokenizer.detokenize(tokens, DecodeConfig(steps=20, guidance_scale=3.0), keep_k=k, noise=noise)
         scores.append(float(psnr(recon, images).mean()))
     assert all(b > a for a, b in zip(scores, scores[1:], strict=False)), scores
     assert scores[-1] > 15.0, scores  # model card: about 16.5 dB at k = 32
@@ -75,7 +75,6 @@ def test_default_tokenizer_reconstruction_improves_monotonically_with_k(tokenize
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["class", "text"])
 def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
-    from flexitok.cli.generate import condition_kwargs, row_generators
     from flexitok.data import FASHION_MNIST_CLASSES
     from flexitok.data.fashion_mnist import fashion_mnist_caption
     from flexitok.models.classifier import SmallCNN
@@ -83,18 +82,21 @@ def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
     from flexitok.sampling.ar import ARSamplingConfig, generate
 
     gen = Generator.from_pretrained("default" if kind == "class" else "default-text")
-    clf = SmallCNN.load(SAMPLES.parent / "classifiers" / "fmnist32.safetensors")
+    clf = SmallCNN.from_pretrained("fmnist32")
     labels = [c for c in range(10) for _ in range(5)]
     if kind == "class":
-        kw = condition_kwargs(gen, labels, None, None)
+        condition = gen.conditioning.from_inputs(labels=labels)
     else:
         from flexitok.models.text_encoder import TextEncoder
 
         prompts = [fashion_mnist_caption(c, i) for i, c in enumerate(labels)]
-        kw = condition_kwargs(gen, None, prompts, TextEncoder(gen.config.text_encoder))
+        condition = gen.conditioning.from_inputs(prompts=prompts, text_encoder=TextEncoder(gen.config.text_encoder))
     cfg = ARSamplingConfig(n_tokens=gen.config.n_tokens, guidance_scale=3.0)
-    tokens = generate(gen, cfg, generator=row_generators(0, len(labels), torch.device("cpu")), **kw)
-    images = tokenizer.detokenize(tokens, steps=20, guidance_scale=3.0, generator=torch.Generator().manual_seed(1))
+    row_generators = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+    tokens = generate(gen, cfg, condition, generator=row_generators)
+    images = tokenizer.detokenize(
+        tokens, DecodeConfig(steps=20, guidance_scale=3.0), generator=torch.Generator().manual_seed(1)
+    )
     images = images.clamp(-1, 1)
     acc = (clf.predict(images) == torch.tensor(labels)).float().mean().item()
     assert acc > 0.5, f"{kind}-conditioned samples classified as their class {acc:.0%} of the time (chance 10%)"

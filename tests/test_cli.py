@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from flexitok import DecodeConfig
 from flexitok.cli.main import main
 from flexitok.config import tiny_config
 from flexitok.io.images import load_image
@@ -157,7 +158,7 @@ def test_detokenize_npy_prefix_and_single_output(images, model_dir, model, tmp_p
     assert rc == 0, err
     tokens = torch.from_numpy(np.load(tmp_path / "t.npy")).long()[:, :4]
     noise = model.initial_noise(1, torch.Generator().manual_seed(5))
-    expected = model.detokenize(tokens, steps=2, guidance_scale=3.0, apg=False, noise=noise)[0]
+    expected = model.detokenize(tokens, DecodeConfig(steps=2, guidance_scale=3.0, apg=False), noise=noise)[0]
     expected_u8 = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     assert np.array_equal(np.asarray(Image.open(out)), expected_u8)
 

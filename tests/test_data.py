@@ -130,9 +130,10 @@ def test_center_crop_and_hflip() -> None:
 def test_to_rgb_modes() -> None:
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent -> white
     assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
-    gray16 = Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16))
+    # 16-bit is scaled by its bit depth, as at inference (flexitok.io.images), not stretched to its own range.
+    gray16 = Image.fromarray(np.array([[0, 1000], [2000, 65535]], dtype=np.uint16))
     rgb = np.asarray(to_rgb(gray16))
-    assert rgb.shape == (2, 2, 3) and rgb[0, 0, 0] == 0 and rgb[1, 1, 0] == 255
+    assert rgb.shape == (2, 2, 3) and rgb[0, 0, 0] == 0 and rgb[0, 1, 0] == 4 and rgb[1, 1, 0] == 255
     x = pil_to_tensor(Image.new("L", (3, 3), 255))
     assert x.shape == (3, 3, 3) and float(x.min()) == 1.0
 
@@ -224,7 +225,7 @@ def test_webdataset_roundtrip_and_rank_split(tmp_path: Path, monkeypatch: pytest
 
     ds = build_dataset(DataConfig("webdataset", path=str(tmp_path), split="train", image_size=12))
     assert isinstance(ds, WebDatasetShards)
-    ds.shuffle_shards = False
+    ds.shuffle_shards, ds.shuffle_buffer = False, 0
     items = list(ds)
     assert [it["label"] for it in items] == labels
     for it, img in zip(items, images, strict=True):

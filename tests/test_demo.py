@@ -23,15 +23,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import uvicorn  # the [demo] extra
 from PIL import Image
 
-from flexitok.demo import DemoConfig, create_app
-from flexitok.demo.app import decode_data_url
-from flexitok.demo.generation import ARGeneratorBackend
+from flexitok import DecodeConfig, GenerationPipeline
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import Generator, generator_preset
 from tests.conftest import tiny_model
+
+# The demo is an optional extra: without it these tests skip (collection still works), with it they run.
+DEMO_EXTRA = "the web demo needs the [demo] extra (fastapi, uvicorn): pip install 'flexitok[demo]'"
+pytest.importorskip("fastapi", reason=DEMO_EXTRA)
+uvicorn = pytest.importorskip("uvicorn", reason=DEMO_EXTRA)
+
+from flexitok.demo import DemoConfig, create_app  # noqa: E402
+from flexitok.demo.app import decode_data_url  # noqa: E402
+from flexitok.demo.generation import ARGeneratorBackend  # noqa: E402
 
 MAX_UPLOAD = 64 * 1024
 
@@ -89,7 +95,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> FlexTok:
 
 @pytest.fixture(scope="module")
 def server(model: FlexTok) -> Iterator[_Server]:
-    config = DemoConfig(model_name="tiny-test", max_upload_bytes=MAX_UPLOAD, steps=3, skimage_samples=("coffee",))
+    config = DemoConfig(
+        model_name="tiny-test", max_upload_bytes=MAX_UPLOAD, decode=DecodeConfig(steps=3), skimage_samples=("coffee",)
+    )
     s = _Server(create_app(model, config))
     yield s
     s.stop()
@@ -102,7 +110,7 @@ def gen_server(model: FlexTok) -> Iterator[_Server]:
         "tiny", vocab_size=model.vocab_size, n_tokens=model.n_registers, num_classes=3, class_names=("a", "b", "c")
     )
     backend = ARGeneratorBackend(Generator(cfg).eval(), model)
-    s = _Server(create_app(model, DemoConfig(model_name="tiny-gen", steps=3), backend))
+    s = _Server(create_app(model, DemoConfig(model_name="tiny-gen", decode=DecodeConfig(steps=3)), backend))
     yield s
     s.stop()
 
@@ -229,7 +237,7 @@ def test_non_image_uploads_are_415(server: _Server) -> None:
 
 
 def test_sample_images(server: _Server) -> None:
-    pytest.importorskip("skimage")
+    pytest.importorskip("skimage", reason="the sample photos come from scikit-image (the [demo] extra)")
     _, info = _request(f"{server.url}/api/info")
     assert info["samples"] == ["coffee"]
     status, out = _request(f"{server.url}/api/samples/coffee", b"")
@@ -253,6 +261,25 @@ def test_generation_api(gen_server: _Server) -> None:
     assert status == 400 and "0..2" in out["detail"]
     status, out = _request(f"{gen_server.url}/api/generate", json.dumps({"k": 99, "class_index": 0}).encode(), headers)
     assert status == 400 and "1..16" in out["detail"]
+
+
+def test_generation_panel_is_the_pipeline(model: FlexTok, one_thread: None) -> None:
+    # A demo request is row 0 of the GenerationPipeline seeded with the request's seed (as `flexitok generate`).
+    torch.manual_seed(0)
+    cfg = generator_preset("tiny", vocab_size=model.vocab_size, n_tokens=model.n_registers, num_classes=3)
+    gen = Generator(cfg).eval()
+    decode = DecodeConfig(steps=2, guidance_scale=2.0)
+    image = ARGeneratorBackend(gen, model, decode, cfg_scale=2.5).generate(6, 9, 1, None)
+    pipe = GenerationPipeline(gen, model)
+    from flexitok import ARSamplingConfig
+
+    out = pipe(
+        labels=[1],
+        n_tokens=6,
+        sampling=ARSamplingConfig(guidance_scale=2.5),
+        decode=DecodeConfig(steps=2, guidance_scale=2.0, seed=9),
+    )
+    assert torch.equal(image, out.images[0])
 
 
 # ---------------------------------------------------------------------------- browser

@@ -11,6 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from flexitok import DecodeConfig
 from flexitok.errors import InvalidInputError
 from flexitok.eval.features import EfficientNetLite0Features, FeatureExtractor, FeatureExtractorError, build_extractor
 from flexitok.eval.metrics import frechet_distance, frechet_distance_from_stats, gaussian_stats, psnr, ssim
@@ -39,7 +40,7 @@ def test_psnr_identical_and_known_noise() -> None:
 
 
 def test_ssim_sanity_and_skimage_agreement() -> None:
-    sk = pytest.importorskip("skimage.metrics")
+    sk = pytest.importorskip("skimage.metrics", reason="the reference SSIM comes from scikit-image (the [data] extra)")
     g = torch.Generator().manual_seed(1)
     a = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     torch.testing.assert_close(ssim(a, a), torch.ones(2, dtype=torch.float64))
@@ -164,9 +165,9 @@ def _dataset(n: int) -> torch.utils.data.Dataset:
 
 
 def test_evaluate_reconstruction_tiny_flextok(tmp_path: Path) -> None:
-    pytest.importorskip("flexitok.models.flextok")
     model, ds = _tiny_model(), _dataset(5)
-    kwargs = dict(ks=[1, 4, 16], n_images=5, steps=2, guidance_scale=3.0, seed=7, extractor=_PooledPixels())
+    decode = DecodeConfig(steps=2, guidance_scale=3.0, seed=7)
+    kwargs = dict(ks=[1, 4, 16], n_images=5, decode=decode, extractor=_PooledPixels())
     res = evaluate_reconstruction(model, ds, batch_size=2, n_examples=2, progress=False, **kwargs)
     assert res["ks"] == [1, 4, 16] and res["n_images"] == 5
     assert res["metrics"] == ["PSNR", "SSIM", "FD-pixels"]
@@ -205,7 +206,9 @@ class _NaNForK1(torch.nn.Module):
     def initial_noise(self, b: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(b, 3, 8, 8, generator=generator)
 
-    def detokenize(self, tokens: torch.Tensor, keep_k: int, noise: torch.Tensor, **kw: object) -> torch.Tensor:
+    def detokenize(
+        self, tokens: torch.Tensor, decode: object = None, *, keep_k: int, noise: torch.Tensor, **kw: object
+    ) -> torch.Tensor:
         out = torch.zeros(tokens.shape[0], 3, 32, 32) + 0.1 * noise.mean()
         return out * float("nan") if keep_k == 1 else out
 
@@ -219,7 +222,6 @@ def test_evaluate_reconstruction_reports_nonfinite_outputs() -> None:
 
 
 def test_evaluate_reconstruction_validates_ks() -> None:
-    pytest.importorskip("flexitok.models.flextok")
     model, ds = _tiny_model(), _dataset(2)
     with pytest.raises(InvalidInputError, match="ks must"):
         evaluate_reconstruction(model, ds, ks=[0, 4], n_images=2, extractor=None, progress=False)
@@ -240,16 +242,28 @@ def test_report_helpers_handle_non_finite_values() -> None:
 
 
 def test_cli_eval(tmp_path: Path) -> None:
-    pytest.importorskip("flexitok.models.flextok")
     from flexitok.cli.main import main
 
     model_dir = tmp_path / "model"
     _tiny_model().save_pretrained(model_dir)
     out = tmp_path / "eval"
-    argv = ["eval", "--model", str(model_dir), "--data", "skimage", "-n", "3", "--ks", "1,16", "--steps", "1"]
+    argv = [
+        "eval",
+        "tokenizer",
+        "--model",
+        str(model_dir),
+        "--data",
+        "skimage",
+        "-n",
+        "3",
+        "--ks",
+        "1,16",
+        "--steps",
+        "1",
+    ]
     code = main([*argv, "--extractor", "none", "--device", "cpu", "--out", str(out), "--examples", "2"])
     assert code == 0
     summary = json.loads((out / "results.json").read_text())
     assert [r["k"] for r in summary["rows"]] == [1, 16] and summary["n_images"] == 3
     assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "metrics_vs_k.png", "examples.png"}
-    assert main(["eval", "--model", str(model_dir), "--ks", "1,99", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["eval", "tokenizer", "--model", str(model_dir), "--ks", "1,99", "--out", str(tmp_path / "bad")]) == 2

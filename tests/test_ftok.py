@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flexitok.adaptive import DecodeSettings, decode
+from flexitok import DecodeConfig
 from flexitok.cli.main import main
-from flexitok.config import tiny_config
-from flexitok.io.ftok import (
+from flexitok.codec.adaptive import decode_tokens
+from flexitok.codec.ftok import (
     FtokError,
     FtokFile,
     bits_per_token,
@@ -27,6 +27,7 @@ from flexitok.io.ftok import (
     unpack_ids,
     write_ftok,
 )
+from flexitok.config import tiny_config
 from flexitok.models.flextok import FlexTok
 from tests.conftest import tiny_model
 
@@ -58,10 +59,7 @@ def _example(k: int = 10, levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5), n: int =
         n_registers=n,
         fsq_levels=levels,
         model_hint="some/model",
-        seed=1234,
-        steps=7,
-        guidance_scale=3.5,
-        apg=False,
+        decode=DecodeConfig(seed=1234, steps=7, guidance_scale=3.5, apg=False),
     )
 
 
@@ -122,7 +120,7 @@ def test_truncated_file_is_a_valid_prefix() -> None:
     for k in (1, 5, 11, 12):
         t = FtokFile.from_bytes(f.truncate(k).to_bytes())
         assert t.tokens == f.tokens[:k]
-        assert t.k == k and t.fingerprint == f.fingerprint and t.seed == f.seed
+        assert t.k == k and t.fingerprint == f.fingerprint and t.decode == f.decode
     # With 16-bit tokens the shorter payload is literally a byte prefix of the longer one.
     short = f.truncate(5).to_bytes()
     header = len(data) - 12 * 2 - 4
@@ -244,7 +242,7 @@ def test_cli_encode_decode_truncate(
     assert _run(["encode", str(image_file), "-k", "3", "-o", str(x3), *common], capsys)[0] == 0
 
     f8 = read_ftok(x8)
-    assert f8.k == 8 and f8.seed == 3 and f8.steps == 4
+    assert f8.k == 8 and f8.decode.seed == 3 and f8.decode.steps == 4
     assert f8.model_hint == str(model_dir.resolve())
     assert x8.stat().st_size == x3.stat().st_size + 5 * 2  # 16 bits per extra token
 
@@ -261,7 +259,7 @@ def test_cli_encode_decode_truncate(
     decoded = np.asarray(Image.open(png))
     assert decoded.shape == (32, 32, 3)
     model = FlexTok.from_pretrained(model_dir)
-    expected = decode(model, f8.token_tensor(), DecodeSettings(3, 4, 7.5, True))[0]
+    expected = decode_tokens(model, f8.token_tensor(), DecodeConfig(seed=3, steps=4, guidance_scale=7.5, apg=True))[0]
     expected_arr = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     assert np.array_equal(decoded, expected_arr)
     png3 = tmp_path / "x3.png"

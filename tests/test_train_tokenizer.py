@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from flexitok import DecodeConfig
 from flexitok.config import tiny_config
+from flexitok.errors import InvalidInputError
 from flexitok.models.flextok import FlexTok
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig, sample_k, sample_t
 from flexitok.train.trainer import TrainConfig, train
@@ -136,7 +138,7 @@ def test_repa_loss_trains_projector_and_decoder() -> None:
     assert -1 <= float(logs["repa_cos"]) <= 1 and loss > logs["flow"] - 1.0001
     assert all(p.grad is not None for p in proj.parameters())
     assert model.decoder.trunk.blocks[0].attn.wq.weight.grad.abs().sum() > 0
-    with pytest.raises(Exception, match="REPA needs the images"):
+    with pytest.raises(InvalidInputError, match="REPA needs the images"):
         task.loss({"latents": torch.randn(4, 3, 16, 16)}, 0)
 
 
@@ -180,7 +182,14 @@ def test_tiny_overfit_loss_decreases_and_eval_writes_grid(tmp_path: Path) -> Non
     model = _model()
     data = Shapes()
     task = TokenizerTask(
-        model, TokenizerTaskConfig(eval_images=4, eval_ks=(1, 8), eval_steps=4, cfg_dropout=0.0), eval_dataset=data
+        model,
+        TokenizerTaskConfig(
+            eval_images=4,
+            eval_ks=(1, 8),
+            eval_decode=DecodeConfig(steps=4, guidance_scale=1.0, apg=False),
+            cfg_dropout=0.0,
+        ),
+        eval_dataset=data,
     )
     cfg = TrainConfig(
         out_dir=str(tmp_path),

@@ -18,8 +18,10 @@ from flexitok.errors import CheckpointError
 from flexitok.models.flextok import FlexTok
 from flexitok.train import checkpoint as ckpt_mod
 from flexitok.train.checkpoint import load_checkpoint, resolve_last, save_checkpoint, update_last_link
+from flexitok.train.optim import lr_lambda, param_groups
+from flexitok.train.task import TrainTask
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
-from flexitok.train.trainer import TrainConfig, lr_lambda, param_groups, train
+from flexitok.train.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,7 +131,7 @@ def test_truncated_or_corrupt_checkpoint_raises(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(path)
     f.write_bytes(b"\xff" * len(data))  # same size, garbage header
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="SHA-256"):
         load_checkpoint(path)
     (path / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
@@ -205,19 +207,16 @@ class Regression(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-class RegressionTask:
+class RegressionTask(TrainTask):
     """Deterministic loss (no sampling), so 1 process on B items equals 2 processes on B/2 each."""
 
     def __init__(self) -> None:
         torch.manual_seed(0)
-        self.model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+        super().__init__(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)))
 
     def loss(self, batch, step):
         loss = (self.model(batch["x"]) - batch["y"]).pow(2).mean()
         return loss, {"mse": loss.detach()}
-
-    def evaluate(self, model, step, out_dir):
-        return {}
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str, result: str) -> None:
@@ -318,3 +317,45 @@ def test_ema_update_and_warmup() -> None:
     assert torch.equal(averaged.weight, ema.shadow["weight"]) and not torch.equal(averaged.weight, lin.weight)
     with pytest.raises(KeyError):
         ema.load_state_dict({"weight": start["weight"]})
+
+
+def test_task_base_class_defaults_and_type_check(tmp_path: Path) -> None:
+    task = TrainTask(nn.Linear(2, 2))
+    assert task.extra_optimizers() == [] and task.evaluate(task.model, 0, tmp_path) == {}
+    assert task.extra_state() == {} and task.export(task.model, tmp_path) is None
+    assert len(task.aux_modules) == 0 and len(task.frozen_modules) == 0
+    with pytest.raises(NotImplementedError):
+        task.loss({}, 0)
+
+    class NotATask:
+        model = nn.Linear(2, 2)
+
+        def loss(self, batch, step):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="TrainTask subclass"):
+        train(NotATask(), Regression(), TrainConfig(out_dir=str(tmp_path), steps=1, batch_size=4, progress=False))
+
+
+def test_task_logs_stay_on_the_device() -> None:
+    """Logs are 0-d tensors: the trainer reads them only at log steps (no host sync per step in any task)."""
+    from flexitok.models.generator import Generator, generator_preset
+    from flexitok.train.config import VAEModelConfig, VAETaskConfig
+    from flexitok.train.generator import GeneratorTask, GeneratorTaskConfig
+    from flexitok.train.vae import VAETask, build_autoencoder
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    vae = build_autoencoder(VAEModelConfig(latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4))
+    gen = Generator(generator_preset("tiny", vocab_size=20, n_tokens=4, num_classes=3))
+    cases = [
+        (_tiny_task(), {"image": images}),
+        (VAETask(vae, VAETaskConfig(gan_weight=0.1, disc_channels=8, disc_layers=2)), {"image": images}),
+        (GeneratorTask(gen, GeneratorTaskConfig()), {"tokens": torch.randint(0, 20, (2, 4)), "label": [0, 2]}),
+    ]
+    for task, batch in cases:
+        loss, logs = task.loss(batch, 0)
+        assert loss.ndim == 0 and all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in logs.values()), logs
+        for extra in task.extra_optimizers():
+            x_loss, x_logs = extra.loss(batch, 0)
+            assert x_loss.ndim == 0 and all(isinstance(v, torch.Tensor) for v in x_logs.values())

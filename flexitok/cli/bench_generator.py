@@ -1,4 +1,4 @@
-"""``flexitok bench-generator``: AR sampling throughput with and without the KV cache.
+"""``flexitok bench generator``: AR sampling throughput with and without the KV cache.
 
 Prints tokens/s and images/s (token generation only, and with decoding when a tokenizer is given) and checks
 that the cached and uncached paths produce the same samples for the same seed. Presets use random weights.
@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from flexitok.bench import synchronize
-from flexitok.cli.common import info, load_model, positive_int, resolve_device
+from flexitok.cli.common import add_decode_args, decode_config, info, load_model, positive_int
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import GENERATOR_PRESETS, Generator, generator_preset
 from flexitok.sampling.ar import ARSamplingConfig, generate
+from flexitok.utils.device import resolve_device
 
 
 @dataclass
@@ -85,19 +86,13 @@ def run_generator_benchmark(args: argparse.Namespace) -> GeneratorBenchResult:
         raise InvalidInputError(f"--tokens must be in 1..{gen.config.n_tokens}, got {k}")
     b = args.batch_size
     dev = gen.tok_emb.weight.device
-    kw: dict = {}
-    if gen.config.condition == "class":
-        kw["labels"] = torch.arange(b, device=dev) % gen.config.num_classes
-    elif gen.config.condition == "text":
-        kw["text_features"] = torch.randn(b, 8, gen.config.text_dim, device=dev)  # stand-in prompt features
-    else:
-        kw["batch_size"] = b
+    condition = gen.conditioning.placeholder(b)  # stand-in labels / prompt features
 
     def run(use_cache: bool) -> torch.Tensor:
         cfg = ARSamplingConfig(
             n_tokens=k, temperature=args.temperature, guidance_scale=args.cfg_scale, use_cache=use_cache
         )
-        return generate(gen, cfg, generator=torch.Generator(device=dev).manual_seed(args.seed), **kw)
+        return generate(gen, cfg, condition, generator=torch.Generator(device=dev).manual_seed(args.seed))
 
     dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
     ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
@@ -114,7 +109,8 @@ def run_generator_benchmark(args: argparse.Namespace) -> GeneratorBenchResult:
         if tok.vocab_size != gen.vocab_size:
             raise InvalidInputError(f"tokenizer vocab {tok.vocab_size} != generator vocab {gen.vocab_size}")
         info("timing AR + decoding ...")
-        t_p, _ = _timed(lambda: tok.detokenize(run(True), steps=args.steps), device, args.repeats, args.warmup)
+        decode = decode_config(args)
+        t_p, _ = _timed(lambda: tok.detokenize(run(True), decode), device, args.repeats, args.warmup)
         pipeline = b / t_p
     return GeneratorBenchResult(
         device=str(device),
@@ -136,7 +132,7 @@ def run_generator_benchmark(args: argparse.Namespace) -> GeneratorBenchResult:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench-generator",
+        "generator",
         help="benchmark AR generation speed with and without the KV cache",
         description="Time AR token sampling with and without the KV cache (tokens/s, images/s) and check both "
         "paths give the same samples for the same seed. Presets use random weights.",
@@ -151,7 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--cfg-scale", type=float, default=3.0, help="guidance (doubles the batch unless 1; default 3)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--steps", type=positive_int, default=20, help="decoder steps for the pipeline timing")
+    add_decode_args(p, seed=False)  # the decoder settings of the pipeline timing
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 runs under autocast")
     p.add_argument("--warmup", type=int, default=1)

@@ -1,7 +1,7 @@
 """``flexitok encode`` / ``decode`` / ``truncate``: images <-> compact ``.ftok`` token files.
 
 ``encode`` keeps either a fixed number of tokens (``-k``) or, with ``--target METRIC=VALUE``, the smallest k whose
-reconstruction meets the target (see :mod:`flexitok.adaptive`); ``--report`` writes a Markdown batch report.
+reconstruction meets the target (see :mod:`flexitok.codec.adaptive`); ``--report`` writes a Markdown batch report.
 """
 
 from __future__ import annotations
@@ -12,31 +12,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flexitok.adaptive import (
-    DecodeSettings,
-    QualityTarget,
-    ReportRow,
-    build_scorer,
-    decode,
-    gradient_magnitude,
-    png_bits_per_pixel,
-    render_report,
-    search_k,
-    write_report,
-)
 from flexitok.cli.common import (
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
     collect_image_paths,
+    decode_config,
     info,
     load_model,
     model_reference,
     positive_int,
-    resolve_device,
 )
+from flexitok.codec.adaptive import QualityTarget, build_scorer, decode_tokens, search_k
+from flexitok.codec.ftok import SUFFIX, FtokError, FtokFile, read_ftok, write_ftok
+from flexitok.codec.report import ReportRow, gradient_magnitude, png_bits_per_pixel, render_report, write_report
 from flexitok.errors import FlexiTokError, InvalidInputError
-from flexitok.io.ftok import SUFFIX, FtokError, FtokFile, read_ftok, write_ftok
 from flexitok.io.images import is_image_file, load_image, save_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +63,7 @@ def _register_encode(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--report", default=None, metavar="REPORT.md", help="write a Markdown report of k vs complexity")
     add_model_args(p)
-    add_sampling_args(p)
+    add_decode_args(p)
     p.set_defaults(func=run_encode)
 
 
@@ -111,9 +102,9 @@ def run_encode(args: argparse.Namespace) -> int:
     n = model.n_registers
     if args.tokens is not None and args.tokens > n:
         raise InvalidInputError(f"-k {args.tokens} is more than this model's {n} tokens")
-    settings = DecodeSettings(args.seed, args.steps, args.guidance_scale, not args.no_apg)
-    if not 0 <= settings.seed <= 0xFFFFFFFF:
-        raise InvalidInputError(f"--seed must lie in 0..{0xFFFFFFFF}, got {settings.seed}")
+    decode = decode_config(args)
+    if not 0 <= decode.seed <= 0xFFFFFFFF:
+        raise InvalidInputError(f"--seed must lie in 0..{0xFFFFFFFF}, got {decode.seed}")
     scorer = build_scorer(target.metric, device) if target else None
     hint = model_reference(args.model)
 
@@ -126,11 +117,11 @@ def run_encode(args: argparse.Namespace) -> int:
         image = loaded.tensor.to(device)
         tokens = model.tokenize(image[None])[0]
         if target is not None:
-            result = search_k(model, image, target, scorer, settings, tokens)
+            result = search_k(model, image, target, scorer, decode, tokens)
             k = result.k
         else:
             result, k = None, args.tokens or n
-        ftok = FtokFile.from_model(model, tokens[:k].cpu(), hint, *_settings_tuple(settings))
+        ftok = FtokFile.from_model(model, tokens[:k].cpu(), hint, decode)
         data = ftok.to_bytes()
         total += len(data)
         if out is not None:
@@ -163,10 +154,6 @@ def run_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings_tuple(s: DecodeSettings) -> tuple[int, int, float, bool]:
-    return s.seed, s.steps, s.guidance_scale, s.apg
-
-
 # ---------------------------------------------------------------------------- decode
 def _register_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -179,12 +166,7 @@ def _register_decode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="FILE.ftok")
     p.add_argument("-o", "--output", required=True, metavar="IMAGE.png", help="output image")
     add_model_args(p, model_default=None)
-    p.add_argument("--steps", type=positive_int, default=None, help="Euler steps (default: from the file)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="guidance scale (default: from the file)")
-    p.add_argument("--seed", type=int, default=None, help="decoder noise seed (default: from the file)")
-    apg = p.add_mutually_exclusive_group()
-    apg.add_argument("--apg", dest="apg", action="store_true", default=None, help="adaptive projected guidance")
-    apg.add_argument("--no-apg", dest="apg", action="store_false", help="plain classifier-free guidance")
+    add_decode_args(p, defaults=None)
     p.set_defaults(func=run_decode)
 
 
@@ -214,13 +196,7 @@ def run_decode(args: argparse.Namespace) -> int:
     ftok = read_ftok(source)
     device = resolve_device(args.device)
     model = _load_model_for(ftok, source, args.model, device)
-    settings = DecodeSettings(
-        seed=ftok.seed if args.seed is None else args.seed,
-        steps=ftok.steps if args.steps is None else args.steps,
-        guidance_scale=ftok.guidance_scale if args.guidance_scale is None else args.guidance_scale,
-        apg=ftok.apg if args.apg is None else args.apg,
-    )
-    image = decode(model, ftok.token_tensor(), settings)[0]
+    image = decode_tokens(model, ftok.token_tensor(), decode_config(args, base=ftok.decode))[0]
     save_image(image, output)
     print(f"{source}: k={ftok.k} tokens, {source.stat().st_size} bytes -> {output}")
     return 0

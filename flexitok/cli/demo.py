@@ -8,15 +8,16 @@ from pathlib import Path
 
 from flexitok.cli.common import (
     DEFAULT_MODEL,
+    add_decode_args,
     add_model_args,
+    decode_config,
     info,
     load_model,
     model_reference,
-    positive_int,
-    resolve_device,
 )
 from flexitok.cli.quickstart import SAMPLES
 from flexitok.errors import FlexiTokError, InvalidInputError
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="AR generator for the generation panel (default 'auto': the bundled one when --model is the bundled "
         "default; 'none': no generation panel)",
     )
-    p.add_argument("--steps", type=positive_int, default=20, help="decoder Euler steps (default 20)")
-    p.add_argument("--guidance-scale", type=float, default=7.5, help="decoder guidance scale (default 7.5)")
+    add_decode_args(p, seed=False)  # the seed comes with each request
     p.set_defaults(func=run)
 
 
@@ -70,20 +70,19 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--samples {samples}: not a folder")
     device = resolve_device(args.device)
     model = load_model(args.model, device)
+    decode = decode_config(args)
     config = DemoConfig(
         model_name=model_reference(args.model),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
+        decode=decode,
         samples_dir=samples,
     )
     backend = None
     if args.generator:
-        from flexitok.adaptive import DecodeSettings
         from flexitok.demo.generation import ARGeneratorBackend
 
         try:
-            backend = ARGeneratorBackend.load(args.generator, model, DecodeSettings(0, args.steps, args.guidance_scale))
+            backend = ARGeneratorBackend.load(args.generator, model, decode)
         except FlexiTokError as e:
             raise InvalidInputError(f"cannot use generator {args.generator!r}: {e}") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
     DEFAULT_MODEL,
     add_batch_size_arg,
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
+    decode_config,
+    image_size_arg,
     info,
     load_model,
     positive_int,
-    resolve_device,
-    sampling_kwargs,
 )
-from flexitok.cli.token_files import read_token_file, validate_tokens
+from flexitok.codec.token_files import read_token_file, validate_tokens
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file, save_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,9 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-k", "--num-tokens", type=positive_int, default=None, help="decode only the first K tokens of each sequence"
     )
+    p.add_argument(
+        "--size",
+        type=image_size_arg,
+        metavar="HxW",
+        help="output size (default: the size the tokens file records, else the model's native size)",
+    )
     add_model_args(p, model_default=None)
     p.epilog = f"--model defaults to the model recorded in a JSON tokens file, else {DEFAULT_MODEL!r}."
-    add_sampling_args(p)
+    add_decode_args(p)
     add_batch_size_arg(p)
     p.set_defaults(func=run)
 
@@ -79,20 +85,28 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(model_name, device)
     validate_tokens(tokens, model.vocab_size, model.n_registers, str(source))
-    if token_file.image_size is not None and tuple(token_file.image_size) != tuple(model.image_size):
-        info(
-            f"note: {source} was made for {token_file.image_size[0]}x{token_file.image_size[1]} images; "
-            f"this model decodes {model.image_size[0]}x{model.image_size[1]}"
-        )
+    # Output sizes: --size, else what the tokens file records (per image or one for all), else the native size.
+    if args.size is not None:
+        sizes = [args.size] * len(tokens)
+    elif token_file.image_sizes is not None:
+        sizes = list(token_file.image_sizes)
+    else:
+        sizes = [token_file.image_size or model.image_size] * len(tokens)
+    for size in dict.fromkeys(sizes):
+        try:
+            model.check_image_size(size, "decoder")
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{source}: {e}; pass --size HxW") from None
 
     # One CPU generator drawn image by image: the result for an image does not depend on --batch-size or device.
-    generator = torch.Generator().manual_seed(args.seed)
-    kwargs = sampling_kwargs(args)
+    decode = decode_config(args)
+    generator = decode.generator()
     bar = tqdm(total=len(tokens), desc="detokenizing", unit="img", disable=len(tokens) <= args.batch_size or None)
     for start in range(0, len(tokens), args.batch_size):
         chunk = tokens[start : start + args.batch_size]
-        noise = model.initial_noise(len(chunk), generator)
-        images = model.detokenize([t.to(device) for t in chunk], noise=noise, **kwargs)
+        chunk_sizes = sizes[start : start + args.batch_size]
+        noise = model.initial_noise_list(len(chunk), generator, chunk_sizes)
+        images = model.detokenize([t.to(device) for t in chunk], decode, noise=noise, image_size=chunk_sizes)
         for image, path in zip(images, outputs[start : start + len(chunk)], strict=True):
             save_image(image, path)
         bar.update(len(chunk))

@@ -8,33 +8,57 @@ import sys
 
 from flexitok.errors import FlexiTokError
 
-# Sub-command modules under flexitok.cli; each exposes ``register(subparsers)``.
+# Commands: modules under flexitok.cli, each exposing ``register(subparsers)``.
 COMMANDS: list[str] = [
     "tokenize",
     "detokenize",
     "reconstruct",
-    "convert",
-    "bench",
-    "eval",
     "codec",
-    "demo",
     "generate",
-    "pretokenize",
-    "bench_generator",
-    "eval_generation",
-    "train_classifier",
     "train",
+    "eval",
+    "bench",
+    "pretokenize",
+    "shards",
+    "convert",
+    "demo",
     "quickstart",
 ]
+
+# Verbs with targets, ``flexitok <verb> <target>``: verb -> (help, {target: module}). Each target module's
+# ``register(targets)`` adds the parser named after its target. (``train`` keeps its targets in flexitok.cli.train.)
+VERBS: dict[str, tuple[str, dict[str, str]]] = {
+    "eval": (
+        "measure quality: reconstruction vs tokens (tokenizer) or generated images (generator)",
+        {"tokenizer": "eval_tokenizer", "generator": "eval_generator"},
+    ),
+    "bench": (
+        "measure speed and memory: tokenize/detokenize (tokenizer) or AR sampling (generator)",
+        {"tokenizer": "bench", "generator": "bench_generator"},
+    ),
+}
+
+
+def _register_verb(sub: argparse._SubParsersAction, verb: str) -> None:
+    help_, targets = VERBS[verb]
+    p = sub.add_parser(verb, help=help_, description=help_[0].upper() + help_[1:] + ".")
+    target_parsers = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for module in targets.values():
+        importlib.import_module(f"flexitok.cli.{module}").register(target_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flexitok", description="FlexTok image tokenization: tokenize, reconstruct, train, generate."
+        prog="flexitok",
+        description="FlexTok image tokenization: tokenize, reconstruct, train, generate. "
+        "Commands with targets: flexitok train|eval|bench tokenizer|generator|...",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"flexitok.cli.{name}").register(sub)
+        if name in VERBS:
+            _register_verb(sub, name)
+        else:
+            importlib.import_module(f"flexitok.cli.{name}").register(sub)
     return parser
 
 

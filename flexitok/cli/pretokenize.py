@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from flexitok.cli.common import add_batch_size_arg, add_model_args, info, load_model, model_reference, resolve_device
+from flexitok.cli.common import add_batch_size_arg, add_data_args, add_model_args, info, load_model, model_reference
 from flexitok.errors import InvalidInputError
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run a FlexTok tokenizer over a dataset once and write token shards with labels and captions.",
     )
     add_model_args(p)
-    p.add_argument("--data", required=True, choices=["fashion_mnist", "folder", "webdataset", "skimage"])
-    p.add_argument("--data-path", default=None, help="dataset location (default for fashion_mnist: the system copy)")
-    p.add_argument("--split", default="train", choices=["train", "test"])
+    add_data_args(p, default=None, split="train")
     p.add_argument("--limit", type=int, default=None, help="only the first N items")
     p.add_argument("-o", "--output", required=True, help="output folder for the shard set")
     p.add_argument("--shard-size", type=int, default=65536, help="items per shard file (default 65536)")

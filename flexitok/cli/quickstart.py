@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from flexitok.cli.common import info, resolve_device
+from flexitok.cli.common import add_decode_args, decode_config, info
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.device import resolve_device
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
 PROMPTS = ["a photo of a sneaker", "a pair of trousers", "a handbag", "an ankle boot", "a dress", "a t-shirt"]
@@ -34,14 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-generator", default="default", help="class-conditioned generator (bundled name or path)")
     p.add_argument("--text-generator", default="default-text", help="text-conditioned generator")
     p.add_argument("--images", default=str(SAMPLES), help="image file or folder (default: bundled samples)")
-    p.add_argument("--steps", type=int, default=20, help="decoder sampling steps (default 20)")
-    p.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=3.0,
-        help="decoder guidance (APG) scale (default 3.0: best for the small bundled tokenizer, see its model card)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    # Guidance 3.0: best for the small bundled tokenizer (see its model card).
+    add_decode_args(p, DecodeConfig(guidance_scale=3.0))
     p.add_argument("--device", default="auto", help="cpu | cuda | mps | auto")
     p.set_defaults(func=run)
 
@@ -49,12 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from flexitok import FlexTok
     from flexitok.cli.common import collect_image_paths
-    from flexitok.cli.token_files import write_token_file
+    from flexitok.codec.token_files import TokenFile, write_token_file
     from flexitok.eval.metrics import psnr
     from flexitok.eval.reconstruction import default_ks
     from flexitok.io.images import load_images, save_grid
 
-    torch.manual_seed(args.seed)
+    decode = decode_config(args)
+    torch.manual_seed(decode.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -71,17 +68,18 @@ def run(args: argparse.Namespace) -> int:
     tokens = model.tokenize(images)
     tok_file = out / "tokens.json"
     # The same token-file format as `flexitok tokenize`, so `flexitok detokenize` can read it.
-    write_token_file(tok_file, tokens.cpu(), args.model, model.image_size, [p.name for p in paths],
-                     model.vocab_size, model.n_registers)  # fmt: skip
+    write_token_file(tok_file, TokenFile(list(tokens.cpu()), args.model, model.image_size, model.vocab_size,
+                                         model.n_registers, [p.name for p in paths]))  # fmt: skip
     steps.append(Step("tokenize", time.perf_counter() - t0, str(tok_file), f"{len(paths)} images -> {tokens.shape[1]} ids each"))  # fmt: skip
 
     t0 = time.perf_counter()
     ks = default_ks(model.n_registers)
-    g = torch.Generator().manual_seed(args.seed)
-    noise = model.initial_noise(len(paths), g)  # one noise per image, shared by all k: columns differ only in k
+    noise = model.initial_noise(
+        len(paths), decode.generator()
+    )  # one noise per image, shared by all k: columns differ only in k
     columns, scores = [], []
     for k in ks:
-        recon = model.detokenize(tokens, keep_k=k, steps=args.steps, guidance_scale=args.guidance_scale, noise=noise)
+        recon = model.detokenize(tokens, decode, keep_k=k, noise=noise)
         recon = recon.clamp(-1, 1)
         columns.append(recon.cpu())
         scores.append(float(psnr(recon, images).mean()))
@@ -91,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     detail = "PSNR by k: " + ", ".join(f"{k}:{s:.1f}" for k, s in zip(ks, scores, strict=True))
     steps.append(Step("coarse-to-fine reconstruction", time.perf_counter() - t0, str(grid), detail))
 
-    steps += _generate(args, model, out, device)
+    steps += _generate(args, decode, model, out, device)
 
     print()
     print(f"{'step':32s} {'time':>7s}  {'output':44s} detail")
@@ -101,46 +99,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace, model, out: Path, device: torch.device) -> list[Step]:
-    from flexitok.cli.generate import condition_kwargs, row_generators
+def _generate(args: argparse.Namespace, decode: DecodeConfig, model, out: Path, device: torch.device) -> list[Step]:
     from flexitok.errors import CheckpointError
     from flexitok.io.checkpoint import atomic_write_bytes
     from flexitok.io.images import save_grid
     from flexitok.models.generator import Generator
-    from flexitok.sampling.ar import ARSamplingConfig, generate
+    from flexitok.pipelines import GenerationPipeline
+    from flexitok.sampling.ar import ARSamplingConfig
+
+    per = 6  # samples per row; a row is one class or one prompt
+
+    def class_rows(pipe: GenerationPipeline) -> tuple[list[str], dict]:
+        names = pipe.conditioning.class_names
+        return names, {"labels": [c for c in range(len(names)) for _ in range(per)]}
+
+    def text_rows(pipe: GenerationPipeline) -> tuple[list[str], dict]:
+        return PROMPTS, {"prompts": [p for p in PROMPTS for _ in range(per)]}
 
     steps: list[Step] = []
-    for name, kind in ((args.class_generator, "class"), (args.text_generator, "text")):
+    for kind, name, rows_of in (("class", args.class_generator, class_rows), ("text", args.text_generator, text_rows)):
         t0 = time.perf_counter()
         try:
-            gen = Generator.from_pretrained(name, device=device)
+            pipe = GenerationPipeline(Generator.from_pretrained(name, device=device), model)
         except CheckpointError as e:
             info(f"skipping {kind}-conditioned generation: {e}")
             continue
-        scfg = ARSamplingConfig(n_tokens=gen.config.n_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                                guidance_scale=3.0, use_cache=True)  # fmt: skip
-        if kind == "class":
-            classes = gen.config.class_names or [str(i) for i in range(gen.config.num_classes)]
-            per = 6
-            labels = [c for c in range(len(classes)) for _ in range(per)]
-            kw = condition_kwargs(gen, labels, None, None)
-            row_names = list(classes)
-        else:
-            from flexitok.models.text_encoder import TextEncoder
-
-            per = 6
-            prompts = [p for p in PROMPTS for _ in range(per)]
-            kw = condition_kwargs(gen, None, prompts, TextEncoder(gen.config.text_encoder).to(device))
-            row_names = PROMPTS
-        n = next(iter(kw.values())).shape[0]
-        toks = generate(gen, scfg, generator=row_generators(args.seed, n, device), **kw)
-        noise = torch.cat([model.initial_noise(1, g) for g in row_generators(args.seed, n, device, 10**6)])
-        imgs = model.detokenize(toks, steps=args.steps, guidance_scale=args.guidance_scale, noise=noise)
-        imgs = imgs.clamp(-1, 1).cpu()
-        rows = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
+        row_names, inputs = rows_of(pipe)
+        imgs = pipe(**inputs, sampling=ARSamplingConfig(guidance_scale=3.0), decode=decode).images  # one batch
+        grid = [list(imgs[i * per : (i + 1) * per]) for i in range(len(row_names))]
         path = out / f"{kind}_conditioned_samples.png"
-        save_grid(rows, path)
+        save_grid(grid, path)
         atomic_write_bytes(out / f"{kind}_conditioned_rows.txt", ("\n".join(row_names) + "\n").encode())
         steps.append(Step(f"{kind}-conditioned generation", time.perf_counter() - t0, str(path),
-                          f"{len(row_names)} rows x {per} samples, {gen.config.n_tokens} tokens, CFG 3"))  # fmt: skip
+                          f"{len(row_names)} rows x {per} samples, {pipe.generator.config.n_tokens} tokens, CFG 3"))  # fmt: skip
     return steps

@@ -10,18 +10,17 @@ from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
     add_batch_size_arg,
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
     collect_image_paths,
-    default_k_list,
+    decode_config,
     info,
     load_model,
-    parse_k_list,
-    resolve_device,
-    sampling_kwargs,
+    parse_token_counts,
 )
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import is_image_file, load_image, save_grid
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens",
         metavar="K1,K2,...",
-        default=None,
-        help="token counts to decode from (default: powers of 4 up to the model's N, plus N: 1,4,16,64,256)",
+        default="all",
+        help="token counts to decode from (default all: 1, 2, 4, ... up to the model's N, plus N)",
     )
     p.add_argument("-o", "--output", required=True, metavar="GRID.png", help="output grid image")
     add_model_args(p)
-    add_sampling_args(p)
+    add_decode_args(p)
     add_batch_size_arg(p)
     p.set_defaults(func=run)
 
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_image_paths(args.inputs)
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    ks = parse_k_list(args.tokens, model.n_registers) if args.tokens else default_k_list(model.n_registers)
+    ks = parse_token_counts(args.tokens, model.n_registers)
 
     originals = []
     for path in paths:
@@ -68,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # One noise draw per image, shared by all its columns, so a row differs only in the number of tokens.
-    generator = torch.Generator().manual_seed(args.seed)
-    noise = model.initial_noise(len(paths), generator)
+    decode = decode_config(args)
+    noise = model.initial_noise(len(paths), decode.generator())
     jobs = [(i, k) for i in range(len(paths)) for k in ks]
     decoded: dict[tuple[int, int], torch.Tensor] = {}
-    kwargs = sampling_kwargs(args)
     for start in tqdm(
         range(0, len(jobs), args.batch_size),
         desc="decoding",
@@ -82,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         chunk = jobs[start : start + args.batch_size]
         seqs = [tokens[i, :k] for i, k in chunk]
         chunk_noise = torch.stack([noise[i] for i, _ in chunk])
-        images = model.detokenize(seqs, noise=chunk_noise, **kwargs)
+        images = model.detokenize(seqs, decode, noise=chunk_noise)
         for job, image in zip(chunk, images, strict=True):
             decoded[job] = image.float().cpu()
 

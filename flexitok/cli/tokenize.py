@@ -5,24 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
     add_batch_size_arg,
+    add_image_size_args,
     add_model_args,
     collect_image_paths,
+    image_size_rule,
     info,
     load_model,
     model_reference,
     positive_int,
-    resolve_device,
 )
-from flexitok.cli.token_files import tokens_to_json, write_token_file
+from flexitok.codec.token_files import TokenFile, tokens_to_json, write_token_file
 from flexitok.errors import InvalidInputError
 from flexitok.io.images import load_image
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokenize",
         help="images -> token ids",
         description="Tokenize images into ordered 1D token sequences (coarse to fine). Images of any size and mode "
-        "are converted to RGB, center-cropped to a square and resized to the model's resolution.",
+        "are converted to RGB, center-cropped and resized to the model's resolution (or to --size, or to their own "
+        "aspect ratio with --keep-aspect).",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("-o", "--output", metavar="FILE", help="tokens file, .json or .npy (default: print JSON to stdout)")
@@ -39,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--skip-invalid", action="store_true", help="warn about and skip unreadable files instead of stopping"
+    )
+    add_image_size_args(p)
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="encode the VAE posterior mean even if the model samples it (official checkpoints with "
+        "sample_posterior, the official default)",
     )
     add_model_args(p)
     add_batch_size_arg(p)
@@ -54,14 +63,16 @@ def run(args: argparse.Namespace) -> int:
     if args.num_tokens is not None and args.num_tokens > model.n_registers:
         raise InvalidInputError(f"--num-tokens {args.num_tokens} exceeds this model's {model.n_registers} tokens")
 
+    size_rule = image_size_rule(args, model)
     rows: list[torch.Tensor] = []
+    sizes: list[tuple[int, int]] = []
     done: list[str] = []
     bar = tqdm(total=len(paths), desc="tokenizing", unit="img", disable=len(paths) <= args.batch_size or None)
     for start in range(0, len(paths), args.batch_size):
         batch, names = [], []
         for path in paths[start : start + args.batch_size]:
             try:
-                loaded = load_image(path, model.image_size)
+                loaded = load_image(path, size_rule)
             except InvalidInputError as e:
                 if not args.skip_invalid:
                     raise
@@ -72,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
             batch.append(loaded.tensor)
             names.append(str(path))
         if batch:
-            ids = model.tokenize(torch.stack(batch).to(device))
+            # A list: with --keep-aspect the images of a batch may differ in size.
+            ids = model.tokenize([b.to(device) for b in batch], deterministic=True if args.deterministic else None)
+            sizes.extend((int(b.shape[1]), int(b.shape[2])) for b in batch)
             if args.num_tokens is not None:
                 ids = ids[:, : args.num_tokens]
             rows.extend(ids.cpu())
@@ -82,17 +95,19 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         raise InvalidInputError("none of the inputs could be read as an image")
 
-    tokens = torch.stack(rows)
-    meta: dict[str, Any] = {
-        "model": model_reference(args.model),
-        "image_size": model.image_size,
-        "files": done,
-        "vocab_size": model.vocab_size,
-        "n_registers": model.n_registers,
-    }
+    same = len(set(sizes)) == 1
+    token_file = TokenFile(
+        rows,
+        model_reference(args.model),
+        sizes[0] if same else None,
+        model.vocab_size,
+        model.n_registers,
+        files=done,
+        image_sizes=None if same else sizes,
+    )
     if args.output is None:
-        sys.stdout.write(tokens_to_json(tokens, **meta))
+        sys.stdout.write(tokens_to_json(token_file))
         return 0
-    out = write_token_file(args.output, tokens, **meta)
-    info(f"wrote {tokens.shape[0]} x {tokens.shape[1]} tokens to {out}")
+    out = write_token_file(args.output, token_file)
+    info(f"wrote {len(rows)} x {rows[0].numel()} tokens to {out}")
     return 0

@@ -50,14 +50,28 @@ def resolve_target(name: str) -> Callable:
 def _run(args: argparse.Namespace) -> int:
     from flexitok.train.run import TargetArgs
 
+    if args.dry_run:
+        if args.target != "tokenizer":
+            raise InvalidInputError(f"--dry-run sizes tokenizer runs only, not {args.target!r}")
+        from flexitok.train.estimate import dry_run
+
+        print(dry_run(args.config, list(args.overrides), args.world_size))
+        return 0
     fn = resolve_target(args.target)
-    return int(fn(TargetArgs(config=args.config, overrides=list(args.overrides), resume=args.resume)) or 0)
+    targs = TargetArgs(
+        config=args.config,
+        overrides=list(args.overrides),
+        resume=args.resume,
+        no_fallback=args.no_fallback,
+        allow_config_change=args.allow_config_change,
+    )
+    return int(fn(targs) or 0)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a tokenizer, VAE or generator from a YAML config",
+        help="train a tokenizer, VAE or generator from a YAML config, or the evaluation classifier",
         description="Train from a YAML config with dotted overrides (section.key=value). Multi-GPU: "
         "torchrun --nproc_per_node=8 -m flexitok train tokenizer --config configs/tokenizer-d12-d12.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,6 +82,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         t.add_argument("--config", "-c", default=None, help="YAML run config (see configs/)")
         t.add_argument("--resume", action="store_true", help="continue from <train.out_dir>/last (exact resume)")
         t.add_argument(
+            "--no-fallback",
+            action="store_true",
+            help="with --resume: refuse a corrupt last checkpoint instead of falling back to the newest intact one",
+        )
+        t.add_argument(
+            "--allow-config-change",
+            action="store_true",
+            help="with --resume: continue although hyperparameters differ from the checkpoint's (they are listed)",
+        )
+        t.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="tokenizer: print parameters, FLOPs and per-GPU memory from a meta-device trace; train nothing",
+        )
+        t.add_argument("--world-size", type=int, default=8, help="GPUs assumed by --dry-run (default 8)")
+        t.add_argument(
             "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 data.image_size=32"
         )
         t.set_defaults(func=_run)
+    # The classifier is trained from flags, not a run config.
+    from flexitok.cli import train_classifier
+
+    train_classifier.register(sub)

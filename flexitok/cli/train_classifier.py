@@ -1,24 +1,24 @@
-"""``flexitok train-classifier``: train the small CNN used to score class-conditional generations."""
+"""``flexitok train classifier``: train the small CNN used to score class-conditional generations."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sized
 
-from flexitok.cli.common import info, positive_int, resolve_device
+from flexitok.cli.common import LABELLED_DATA_KINDS, add_data_args, info, positive_int
 from flexitok.errors import DatasetError
 from flexitok.models.classifier import ClassifierConfig, accuracy, train_classifier
+from flexitok.utils.device import resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train-classifier",
-        help="train the small CNN classifier used by eval-generation",
+        "classifier",
+        help="train the small CNN classifier used by `eval generator`",
         description="Train a small CNN on a labelled dataset (default Fashion-MNIST) at a given resolution and save "
-        "it as one safetensors file; prints its test accuracy.",
+        "it as a model folder (config.json + model.safetensors); prints its test accuracy.",
     )
-    p.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "folder", "webdataset"])
-    p.add_argument("--data-path", default=None)
+    add_data_args(p, split=None, kinds=LABELLED_DATA_KINDS)
     p.add_argument("--image-size", type=positive_int, default=32, help="the tokenizer's resolution (default 32)")
     p.add_argument("--steps", type=positive_int, default=2000)
     p.add_argument("--batch-size", type=positive_int, default=128)
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test items for the accuracy report")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.add_argument("-o", "--output", required=True, help="output model folder")
     p.set_defaults(func=run)
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     common = {"kind": args.data, "path": args.data_path, "image_size": args.image_size}
     train_ds = build_dataset(DataConfig(split="train", limit=args.limit, **common))
     if not isinstance(train_ds, Sized):
-        raise DatasetError(f"train-classifier needs a dataset with a length; --data {args.data} streams")
+        raise DatasetError(f"train classifier needs a dataset with a length; --data {args.data} streams")
     names = FASHION_MNIST_CLASSES if args.data == "fashion_mnist" else None
     num_classes = len(names) if names else int(max(int(train_ds[i]["label"]) for i in range(len(train_ds)))) + 1
     cfg = ClassifierConfig(image_size=args.image_size, num_classes=num_classes, width=args.width, class_names=names)
@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
     images = torch.stack([it["image"] for it in items])
     labels = torch.tensor([int(it["label"]) for it in items])
     acc = accuracy(model, images, labels)
-    model.save(args.output)
+    model.save_pretrained(args.output)
     info(f"test accuracy {acc:.4f} on {len(items)} images; wrote {args.output}")
     return 0

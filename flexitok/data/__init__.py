@@ -20,7 +20,7 @@ from flexitok.data.latents import LatentCacheDataset, write_latent_cache
 from flexitok.data.skimage_photos import SkimagePhotos
 from flexitok.data.tokens import TokenShardDataset, write_token_shards
 from flexitok.data.transforms import ImageTransform
-from flexitok.data.webdataset import WebDatasetShards, write_webdataset_shards
+from flexitok.data.webdataset import WebDatasetShards, write_folder_shards, write_webdataset_shards
 
 DataKind = Literal["fashion_mnist", "folder", "webdataset", "skimage"]
 DATA_KINDS: tuple[str, ...] = ("fashion_mnist", "folder", "webdataset", "skimage")
@@ -35,6 +35,9 @@ class DataConfig:
     when it exists. ``random_resized_crop`` is a scale range (e.g. ``(0.8, 1.0)``); ``None`` resizes the
     shorter side and centre-crops. ``channel_shuffle`` is the probability of a random RGB permutation (colour
     augmentation). ``limit`` keeps the first N items (per reader for webdataset).
+    webdataset only (train split): ``shuffle_buffer`` samples per reader in the shuffle buffer (0: off);
+    ``resampled`` draws shards with replacement instead of one pass per epoch, an epoch then being
+    ``epoch_size`` samples per rank (default: the shard index's total / world size).
     """
 
     kind: DataKind
@@ -45,6 +48,9 @@ class DataConfig:
     hflip: bool = False
     channel_shuffle: float = 0.0
     limit: int | None = None
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    epoch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -62,6 +68,10 @@ class DataConfig:
             raise DatasetError(f"channel_shuffle must be a probability in [0, 1], got {self.channel_shuffle}")
         if self.limit is not None and self.limit < 1:
             raise DatasetError(f"limit must be >= 1, got {self.limit}")
+        if self.shuffle_buffer < 0 or (self.epoch_size is not None and self.epoch_size < 1):
+            raise DatasetError(
+                f"need shuffle_buffer >= 0 and epoch_size >= 1, got {self.shuffle_buffer}, {self.epoch_size}"
+            )
 
     def transform(self) -> ImageTransform:
         return ImageTransform(
@@ -91,7 +101,16 @@ def build_dataset(cfg: DataConfig) -> Dataset:
         if cfg.path is None:
             raise DatasetError("dataset kind 'webdataset' needs DataConfig.path")
         shards: str | Path = _split_dir(cfg.path, cfg.split, cfg.kind) if Path(cfg.path).is_dir() else cfg.path
-        return WebDatasetShards(shards, transform=transform, shuffle_shards=cfg.split == "train", limit=cfg.limit)
+        train = cfg.split == "train"
+        return WebDatasetShards(
+            shards,
+            transform=transform,
+            shuffle_shards=train,
+            limit=cfg.limit,
+            shuffle_buffer=cfg.shuffle_buffer if train else 0,
+            resampled=cfg.resampled and train,
+            epoch_size=cfg.epoch_size,
+        )
     return SkimagePhotos(split=cfg.split, transform=transform, num_items=cfg.limit)
 
 
@@ -112,6 +131,7 @@ __all__ = [
     "build_dataset",
     "index_generator",
     "write_latent_cache",
+    "write_folder_shards",
     "write_token_shards",
     "write_webdataset_shards",
 ]

@@ -1,4 +1,8 @@
-"""Image transforms without torchvision: PIL in, tensors in [-1, 1] out.
+"""Training image transforms without torchvision: PIL in, tensors in [-1, 1] out.
+
+The conversion steps are the inference loader's (:mod:`flexitok.io.images`): EXIF orientation, mode conversion
+to RGB (16-bit scaled by bit depth, transparency on white) and scaling (LANCZOS down, BICUBIC up). Without
+augmentation a file gives exactly the pixels :func:`flexitok.io.images.load_image` gives.
 
 Every random choice draws from an optional ``torch.Generator`` so a transform is reproducible given a seed;
 without one it uses torch's global RNG (which DataLoader seeds differently per worker).
@@ -9,54 +13,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
-_RESAMPLE = Image.Resampling.BICUBIC
+from flexitok.io import images
+from flexitok.io.images import center_crop_resize, exif_transpose, resize_box, to_rgb
 
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, P, RGBA, LA, CMYK, I;16, F, ...) to 8-bit RGB.
-
-    Transparent images are composited on white; 16-bit and float images are rescaled by their value range
-    instead of being clipped.
-    """
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.round().astype(np.uint8)).convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+__all__ = [
+    "ImageTransform",
+    "pil_to_tensor",
+    "random_resized_crop",
+    "sample_resized_crop_box",
+    "to_rgb",
+]
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> FloatTensor [3, H, W] in [-1, 1]."""
-    arr = np.asarray(to_rgb(img), dtype=np.uint8)
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
-    return x / 127.5 - 1.0
+    """PIL image of any mode -> FloatTensor [3, H, W] in [-1, 1] (converted by :func:`to_rgb` first)."""
+    return images.pil_to_tensor(to_rgb(img))
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def resize_shorter_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size``, then take the central ``size x size`` square."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), _RESAMPLE)  # PIL widens the filter when downscaling (antialiased)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def sample_resized_crop_box(
@@ -107,17 +85,18 @@ def random_resized_crop(
 ) -> Image.Image:
     """Crop a random box (see :func:`sample_resized_crop_box`) and resize it to ``size x size``."""
     box = sample_resized_crop_box(img.size[0], img.size[1], scale, ratio, generator)
-    return img.resize((size, size), _RESAMPLE, box=box)
+    return resize_box(img, (size, size), box)
 
 
 @dataclass
 class ImageTransform:
     """PIL image (any mode/size) -> FloatTensor [3, size, size] in [-1, 1].
 
-    ``random_resized_crop=None`` resizes the shorter side and centre-crops; otherwise it is the scale range of a
-    random-resized crop with aspect range ``ratio``. ``hflip`` flips with probability 0.5. ``channel_shuffle`` is
-    the probability of a random permutation of the RGB channels (colour augmentation: an autoencoder trained on a
-    small photo set then reproduces colours it rarely saw, e.g. saturated greens); 0 draws no random numbers.
+    ``random_resized_crop=None`` takes the central square and resizes it, like
+    :func:`flexitok.io.images.load_image`; otherwise it is the scale range of a random-resized crop with aspect
+    range ``ratio``. ``hflip`` flips with probability 0.5. ``channel_shuffle`` is the probability of a random
+    permutation of the RGB channels (colour augmentation: an autoencoder trained on a small photo set then
+    reproduces colours it rarely saw, e.g. saturated greens); 0 draws no random numbers.
     """
 
     size: int
@@ -127,9 +106,9 @@ class ImageTransform:
     channel_shuffle: float = 0.0
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        img = to_rgb(img)
+        img = to_rgb(exif_transpose(img))
         if self.random_resized_crop is None:
-            img = resize_shorter_center_crop(img, self.size)
+            img = center_crop_resize(img, (self.size, self.size))
         else:
             img = random_resized_crop(img, self.size, self.random_resized_crop, self.ratio, generator)
         x = pil_to_tensor(img)

@@ -1,19 +1,28 @@
-"""webdataset-style tar shards of ``<key>.jpg|png`` + ``<key>.cls`` pairs, read and written with ``tarfile``.
+"""Tar shards of ``<key>.jpg|png|webp`` + ``<key>.cls`` samples: read with the ``webdataset`` library, written here.
 
-No dependency on the ``webdataset`` package: members are grouped by key (the file name up to its first dot)
-in archive order, as webdataset does. Shards are split across distributed ranks and DataLoader workers.
+Reading (:class:`WebDatasetShards`) is a ``webdataset`` pipeline: a seeded per-epoch shard shuffle or resampled
+shards, an explicit split by rank and DataLoader worker, tar expansion, a seeded sample-level shuffle buffer,
+then our own decode + augmentation. Every random choice is a function of (seed, epoch, rank, worker, position)
+so a stream is reproducible, and :meth:`WebDatasetShards.skip_batches` lets a resumed run continue mid-epoch
+without decoding the skipped samples (see docs/training.md, "Resume with streaming data").
+
+Writing (:func:`write_webdataset_shards`, :func:`write_folder_shards`) uses ``tarfile`` directly: each shard is
+written to a temporary file and renamed into place, and a ``shardindex.json`` in the ``wids`` format records
+the number of samples per shard.
 """
 
 from __future__ import annotations
 
 import glob
 import io
+import json
 import os
+import random
 import tarfile
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +32,13 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from flexitok.data.base import DatasetError, ImageItem
-from flexitok.data.folder import _LOAD_ERRORS
+from flexitok.data.base import DatasetError, ImageItem, index_generator
+from flexitok.data.folder import _LOAD_ERRORS, is_readable_image, list_images
 from flexitok.data.transforms import ImageTransform
+from flexitok.io.images import center_crop_resize, exif_transpose, to_rgb
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+SHARD_INDEX = "shardindex.json"  # the wids shard-index format: {"wids_version": 1, "shardlist": [...]}
 
 
 def resolve_shards(spec: str | Path | list[str]) -> list[Path]:
@@ -52,44 +63,50 @@ def resolve_shards(spec: str | Path | list[str]) -> list[Path]:
     return paths
 
 
+def shard_sizes(shards: list[Path]) -> dict[Path, int] | None:
+    """Samples per shard from the ``shardindex.json`` beside the shards (None when absent or incomplete)."""
+    sizes: dict[Path, int] = {}
+    for folder in {p.parent for p in shards}:
+        index = folder / SHARD_INDEX
+        if not index.is_file():
+            return None
+        try:
+            entries = json.loads(index.read_text())["shardlist"]
+            sizes.update({(folder / e["url"]).resolve(): int(e["nsamples"]) for e in entries})
+        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+            raise DatasetError(f"{index} is not a valid shard index: {e}") from e
+    found = {p: sizes.get(p.resolve()) for p in shards}
+    return None if any(v is None for v in found.values()) else found  # type: ignore[return-value]
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), so nearby tuples give unrelated streams."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & (2**64 - 1))) * 0xBF58476D1CE4E5B9 & (2**64 - 1)
+        x ^= x >> 31
+    return x & (2**63 - 1)
+
+
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
-    """Yield ``{"__key__": key, ext: bytes, ...}`` per sample, grouping consecutive members by key."""
-    current: dict[str, bytes] = {}
-    current_key: str | None = None
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name
-            base = os.path.basename(name)
-            if "." not in base or base.startswith("."):
-                continue
-            dirname = os.path.dirname(name)
-            stem, ext = base.split(".", 1)
-            key = f"{dirname}/{stem}" if dirname else stem
-            if key != current_key and current:
-                yield {"__key__": current_key or "", **current}
-                current = {}
-            current_key = key
-            f = tar.extractfile(member)
-            if f is not None:
-                current[ext.lower()] = f.read()
-    if current:
-        yield {"__key__": current_key or "", **current}
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # torchrun, before init
 
 
 class WebDatasetShards(IterableDataset):
     """Iterable over tar shards; items ``{"image": [3, S, S] in [-1, 1], "label": int (-1 without .cls)}``.
 
-    Shards are assigned round-robin to ``rank * num_workers + worker`` after an optional per-epoch shuffle
-    of the shard order (``set_epoch``). Samples without an image or whose image fails to decode are skipped
-    and counted in ``num_skipped`` (per worker process). ``limit`` caps the items each consumer yields.
+    * ``shuffle_shards``: shuffle the shard order each epoch (seed, epoch), the same order on every rank;
+    * ``resampled``: instead, every reader draws shards with replacement forever (multi-node style); an epoch is
+      then ``epoch_size`` samples per rank (default: the shard index's total / world size);
+    * shards are split over ``rank * num_workers + worker``; ``rank`` / ``world_size`` default to
+      ``torch.distributed`` (or torchrun's environment before the process group exists);
+    * ``shuffle_buffer``: sample-level shuffle buffer per reader (0: off), seeded per (seed, epoch, reader);
+    * each sample's augmentation draws from a generator seeded by (seed, epoch, reader, position).
+
+    Samples without an image or whose image fails to decode are skipped and counted in ``num_skipped`` (per
+    process). ``limit`` caps the items each reader yields per epoch.
     """
 
     def __init__(
@@ -99,35 +116,128 @@ class WebDatasetShards(IterableDataset):
         shuffle_shards: bool = False,
         seed: int = 0,
         limit: int | None = None,
+        shuffle_buffer: int = 0,
+        resampled: bool = False,
+        epoch_size: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         self.shards = resolve_shards(shards)
         self.transform = transform if transform is not None else ImageTransform(size=256)
         self.shuffle_shards = shuffle_shards
         self.seed = seed
         self.limit = limit
+        if shuffle_buffer < 0:
+            raise DatasetError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        if epoch_size is not None and epoch_size < 1:
+            raise DatasetError(f"epoch_size must be >= 1, got {epoch_size}")
+        self.epoch_size = epoch_size
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.num_skipped = 0
+        self._skip: tuple[int, int, int] | None = None  # (batches, batch_size, num_workers) for the next pass
 
+    # ------------------------------------------------------------------ trainer hooks
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _my_shards(self) -> list[Path]:
-        shards = list(self.shards)
-        if self.shuffle_shards:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
-        rank, world = _rank_world()
+    def set_rank(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def skip_batches(self, batches: int, batch_size: int, num_workers: int) -> None:
+        """Make the next pass start after ``batches`` batches of this epoch, as a DataLoader with
+        ``num_workers`` workers and ``batch_size`` would have produced them, without decoding the skipped ones.
+
+        DataLoader workers hand out batches in turn (batch j comes from worker j % W), so worker w of the resumed
+        loader continues the stream of worker (batches + w) % W of the original one.
+        """
+        self._skip = (int(batches), int(batch_size), max(1, int(num_workers))) if batches > 0 else None
+
+    # ------------------------------------------------------------------ the pipeline
+    def _rank_world(self) -> tuple[int, int]:
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        return _rank_world()
+
+    def _epoch_samples_per_reader(self, readers_per_rank: int, world: int) -> int | None:
+        if not self.resampled:
+            return None
+        size = self.epoch_size
+        if size is None:
+            sizes = shard_sizes(self.shards)
+            if sizes is None:
+                raise DatasetError(
+                    "resampled shards need an epoch size: set data.epoch_size (samples per rank) or write the "
+                    f"shards with a {SHARD_INDEX} (flexitok shards does)"
+                )
+            size = sum(sizes.values()) // world
+        return max(1, size // readers_per_rank)
+
+    def _shard_source(self, reader: int, readers: int, stream_seed: int) -> Iterator[dict[str, str]]:
+        urls = [str(p) for p in self.shards]
+        if self.resampled:
+            rng = random.Random(stream_seed)
+            while True:
+                yield {"url": rng.choice(urls)}
+        else:
+            if self.shuffle_shards:
+                random.Random(_mix(self.seed, self.epoch, 1)).shuffle(urls)
+            if readers > len(urls) and reader == 0:
+                warnings.warn(
+                    f"{len(urls)} shard(s) for {readers} readers: some readers get no data; write more shards",
+                    stacklevel=2,
+                )
+            yield from ({"url": u} for u in urls[reader::readers])
+
+    def __iter__(self) -> Iterator[ImageItem]:
+        import webdataset as wds
+
+        rank, world = self._rank_world()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        consumer, consumers = rank * num_workers + worker, world * num_workers
-        if consumers > len(shards) and consumer == 0:
-            warnings.warn(
-                f"{len(shards)} shard(s) for {consumers} readers: some readers get no data; write more shards",
-                stacklevel=2,
+        skip_samples = 0
+        if self._skip is not None:
+            batches, batch_size, skip_workers = self._skip
+            if skip_workers != num_workers:
+                raise DatasetError(
+                    f"skip_batches was set for {skip_workers} DataLoader workers but the loader has {num_workers}"
+                )
+            # Loader worker w yields original batch (batches + w) first: original worker (batches + w) % W, after
+            # (batches + w) // W of that worker's batches.
+            worker, done = (batches + worker) % num_workers, (batches + worker) // num_workers
+            skip_samples = done * batch_size
+        reader, readers = rank * num_workers + worker, world * num_workers
+        stream_seed = _mix(self.seed, self.epoch, reader)
+        per_reader = self._epoch_samples_per_reader(num_workers, world)
+        cap = min(x for x in (per_reader, self.limit) if x is not None) if (per_reader or self.limit) else None
+        stages: list[Any] = [
+            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        ]
+        if self.shuffle_buffer > 0:
+            stages.append(
+                wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(stream_seed + 1))
             )
-        return shards[consumer::consumers]
+        pipeline = wds.DataPipeline(lambda: self._shard_source(reader, readers, stream_seed), *stages)
+        samples: Iterator[dict[str, Any]] = iter(pipeline)
+        position = 0
+        produced = 0
+        for sample in samples:
+            if cap is not None and produced >= cap:
+                return
+            position += 1
+            if position <= skip_samples:  # resumed mid-epoch: skip without decoding
+                produced += 1
+                continue
+            item = self._decode(sample, index_generator(stream_seed, position))
+            if item is None:
+                self.num_skipped += 1
+                continue
+            produced += 1
+            yield item
 
-    def _decode(self, sample: dict[str, bytes]) -> ImageItem | None:
+    def _decode(self, sample: dict[str, Any], generator: torch.Generator) -> ImageItem | None:
         data = next((sample[ext] for ext in _IMAGE_EXTS if ext in sample), None)
         if data is None:
             return None
@@ -137,21 +247,14 @@ class WebDatasetShards(IterableDataset):
                 pil = img.copy()
         except _LOAD_ERRORS:
             return None
-        label = int(sample["cls"].decode().strip()) if "cls" in sample else -1
-        return {"image": self.transform(pil), "label": label}
+        try:
+            label = int(sample["cls"].decode().strip()) if "cls" in sample else -1
+        except ValueError:
+            return None
+        return {"image": self.transform(pil, generator), "label": label}
 
-    def __iter__(self) -> Iterator[ImageItem]:
-        produced = 0
-        for shard in self._my_shards():
-            for sample in iter_tar_samples(shard):
-                item = self._decode(sample)
-                if item is None:
-                    self.num_skipped += 1
-                    continue
-                yield item
-                produced += 1
-                if self.limit is not None and produced >= self.limit:
-                    return
+
+# ---------------------------------------------------------------------------------------------- writing
 
 
 def _encode_image(image: Image.Image | np.ndarray | torch.Tensor, fmt: str) -> bytes:
@@ -161,8 +264,73 @@ def _encode_image(image: Image.Image | np.ndarray | torch.Tensor, fmt: str) -> b
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG" if fmt == "jpg" else "PNG", quality=95)
+    to_rgb(image).save(buf, format="JPEG" if fmt == "jpg" else "PNG", quality=95)
     return buf.getvalue()
+
+
+class _TarShardWriter:
+    """Numbered tar shards written atomically (temp file + rename), with a ``shardindex.json`` at the end."""
+
+    def __init__(self, out_dir: str | Path, shard_size: int, prefix: str) -> None:
+        if shard_size < 1:
+            raise DatasetError(f"shard_size must be >= 1, got {shard_size}")
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.shard_size, self.prefix = shard_size, prefix
+        self.written: list[Path] = []
+        self.counts: list[int] = []
+        self.tar: tarfile.TarFile | None = None
+        self.tmp_path = ""
+        self.in_shard = 0
+        self.index = 0
+
+    def _add(self, name: str, payload: bytes) -> None:
+        assert self.tar is not None
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        info.mtime = int(time.time())
+        self.tar.addfile(info, io.BytesIO(payload))
+
+    def add(self, files: dict[str, bytes]) -> None:
+        """One sample: ``{extension: payload}``, stored as ``<key>.<extension>``."""
+        if self.tar is None:
+            fd, self.tmp_path = tempfile.mkstemp(dir=self.out, prefix=f".{self.prefix}-", suffix=".tar.tmp")
+            os.close(fd)
+            self.tar = tarfile.open(self.tmp_path, "w")
+        key = f"{self.index:09d}"
+        for ext, payload in files.items():
+            self._add(f"{key}.{ext}", payload)
+        self.index += 1
+        self.in_shard += 1
+        if self.in_shard == self.shard_size:
+            self.close_shard()
+
+    def close_shard(self) -> None:
+        if self.tar is None:
+            return
+        self.tar.close()
+        final = self.out / f"{self.prefix}-{len(self.written):06d}.tar"
+        os.replace(self.tmp_path, final)
+        self.written.append(final)
+        self.counts.append(self.in_shard)
+        self.tar, self.in_shard = None, 0
+
+    def abort(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            Path(self.tmp_path).unlink(missing_ok=True)
+            self.tar = None
+
+    def finish(self) -> list[Path]:
+        self.close_shard()
+        index = {
+            "wids_version": 1,
+            "shardlist": [{"url": p.name, "nsamples": n} for p, n in zip(self.written, self.counts, strict=True)],
+        }
+        tmp = self.out / f".{SHARD_INDEX}.tmp"
+        tmp.write_text(json.dumps(index, indent=1))
+        os.replace(tmp, self.out / SHARD_INDEX)
+        return self.written
 
 
 def write_webdataset_shards(
@@ -179,47 +347,73 @@ def write_webdataset_shards(
     """
     if fmt not in ("png", "jpg"):
         raise DatasetError(f"unsupported image format {fmt!r}; use 'png' or 'jpg'")
-    if shard_size < 1:
-        raise DatasetError(f"shard_size must be >= 1, got {shard_size}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    tar: tarfile.TarFile | None = None
-    tmp_path = ""
-    index = 0
-
-    def close_current() -> None:
-        nonlocal tar
-        if tar is not None:
-            tar.close()
-            final = out / f"{prefix}-{len(written):06d}.tar"
-            os.replace(tmp_path, final)
-            written.append(final)
-            tar = None
-
-    def add(name: str, payload: bytes) -> None:
-        assert tar is not None
-        info = tarfile.TarInfo(name)
-        info.size = len(payload)
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(payload))
-
+    writer = _TarShardWriter(out_dir, shard_size, prefix)
     try:
         for image, label in samples:
-            if tar is None:
-                fd, tmp_path = tempfile.mkstemp(dir=out, prefix=f".{prefix}-", suffix=".tar.tmp")
-                os.close(fd)
-                tar = tarfile.open(tmp_path, "w")
-            key = f"{index:09d}"
-            add(f"{key}.{fmt}", _encode_image(image, fmt))
-            add(f"{key}.cls", str(int(label)).encode())
-            index += 1
-            if index % shard_size == 0:
-                close_current()
-        close_current()
+            writer.add({fmt: _encode_image(image, fmt), "cls": str(int(label)).encode()})
+        return writer.finish()
     except BaseException:
-        if tar is not None:
-            tar.close()
-            Path(tmp_path).unlink(missing_ok=True)
+        writer.abort()
         raise
-    return written
+
+
+_KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+def write_folder_shards(
+    folder: str | Path,
+    out_dir: str | Path,
+    shard_size: int = 1000,
+    max_side: int | None = None,
+    shuffle_seed: int | None = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Path], int]:
+    """Write every readable image under ``folder`` into tar shards; returns (shards, skipped unreadable files).
+
+    Labels are the sorted first-level class sub-folder indices when every image sits in one (else -1).
+    JPEG / PNG / WebP bytes are stored unchanged; other formats, and every image when ``max_side`` is set
+    (central square resized to ``max_side``, as :func:`flexitok.io.images.load_image` does), are re-encoded as
+    JPEG (quality 95).
+    ``shuffle_seed``: write the files in a seeded random order (None: sorted), so shards mix classes.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist or is not a directory")
+    paths = list_images(root)
+    if not paths:
+        raise DatasetError(f"no images under {root}")
+    rel = [p.relative_to(root).parts for p in paths]
+    classes = sorted({r[0] for r in rel}) if all(len(r) >= 2 for r in rel) else []
+    class_index = {c: i for i, c in enumerate(classes)}
+    order = list(range(len(paths)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    writer = _TarShardWriter(out_dir, shard_size, "shard")
+    skipped = 0
+    try:
+        for done, i in enumerate(order):
+            path = paths[i]
+            if not is_readable_image(path):
+                skipped += 1
+                continue
+            with Image.open(path) as img:
+                fmt = _KEEP_FORMATS.get(img.format or "")
+                if fmt is not None and max_side is None:
+                    files = {fmt: path.read_bytes()}
+                else:
+                    img.load()
+                    out = to_rgb(exif_transpose(img))  # the inference loader's conversion; EXIF is not kept
+                    if max_side is not None:
+                        out = center_crop_resize(out, (max_side, max_side))
+                    files = {"jpg": _encode_image(out, "jpg")}
+            label = class_index[rel[i][0]] if classes else -1
+            files["cls"] = str(label).encode()
+            writer.add(files)
+            if progress is not None:
+                progress(done + 1, len(order))
+        if writer.index == 0:
+            raise DatasetError(f"none of the {len(paths)} images under {root} could be read")
+        return writer.finish(), skipped
+    except BaseException:
+        writer.abort()
+        raise

@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,11 +32,12 @@ from PIL import Image
 from pydantic import BaseModel
 from torch import Tensor
 
-from flexitok.adaptive import DecodeSettings, decode
+from flexitok.codec.adaptive import decode_tokens
+from flexitok.codec.ftok import FtokFile
 from flexitok.errors import FlexiTokError, InvalidInputError
 from flexitok.eval.metrics import psnr
-from flexitok.io.ftok import FtokFile
 from flexitok.io.images import load_image, load_pil, tensor_to_pil
+from flexitok.sampling.decode import DecodeConfig
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -62,15 +63,13 @@ class GeneratorBackend(Protocol):
 
 @dataclass
 class DemoConfig:
-    """Server-side limits and decoder settings."""
+    """Server-side limits and decoder settings (a request's seed replaces ``decode.seed``)."""
 
     model_name: str = "model"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_cached_images: int = 64
     max_cached_reconstructions: int = 512
-    steps: int = 20
-    guidance_scale: float = 7.5
-    apg: bool = True
+    decode: DecodeConfig = DecodeConfig()
     samples_dir: Path | None = None  # extra sample images (e.g. the model's own); shown before the skimage photos
     skimage_samples: tuple[str, ...] = SKIMAGE_SAMPLES
 
@@ -188,7 +187,6 @@ def create_app(model: Any, config: DemoConfig | None = None, generator: Generato
     config = config or DemoConfig()
     state = _State(model=model, config=config, generator=generator)
     samples = _sample_names(config)
-    settings = DecodeSettings(0, config.steps, config.guidance_scale, config.apg)
     limit_msg = (
         f"the upload is too large: this server accepts images up to {_human(config.max_upload_bytes)} "
         "(flexitok demo --max-upload-mb)"
@@ -283,12 +281,12 @@ def create_app(model: Any, config: DemoConfig | None = None, generator: Generato
         if not 0 <= seed <= 0xFFFFFFFF:
             raise HTTPException(400, f"seed must lie in 0..{0xFFFFFFFF}, got {seed}")
         key = (image_id, k, seed)
-        s = DecodeSettings(seed, settings.steps, settings.guidance_scale, settings.apg)
+        decode = replace(config.decode, seed=seed)
         with state.lock:
             if key in state.recons:
                 return state.recons[key]
-            image = decode(model, entry.tokens[:k].to(model.device), s)[0].float().cpu()
-        ftok = FtokFile.from_model(model, entry.tokens[:k], config.model_name, seed, s.steps, s.guidance_scale, s.apg)
+            image = decode_tokens(model, entry.tokens[:k].to(model.device), decode)[0].float().cpu()
+        ftok = FtokFile.from_model(model, entry.tokens[:k], config.model_name, decode)
         out = {
             "k": k,
             "image": png_data_url(image),

@@ -3,10 +3,10 @@ tokens and generator CFG scale, plus the accuracy of an in-repo classifier on cl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -17,26 +17,23 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.features import FeatureExtractor
 from flexitok.eval.metrics import frechet_distance
 from flexitok.models.classifier import SmallCNN
-from flexitok.models.generator import Generator
-from flexitok.sampling.ar import ARSamplingConfig, generate
+from flexitok.pipelines import GenerationPipeline
+from flexitok.sampling.ar import ARSamplingConfig
+from flexitok.sampling.decode import DecodeConfig
 
 
 @dataclass
 class GenerationEvalConfig:
-    """What to sweep. Sample i uses seed + i for its tokens and decoder noise (same across sweep cells)."""
+    """What to sweep: every (token count, generator CFG scale) cell generates ``n_samples`` images with the
+    ``sampling`` options (its ``n_tokens`` and ``guidance_scale`` are set per cell) and the ``decode`` settings.
+    Sample i is seeded like row i of :class:`flexitok.pipelines.GenerationPipeline` (the same in every cell)."""
 
     token_counts: tuple[int, ...] = (1, 4, 16, 64, 256)
     cfg_scales: tuple[float, ...] = (1.0, 3.0)
     n_samples: int = 1000
     batch_size: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    cfg_schedule: str = "constant"
-    decoder_steps: int = 20
-    decoder_guidance: float = 7.5
-    apg: bool = True
-    seed: int = 0
+    sampling: ARSamplingConfig = field(default_factory=ARSamplingConfig)
+    decode: DecodeConfig = DecodeConfig()
 
 
 def _device_of(module: object) -> torch.device:
@@ -68,73 +65,25 @@ def reference_features(
     return torch.cat(feats), torch.cat(labels), (captions or None)
 
 
-@torch.no_grad()
-def sample_images(
-    generator: Generator,
-    tokenizer: Any,
-    scfg: ARSamplingConfig,
-    cfg: GenerationEvalConfig,
-    labels: Tensor | None,
-    prompts: Sequence[str] | None,
-    text_encoder: nn.Module | None,
-    progress: bool = True,
-) -> Tensor:
-    """Generate ``cfg.n_samples`` images [n, 3, H, W] in [-1, 1] (tokens via ``generator``, pixels via
-    ``tokenizer.detokenize``); ``labels`` / ``prompts`` (length n) give each sample's condition."""
-    dev = generator.tok_emb.weight.device
-    out = []
-    n = cfg.n_samples
-    for s in tqdm(
-        range(0, n, cfg.batch_size), desc=f"k={scfg.n_tokens} cfg={scfg.guidance_scale}", disable=not progress
-    ):
-        e = min(s + cfg.batch_size, n)
-        kw: dict[str, Any] = {}
-        if generator.config.condition == "class":
-            assert labels is not None
-            kw["labels"] = labels[s:e].to(dev)
-        elif generator.config.condition == "text":
-            assert prompts is not None and text_encoder is not None
-            feats, mask = text_encoder(list(prompts[s:e]))
-            kw.update(text_features=feats.to(dev), text_mask=mask.to(dev))
-        else:
-            kw["batch_size"] = e - s
-        gens = [torch.Generator(device=dev).manual_seed(cfg.seed + i) for i in range(s, e)]
-        tokens = generate(generator, scfg, generator=gens, **kw)
-        noise_gens = [torch.Generator(device=dev).manual_seed(cfg.seed + 10**6 + i) for i in range(s, e)]
-        noise = torch.cat([tokenizer.initial_noise(1, g) for g in noise_gens])
-        images = tokenizer.detokenize(
-            tokens, steps=cfg.decoder_steps, guidance_scale=cfg.decoder_guidance, apg=cfg.apg, noise=noise
-        )
-        out.append(images.clamp(-1, 1).cpu())
-    return torch.cat(out)
-
-
 def evaluate_generation(
-    generator: Generator,
-    tokenizer: Any,
+    pipeline: GenerationPipeline,
     extractor: FeatureExtractor,
     ref_feats: Tensor,
     cfg: GenerationEvalConfig,
     labels: Tensor | None = None,
     prompts: Sequence[str] | None = None,
-    text_encoder: nn.Module | None = None,
     classifier: SmallCNN | None = None,
     progress: bool = True,
 ) -> list[dict[str, float | int | str]]:
-    """One row per (tokens, cfg_scale): ``{"tokens", "cfg_scale", "<metric>": FD, "accuracy" (class models with a
-    classifier)}``. ``labels`` defaults to a balanced cycle over the classes for class-conditioned generators."""
-    c = generator.config
+    """One row per (tokens, cfg_scale): ``{"tokens", "cfg_scale", "<metric>": FD, "accuracy"}``. The generator is
+    prompted like the reference split: with its ``labels`` (class models; a balanced cycle over the classes when
+    there are none) or its captions ``prompts`` (text models). ``accuracy`` (with a ``classifier``): the fraction
+    of samples classified as the class they were asked for (class labels, or the captions' labels)."""
+    c = pipeline.generator.config
     n = cfg.n_samples
-    if c.condition == "class" and labels is None:
-        labels = torch.arange(n) % c.num_classes
-    if labels is not None:
-        labels = labels[:n]
-        if len(labels) < n:
-            raise InvalidInputError(f"{len(labels)} labels for {n} samples")
-    if c.condition == "text":
-        if not prompts:
-            raise InvalidInputError("a text-conditioned generator needs prompts for evaluation")
-        prompts = [prompts[i % len(prompts)] for i in range(n)]
+    if labels is not None and len(labels) < n:
+        raise InvalidInputError(f"{len(labels)} labels for {n} samples")
+    inputs, truth = pipeline.conditioning.dataset_inputs(n, labels, prompts)
     bad = [k for k in cfg.token_counts if not 1 <= k <= c.n_tokens]
     if bad:
         raise InvalidInputError(f"token counts {bad} are outside 1..{c.n_tokens}")
@@ -143,15 +92,10 @@ def evaluate_generation(
     dev = _device_of(extractor)
     for k in cfg.token_counts:
         for scale in cfg.cfg_scales:
-            scfg = ARSamplingConfig(
-                n_tokens=k,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                guidance_scale=scale,
-                guidance_schedule=cfg.cfg_schedule,  # type: ignore[arg-type]
-            )
-            images = sample_images(generator, tokenizer, scfg, cfg, labels, prompts, text_encoder, progress)
+            sampling = dataclasses.replace(cfg.sampling, n_tokens=k, guidance_scale=scale)
+            images = pipeline(
+                **inputs, n_tokens=k, sampling=sampling, decode=cfg.decode, batch_size=cfg.batch_size, progress=progress
+            ).images
             feats = torch.cat(
                 [extractor(images[i : i + cfg.batch_size].to(dev)).cpu() for i in range(0, n, cfg.batch_size)]
             )
@@ -160,9 +104,9 @@ def evaluate_generation(
                 "cfg_scale": scale,
                 metric: frechet_distance(feats, ref_feats),
             }
-            if classifier is not None and labels is not None:
+            if classifier is not None and truth is not None:
                 pred = classifier.predict(images)
-                row["accuracy"] = float((pred == labels.cpu()).float().mean())
+                row["accuracy"] = float((pred == truth.cpu()).float().mean())
             rows.append(row)
     return rows
 

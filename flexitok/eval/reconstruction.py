@@ -20,6 +20,7 @@ from flexitok.eval.features import FeatureExtractor, build_extractor
 from flexitok.eval.metrics import frechet_distance, psnr, ssim
 from flexitok.eval.plots import image_grid, plot_metrics_vs_k
 from flexitok.io.checkpoint import atomic_write_bytes
+from flexitok.sampling.decode import DecodeConfig
 
 
 def default_ks(n_registers: int) -> list[int]:
@@ -42,18 +43,16 @@ def evaluate_reconstruction(
     ks: Sequence[int] | None = None,
     n_images: int = 256,
     batch_size: int = 16,
-    steps: int = 20,
-    guidance_scale: float = 7.5,
-    apg: bool = True,
-    seed: int = 0,
+    decode: DecodeConfig | None = None,
     extractor: FeatureExtractor | str | None = "efflite0",
     n_examples: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tokenize the first ``n_images`` images once, decode them from the first k tokens for every k in ``ks``.
 
-    The decoder's initial noise comes from one generator seeded with ``seed`` and is drawn per image, so
-    image i gets the same noise for every k and every batch size. Returns a JSON-ready dict::
+    ``decode`` holds the decoder settings (default :class:`DecodeConfig()`). The initial noise comes from one
+    generator seeded with ``decode.seed`` and is drawn per image, so image i gets the same noise for every k and
+    every batch size. Returns a JSON-ready dict::
 
         {"ks", "n_images", "steps", "guidance_scale", "apg", "seed", "metrics": ["PSNR", "SSIM", <FD name>],
          "rows": [{"k": k, "PSNR": mean dB, "SSIM": mean, <FD name>: float, "nonfinite": int}, ...]}
@@ -68,8 +67,9 @@ def evaluate_reconstruction(
     if not ks or any(not 1 <= int(k) <= n_reg for k in ks):
         raise InvalidInputError(f"ks must be a non-empty list of values in 1..{n_reg}, got {ks}")
     ks = sorted({int(k) for k in ks})
-    if n_images < 1 or batch_size < 1 or steps < 1:
-        raise InvalidInputError(f"n_images, batch_size and steps must be >= 1, got {n_images}, {batch_size}, {steps}")
+    decode = decode or DecodeConfig()
+    if n_images < 1 or batch_size < 1:
+        raise InvalidInputError(f"n_images and batch_size must be >= 1, got {n_images}, {batch_size}")
     if not isinstance(dataset, IterableDataset):
         n_images = min(n_images, len(dataset))  # type: ignore[arg-type]
     device = next(model.parameters()).device
@@ -80,7 +80,7 @@ def evaluate_reconstruction(
     fd_name = extractor.metric_name if extractor is not None else None
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate_images)
-    generator = torch.Generator().manual_seed(seed)
+    generator = decode.generator()
     sums = {k: {"PSNR": 0.0, "SSIM": 0.0} for k in ks}
     feats_rec: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     feats_ref: list[torch.Tensor] = []
@@ -101,7 +101,7 @@ def evaluate_reconstruction(
         if keep_ex:
             examples["original"].append(images[:keep_ex].clamp(-1, 1).cpu())
         for k in ks:
-            rec = model.detokenize(tokens, steps=steps, guidance_scale=guidance_scale, apg=apg, noise=noise, keep_k=k)
+            rec = model.detokenize(tokens, decode, noise=noise, keep_k=k)
             rec = rec.float()
             nonfinite[k] += int((~torch.isfinite(rec).flatten(1).all(1)).sum())
             rec = rec.clamp(-1, 1)
@@ -133,10 +133,7 @@ def evaluate_reconstruction(
     result: dict[str, Any] = {
         "ks": ks,
         "n_images": seen,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "apg": apg,
-        "seed": seed,
+        **decode.to_dict(),
         "metrics": ["PSNR", "SSIM"] + ([fd_name] if fd_name else []),
         "rows": rows,
     }

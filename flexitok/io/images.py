@@ -7,8 +7,11 @@ to ``size``; every step that changed the image is described in :attr:`LoadedImag
 user in one line. Unreadable files raise :class:`flexitok.errors.InvalidInputError` naming the file.
 
 Public helpers (stable; the CLI, the demo and the evaluation code import them): :func:`load_image`,
-:func:`load_images`, :func:`pil_to_tensor`, :func:`tensor_to_pil`, :func:`save_image`, :func:`make_grid`,
-:func:`save_grid`, :func:`is_image_file`, :data:`IMAGE_EXTENSIONS`.
+:func:`load_images`, :func:`fit_within`, :func:`pil_to_tensor`, :func:`tensor_to_pil`, :func:`save_image`, :func:`make_grid`,
+:func:`save_grid`, :func:`is_image_file`, :data:`IMAGE_EXTENSIONS`. The steps of :func:`load_pil` --
+:func:`exif_transpose`, :func:`to_rgb`, :func:`center_crop_resize` (and :func:`resize_box`, its scaling) -- are
+public too: the training transforms (:mod:`flexitok.data.transforms`) are built from them, so a file gives the
+same pixels at training and at inference.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -88,8 +91,21 @@ def _open(source: ImageSource) -> Image.Image:
     return img
 
 
-def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited on white."""
+def exif_transpose(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
+    """Apply the EXIF orientation tag (rotate / mirror the pixels upright); images without one are unchanged."""
+    if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # 0 is invalid but seen in the wild: ignore it
+        img = ImageOps.exif_transpose(img)
+        if notes is not None:
+            notes.append("applied EXIF orientation")
+    return img
+
+
+def to_rgb(img: Image.Image, notes: list[str] | None = None) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited on white.
+
+    16-bit and 32-bit grayscale is scaled by its bit depth (65535 = white), not by the image's own range.
+    """
+    notes = notes if notes is not None else []
     n_frames = int(getattr(img, "n_frames", 1))
     if n_frames > 1:
         notes.append(f"used the first of {n_frames} frames")
@@ -113,8 +129,20 @@ def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
     return img.convert("RGB")
 
 
-def _crop_resize(img: Image.Image, size: tuple[int, int], notes: list[str]) -> Image.Image:
+def resize_box(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Resize ``img`` (or its ``box`` = (left, top, right, bottom)) to ``size`` = (H, W).
+
+    LANCZOS when shrinking (the best downsampling filter), BICUBIC when enlarging (no LANCZOS ringing).
+    """
+    th, tw = size
+    src_w = img.size[0] if box is None else box[2] - box[0]
+    resample = Image.Resampling.LANCZOS if src_w > tw else Image.Resampling.BICUBIC
+    return img.resize((tw, th), resample=resample, box=box)
+
+
+def center_crop_resize(img: Image.Image, size: tuple[int, int], notes: list[str] | None = None) -> Image.Image:
     """Center-crop to the aspect ratio of ``size`` = (H, W), then resize to exactly ``size``."""
+    notes = notes if notes is not None else []
     th, tw = size
     w, h = img.size
     # Largest centered box with the target aspect ratio (integer arithmetic avoids off-by-one drift).
@@ -128,9 +156,7 @@ def _crop_resize(img: Image.Image, size: tuple[int, int], notes: list[str]) -> I
         img = img.crop((left, top, left + cw, top + ch))
         notes.append(f"center-cropped {w}x{h} to {cw}x{ch}")
     if (cw, ch) != (tw, th):
-        # LANCZOS is the best downsampling filter; BICUBIC avoids LANCZOS ringing when upsampling.
-        resample = Image.Resampling.LANCZOS if cw > tw else Image.Resampling.BICUBIC
-        img = img.resize((tw, th), resample=resample)
+        img = resize_box(img, (th, tw))
         notes.append(f"resized {cw}x{ch} to {tw}x{th}")
     return img
 
@@ -154,25 +180,38 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(arr, mode="RGB")
 
 
-def load_pil(img: Image.Image, size: tuple[int, int]) -> LoadedImage:
+SizeRule = tuple[int, int] | Callable[[tuple[int, int]], tuple[int, int]]
+
+
+def fit_within(size: tuple[int, int], box: tuple[int, int], multiple: tuple[int, int]) -> tuple[int, int]:
+    """The largest ``(H, W)`` inside ``box`` with the aspect ratio of ``size`` (as closely as sides that are
+    multiples of ``multiple`` allow): for keeping an image's aspect ratio instead of cropping it to a square."""
+    h, w = size
+    scale = min(box[0] / h, box[1] / w)
+    out = [max(m, int(s * scale) // m * m) for s, m in zip((h, w), multiple, strict=True)]
+    return out[0], out[1]
+
+
+def load_pil(img: Image.Image, size: SizeRule) -> LoadedImage:
     """Convert an already opened PIL image like :func:`load_image` does (for in-memory images, e.g. uploads)."""
     notes: list[str] = []
-    if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):  # 0 is invalid but seen in the wild: ignore it
-        img = ImageOps.exif_transpose(img)
-        notes.append("applied EXIF orientation")
-    img = _to_rgb(img, notes)
-    img = _crop_resize(img, (int(size[0]), int(size[1])), notes)
+    img = exif_transpose(img, notes)
+    img = to_rgb(img, notes)
+    if callable(size):  # a rule of the (oriented) source size, e.g. keep its aspect ratio
+        size = size((img.height, img.width))
+    img = center_crop_resize(img, (int(size[0]), int(size[1])), notes)
     return LoadedImage(pil_to_tensor(img), "; ".join(notes))
 
 
-def load_image(source: ImageSource, size: tuple[int, int]) -> LoadedImage:
+def load_image(source: ImageSource, size: SizeRule) -> LoadedImage:
     """Load an image file (path, bytes or binary stream) as the model's input.
 
     Returns ``LoadedImage(tensor [3, H, W] in [-1, 1], note)`` with ``(H, W) = size``; ``note`` describes the
-    conversion (mode, crop, resize), empty if none was needed. Raises :class:`InvalidInputError` (naming the file)
-    for missing, corrupt, truncated, non-image or dangerously large files.
+    conversion (mode, crop, resize), empty if none was needed. ``size`` may also be a function of the source's
+    ``(H, W)`` (e.g. ``lambda hw: fit_within(hw, (256, 256), (16, 16))``). Raises :class:`InvalidInputError`
+    (naming the file) for missing, corrupt, truncated, non-image or dangerously large files.
     """
-    if len(size) != 2 or min(size) < 1:
+    if not callable(size) and (len(size) != 2 or min(size) < 1):
         raise InvalidInputError(f"size must be (H, W) with positive entries, got {size}")
     img = _open(source)
     try:

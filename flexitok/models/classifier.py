@@ -1,14 +1,14 @@
 """A small CNN image classifier, used to score class-conditional generations (e.g. Fashion-MNIST accuracy).
 
 Works at any resolution (adaptive pooling) on ``[B, 3, H, W]`` images in [-1, 1]; trained in-repo with
-:func:`train_classifier` and stored as one safetensors file with its config in the header metadata.
+:func:`train_classifier` and stored like every flexitok model (``save_pretrained`` / ``from_pretrained``). The
+single-file layout of flexitok 0.1.0 (weights with the config in the safetensors metadata) still loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +18,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from flexitok.errors import CheckpointError, InvalidInputError
-from flexitok.io.checkpoint import load_state_dict_strict, read_safetensors, save_safetensors
+from flexitok.errors import CheckpointError, DatasetError, InvalidInputError
+from flexitok.utils.config_json import config_from_json
+from flexitok.utils.persistence import ForeignFormat, PretrainedModel
+from flexitok.utils.weights import read_safetensors_header
 
-CLASSIFIER_FORMAT = "flexitok-classifier"
+# The safetensors metadata tag of the single-file layout of flexitok 0.1.0.
+LEGACY_FORMAT = "flexitok-classifier"
 
 
 @dataclass
@@ -32,15 +35,23 @@ class ClassifierConfig:
     class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.width % 8:
+            raise InvalidInputError(f"width must be a multiple of 8 (GroupNorm with 8 groups), got {self.width}")
         if self.class_names is not None:
             self.class_names = tuple(self.class_names)
+            if len(self.class_names) != self.num_classes:
+                raise InvalidInputError(f"{len(self.class_names)} class names for num_classes={self.num_classes}")
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PretrainedModel):
     """Three conv stages (width, 2*width, 4*width) with GroupNorm + SiLU, global pooling, linear head.
 
     images [B, 3, H, W] in [-1, 1] -> logits [B, num_classes].
     """
+
+    model_type = "classifier"
+    config_class = ClassifierConfig
+    bundled_dir = "classifiers"
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
@@ -73,20 +84,35 @@ class SmallCNN(nn.Module):
         outs = [self(images[i : i + batch_size].to(dev)).argmax(-1).cpu() for i in range(0, len(images), batch_size)]
         return torch.cat(outs)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """One safetensors file; the config lives in its metadata."""
-        meta = {"format": CLASSIFIER_FORMAT, "config": json.dumps(dataclasses.asdict(self.config))}
-        save_safetensors(self.state_dict(), path, metadata=meta)
-        return Path(path)
-
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> SmallCNN:
-        state, meta = read_safetensors(path)
-        if meta.get("format") != CLASSIFIER_FORMAT:
-            raise CheckpointError(f"{path} is not a flexitok classifier (train one with `flexitok train-classifier`)")
-        model = cls(ClassifierConfig(**json.loads(meta["config"])))
-        load_state_dict_strict(model, state, str(path))
-        return model.to(device).eval()
+    def estimate_state_size(cls, config: ClassifierConfig) -> int:
+        w = config.width
+        convs = 9 * (3 * w + w * w + w * 2 * w + 4 * w * w + 2 * w * 4 * w + 16 * w * w)
+        return convs + 3 * 2 * 7 * w + (4 * w + 1) * config.num_classes
+
+
+def _is_legacy_file(path: Path) -> bool:
+    if not (path.is_file() and path.suffix == ".safetensors"):
+        return False
+    try:
+        return read_safetensors_header(path).metadata.get("format") == LEGACY_FORMAT
+    except CheckpointError:
+        return False
+
+
+def _load_legacy_file(path: Path) -> SmallCNN:
+    """A classifier saved by flexitok 0.1.0: one safetensors file, the config JSON in its metadata."""
+    meta = read_safetensors_header(path).metadata
+    source = f"{path} (metadata 'config')"
+    try:
+        data = json.loads(meta.get("config", ""))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{source} is not valid JSON ({e})") from None
+    config = config_from_json(ClassifierConfig, data, source)
+    return SmallCNN.from_config_and_weights(config, path, source=str(path))
+
+
+SmallCNN.register_format(ForeignFormat(name="flexitok-0.1-file", detect=_is_legacy_file, load=_load_legacy_file))
 
 
 def train_classifier(
@@ -106,7 +132,9 @@ def train_classifier(
     model = SmallCNN(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)  # type: ignore[arg-type]
+    if not isinstance(dataset, Sized):
+        raise DatasetError("train_classifier needs a dataset with a length (not a streaming dataset)")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
     step = 0
     bar = tqdm(total=steps, desc="classifier", disable=not progress)
     model.train()

@@ -2,32 +2,63 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, overload
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from flexitok.config import FlexTokConfig
-from flexitok.errors import InvalidInputError
+from flexitok.config import FlexTokConfig, TransformerConfig
+from flexitok.errors import CheckpointError, InvalidInputError, OutsideTrainedRegimeWarning
 from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
-from flexitok.models.vae import Autoencoder, build_vae
+from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_vae_size
 from flexitok.nn.fsq import FSQ
+from flexitok.sampling.decode import DecodeConfig
 from flexitok.sampling.flow import euler_sample
-from flexitok.sampling.guidance import APG, GuidanceScale
+from flexitok.utils.persistence import PretrainedModel
 
 TokensLike = Tensor | Sequence[Tensor]
+ImageSize = int | tuple[int, int]
+ImageSizeLike = ImageSize | Sequence[ImageSize]
 
 
-class FlexTok(nn.Module):
+def _is_pair(x: object) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) for v in x)
+
+
+def _as_size(x: object) -> tuple[int, int]:
+    """An int (square) or an ``(H, W)`` pair -> ``(H, W)``."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return (x, x)
+    if isinstance(x, Tensor) and x.numel() == 2:
+        x = tuple(int(v) for v in x.tolist())
+    if _is_pair(x):
+        return (int(x[0]), int(x[1]))  # type: ignore[index]
+    raise InvalidInputError(f"an image size must be an int or an (H, W) pair, got {x!r}")
+
+
+class FlexTok(PretrainedModel):
     """VAE + resampler encoder + FSQ + rectified-flow decoder.
 
     >>> model = FlexTok.from_pretrained("default")
     >>> tokens = model.tokenize(images)                  # [B, 3, H, W] in [-1, 1] -> LongTensor [B, N]
     >>> recon = model.detokenize(tokens[:, :16])         # any prefix length 1..N
+
+    Persistence (``save_pretrained`` / ``from_pretrained``) comes from
+    :class:`flexitok.utils.persistence.PretrainedModel`; :mod:`flexitok.io.pretrained` adds the official
+    checkpoint format and the official short names.
     """
+
+    model_type = "tokenizer"
+    config_class = FlexTokConfig
+    bundled_dir = "tokenizers"
+    bundled_aliases = {"default": "fmnist"}
 
     def __init__(self, config: FlexTokConfig, vae: Autoencoder | None = None) -> None:
         super().__init__()
@@ -45,7 +76,13 @@ class FlexTok(nn.Module):
 
     @property
     def n_registers(self) -> int:
+        """Register positions of the decoder: the longest token sequence ``detokenize`` takes."""
         return self.config.n_registers
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens per image from ``tokenize`` (``n_registers`` unless an official ``n_eval`` sets fewer)."""
+        return self.config.encoder.n_tokens
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -55,28 +92,72 @@ class FlexTok(nn.Module):
     def device(self) -> torch.device:
         return self.fsq._basis.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype the model computes in (float32 unless cast, e.g. ``model.to(torch.bfloat16)``)."""
+        return self.fsq._half.dtype
+
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.encoder.trunk.activation_checkpointing = enabled
         self.decoder.trunk.activation_checkpointing = enabled
 
     # ------------------------------------------------------------------ validation
     def check_images(self, images: Tensor) -> None:
+        """Validate a batch ``[B, 3, H, W]`` in [-1, 1] of a size this model takes (:meth:`check_image_size`)."""
         if not isinstance(images, Tensor):
             raise InvalidInputError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if not images.dtype.is_floating_point:
             raise InvalidInputError(f"images must be a float tensor in [-1, 1], got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[1] != 3:
             raise InvalidInputError(f"images must have shape [B, 3, H, W], got {list(images.shape)}")
-        if tuple(images.shape[2:]) != self.image_size:
-            raise InvalidInputError(
-                f"this model takes {self.image_size[0]}x{self.image_size[1]} images, got "
-                f"{images.shape[2]}x{images.shape[3]}; resize or crop first (flexitok.io.images.load_image does)"
-            )
+        if images.shape[0] == 0:
+            raise InvalidInputError("images is an empty batch")
+        self.check_image_size(tuple(images.shape[2:]), "encoder")  # type: ignore[arg-type]
         if not torch.isfinite(images).all():
             raise InvalidInputError("images contain NaN or infinite values")
         lo, hi = float(images.min()), float(images.max())
         if lo < -1.001 or hi > 1.001:
             raise InvalidInputError(f"images must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
+
+    def size_multiple(self, part: str = "encoder") -> tuple[int, int]:
+        """Image sides must be multiples of this (VAE downsampling x patch size) for the encoder or decoder."""
+        ps = (self.config.encoder if part == "encoder" else self.config.decoder).patch_size
+        d = self.config.vae.downsample
+        return d * ps[0], d * ps[1]
+
+    def check_image_size(self, size: tuple[int, int], part: str = "encoder") -> None:
+        """Check that ``(H, W)`` works for the encoder (``tokenize``) or the decoder (``detokenize``).
+
+        Any size works whose sides are multiples of :meth:`size_multiple` (like the official code, a smaller
+        patch grid uses the top-left corner of the position table). A grid larger than the table is outside the
+        trained regime: the table is stretched by bilinear interpolation and an
+        :class:`~flexitok.errors.OutsideTrainedRegimeWarning` is issued.
+        """
+        h, w = (int(x) for x in size)
+        mh, mw = self.size_multiple(part)
+        if h < 1 or w < 1 or h % mh or w % mw:
+            raise InvalidInputError(
+                f"image size {h}x{w} does not work with this model: height and width must be positive multiples of "
+                f"{mh} and {mw} (VAE downsampling x patch size); resize or crop first"
+            )
+        grid = (h // mh, w // mw)
+        posemb = self.encoder.posemb if part == "encoder" else self.decoder.posemb
+        if part == "encoder" and self.config.encoder.flatten_patches:
+            if grid[0] * grid[1] > posemb.sizes[0]:
+                raise InvalidInputError(
+                    f"image size {h}x{w} has {grid[0] * grid[1]} patches; this model's 1-D position table has "
+                    f"{posemb.sizes[0]} (it cannot be stretched)"
+                )
+            return
+        if not posemb.fits(grid):
+            mh_t, mw_t = posemb.sizes[0] * mh, posemb.sizes[1] * mw
+            warnings.warn(
+                f"image size {h}x{w} is larger than this model's position tables cover ({mh_t}x{mw_t}): the "
+                f"{part} stretches its position table by interpolation; this is outside the trained regime and "
+                "quality is not guaranteed (fine-tune at the new size: docs/training.md)",
+                OutsideTrainedRegimeWarning,
+                stacklevel=4,  # the caller of tokenize / detokenize
+            )
 
     def _tokens_to_batch(
         self, tokens: TokensLike, keep_k: int | Sequence[int] | Tensor | None
@@ -128,128 +209,303 @@ class FlexTok(nn.Module):
         return self.fsq(self.encoder(latents))
 
     @torch.no_grad()
-    def tokenize(self, images: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` in [-1, 1] -> token ids ``LongTensor [B, N]`` (ordered coarse to fine)."""
-        self.check_images(images)
-        images = images.to(self.device, self.fsq._half.dtype)
-        _, ids = self.latents_to_codes(self.vae.encode(images))
+    def tokenize(
+        self,
+        images: Tensor | Sequence[Tensor],
+        deterministic: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Images in [-1, 1] -> token ids ``LongTensor [B, N]`` (ordered coarse to fine).
+
+        ``images``: a batch ``[B, 3, H, W]`` of any size that :meth:`check_image_size` accepts, or a list of
+        ``[3, H, W]`` (or ``[1, 3, H, W]``) images whose sizes may differ. A list is run one batch per size;
+        each image gets the same tokens as when tokenized alone (when encoding is deterministic: posterior
+        samples are drawn per size group, so they differ from one-at-a-time draws).
+
+        ``deterministic``: ``None`` (default) follows the model's ``vae.sample_posterior``, the official VAE
+        wrapper's option (official checkpoints that omit it sample, as the official code does); ``True`` encodes
+        the posterior mean (reproducible tokens); ``False`` samples the posterior (from ``generator``).
+        """
+        sample = None if deterministic is None else not deterministic
+        if isinstance(images, Tensor):
+            self.check_images(images)
+            return self._tokenize_batch(images, sample, generator)
+        items = self._image_list(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(items):
+            groups.setdefault((img.shape[-2], img.shape[-1]), []).append(i)
+        out = torch.empty(len(items), self.encoder.n_registers, dtype=torch.long, device=self.device)
+        for idx in groups.values():
+            out[idx] = self._tokenize_batch(torch.stack([items[i] for i in idx]), sample, generator)
+        return out
+
+    def _image_list(self, images: Sequence[Tensor]) -> list[Tensor]:
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence) or len(images) == 0:
+            raise InvalidInputError("images must be a [B, 3, H, W] tensor or a non-empty list of [3, H, W] tensors")
+        items = []
+        for i, img in enumerate(images):
+            if isinstance(img, Tensor) and img.ndim == 4 and img.shape[0] == 1:
+                img = img[0]
+            if not isinstance(img, Tensor) or img.ndim != 3:
+                shape = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
+                raise InvalidInputError(f"image {i} of the list must be a [3, H, W] tensor, got {shape}")
+            self.check_images(img[None])
+            items.append(img)
+        return items
+
+    def _tokenize_batch(self, images: Tensor, sample: bool | None, generator: torch.Generator | None) -> Tensor:
+        images = images.to(self.device, self.dtype)
+        _, ids = self.latents_to_codes(self.vae.encode(images, generator=generator, sample=sample))
         return ids
 
-    def initial_noise(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Gaussian noise ``[B, C, h, w]``, drawn one image at a time like the official pipeline (so a seeded
-        generator reproduces official samples)."""
-        c, (h, w) = self.config.vae.latent_channels, self.config.latent_size
+    def latent_size_for(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        d = self.config.vae.downsample
+        return image_size[0] // d, image_size[1] // d
+
+    def _decode_sizes(self, image_size: ImageSizeLike | None, batch_size: int) -> list[tuple[int, int]]:
+        """``image_size`` (None = native, an int, one ``(H, W)``, or one entry per image) -> ``batch_size`` sizes."""
+        if image_size is None:
+            sizes = [self.image_size] * batch_size
+        elif isinstance(image_size, int) or _is_pair(image_size):
+            sizes = [_as_size(image_size)] * batch_size
+        else:
+            sizes = [_as_size(s) for s in image_size]
+            if len(sizes) != batch_size:
+                raise InvalidInputError(f"image_size has {len(sizes)} entries for {batch_size} token sequences")
+        for size in dict.fromkeys(sizes):
+            self.check_image_size(size, "decoder")
+        return sizes
+
+    def initial_noise(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        image_size: ImageSizeLike | None = None,
+    ) -> Tensor:
+        """Gaussian noise ``[B, C, h, w]`` for images of ``image_size`` (default: the native size), drawn one image
+        at a time like the official pipeline (so a seeded generator reproduces official samples).
+
+        With per-image sizes that differ, use :meth:`initial_noise_list`.
+        """
+        noise = self.initial_noise_list(batch_size, generator, image_size)
+        if len({tuple(n.shape) for n in noise}) != 1:
+            raise InvalidInputError("the images have different sizes; use initial_noise_list")
+        return torch.stack(noise)
+
+    def initial_noise_list(
+        self, batch_size: int, generator: torch.Generator | None = None, image_size: ImageSizeLike | None = None
+    ) -> list[Tensor]:
+        """One noise tensor ``[C, h_i, w_i]`` per image, drawn in order from ``generator`` (official order)."""
+        c = self.config.vae.latent_channels
         gen_device = generator.device if generator is not None else self.device
-        draws = [torch.randn((1, c, h, w), generator=generator, device=gen_device) for _ in range(batch_size)]
-        return torch.cat(draws).to(self.device)
+        out = []
+        for size in self._decode_sizes(image_size, batch_size):
+            h, w = self.latent_size_for(size)
+            out.append(torch.randn((1, c, h, w), generator=generator, device=gen_device)[0].to(self.device))
+        return out
 
     @overload
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = ...,
-        guidance_scale: GuidanceScale = ...,
-        apg: bool | APG = ...,
-        noise: Tensor | None = ...,
+        decode: DecodeConfig | None = ...,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = ...,
         generator: torch.Generator | None = ...,
         keep_k: int | Sequence[int] | Tensor | None = ...,
         progress: bool = ...,
         return_latents: Literal[False] = ...,
+        image_size: ImageSize | None = ...,
     ) -> Tensor: ...
 
     @overload
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = ...,
-        guidance_scale: GuidanceScale = ...,
-        apg: bool | APG = ...,
-        noise: Tensor | None = ...,
+        decode: DecodeConfig | None = ...,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = ...,
         generator: torch.Generator | None = ...,
         keep_k: int | Sequence[int] | Tensor | None = ...,
         progress: bool = ...,
-        *,
         return_latents: Literal[True],
+        image_size: ImageSize | None = ...,
     ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None = ...,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        return_latents: Literal[False] = ...,
+        image_size: list[ImageSize],
+    ) -> list[Tensor]: ...
+
+    @overload
+    def detokenize(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None = ...,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = ...,
+        generator: torch.Generator | None = ...,
+        keep_k: int | Sequence[int] | Tensor | None = ...,
+        progress: bool = ...,
+        return_latents: Literal[True],
+        image_size: list[ImageSize],
+    ) -> tuple[list[Tensor], list[Tensor]]: ...
 
     @torch.no_grad()
     def detokenize(
         self,
         tokens: TokensLike,
-        steps: int = 20,
-        guidance_scale: GuidanceScale = 7.5,
-        apg: bool | APG = True,
-        noise: Tensor | None = None,
+        decode: DecodeConfig | None = None,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = None,
         generator: torch.Generator | None = None,
         keep_k: int | Sequence[int] | Tensor | None = None,
         progress: bool = False,
         return_latents: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        image_size: ImageSize | list[ImageSize] | None = None,
+    ) -> Tensor | list[Tensor] | tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
         ``tokens``: ``LongTensor [B, K]`` (K <= N) or a list of 1D tensors of different lengths. Each image is
-        decoded from its first ``keep_k`` tokens (default: all given). ``guidance_scale`` 1.0 disables
-        guidance; ``apg`` selects adaptive projected guidance over plain CFG. ``noise [B, C, h, w]`` fixes the
-        starting point; otherwise it is drawn from ``generator``.
+        decoded from its first ``keep_k`` tokens (default: all given). ``decode`` holds the sampler settings
+        (steps, guidance, APG, seed; default :class:`DecodeConfig()`). The initial noise is ``noise [B, C, h, w]``
+        (or a list of ``[C, h, w]``) when given, else drawn from ``generator``, else from a CPU generator seeded with
+        ``decode.seed``.
+
+        ``image_size``: the output size in pixels, ``(H, W)`` or an int for all images; default the model's
+        native size (:attr:`image_size`). A list with one entry per image returns a list of ``[3, H_i, W_i]``
+        images (and of ``[C, h_i, w_i]`` latents); the images are computed one batch per size.
         """
+        decode = decode or DecodeConfig()
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
+        sizes = self._decode_sizes(image_size, b)
         if noise is None:
-            noise = self.initial_noise(b, generator)
+            starts = self.initial_noise_list(b, generator if generator is not None else decode.generator(), sizes)
         else:
-            expected = (b, self.config.vae.latent_channels, *self.config.latent_size)
-            if tuple(noise.shape) != expected:
-                raise InvalidInputError(f"noise must have shape {list(expected)}, got {list(noise.shape)}")
-            noise = noise.to(self.device, torch.float32)
+            starts = self._check_noise(noise, sizes)
+        starts = [x.to(self.dtype) for x in starts]
         cond = self.decoder.condition(self.fsq.ids_to_codes(ids), keep)
-        guider = apg if isinstance(apg, APG) else (APG() if apg else None)
-        latents = euler_sample(
-            self.decoder,
-            noise,
-            cond,
-            self.decoder.null_condition(b),
-            steps=steps,
-            guidance_scale=guidance_scale,
-            apg=guider,
-            progress=progress,
-        )
-        images = self.vae.decode(latents)
-        return (images, latents) if return_latents else images
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)
+        images: list[Tensor] = [torch.empty(0)] * b
+        latents: list[Tensor] = [torch.empty(0)] * b
+        for idx in groups.values():
+            lat = euler_sample(
+                self.decoder,
+                torch.stack([starts[i] for i in idx]),
+                cond[idx],
+                self.decoder.null_condition(len(idx)),
+                decode,
+                progress=progress,
+            )
+            decoded = self.vae.decode(lat)
+            for j, i in enumerate(idx):
+                latents[i], images[i] = lat[j], decoded[j]
+        if isinstance(image_size, list):
+            return (images, latents) if return_latents else images
+        return (torch.stack(images), torch.stack(latents)) if return_latents else torch.stack(images)
+
+    def _check_noise(self, noise: Tensor | Sequence[Tensor], sizes: list[tuple[int, int]]) -> list[Tensor]:
+        c = self.config.vae.latent_channels
+        expected = [(c, *self.latent_size_for(s)) for s in sizes]
+        rows = list(noise) if isinstance(noise, Tensor) and noise.ndim == 4 else None
+        if rows is None and not isinstance(noise, Tensor):
+            rows = [n[0] if n.ndim == 4 and n.shape[0] == 1 else n for n in noise]
+        if (
+            rows is None
+            or len(rows) != len(sizes)
+            or any(tuple(r.shape) != e for r, e in zip(rows, expected, strict=True))
+        ):
+            want = [len(sizes), *expected[0]] if len(set(expected)) == 1 else f"{len(sizes)} tensors {expected}"
+            got = list(noise.shape) if isinstance(noise, Tensor) else [tuple(r.shape) for r in rows or []]
+            raise InvalidInputError(f"noise must have shape {want}, got {got}")
+        return [r.to(self.device, torch.float32) for r in rows]
 
     @torch.no_grad()
-    def autoencode(self, images: Tensor, keep_k: int | Sequence[int] | Tensor | None = None, **kwargs) -> Tensor:
-        """Tokenize then detokenize, keeping the first ``keep_k`` tokens (int or one per image)."""
-        return self.detokenize(self.tokenize(images), keep_k=keep_k, **kwargs)
+    def autoencode(
+        self,
+        images: Tensor,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        decode: DecodeConfig | None = None,
+        **kwargs,
+    ) -> Tensor:
+        """Tokenize then detokenize (at the input size), keeping the first ``keep_k`` tokens (int or one per image)."""
+        kwargs.setdefault("image_size", (int(images.shape[-2]), int(images.shape[-1])))
+        return self.detokenize(self.tokenize(images), decode, keep_k=keep_k, **kwargs)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (both atomically) into ``directory``."""
-        from flexitok.io.pretrained import save_pretrained
-
-        return save_pretrained(self, directory)
+    def config_for_saving(self) -> FlexTokConfig:
+        config = copy.deepcopy(self.config)
+        if config.vae.kind == "diffusers" and config.vae.diffusers_config is None:
+            # A VAE loaded from `pretrained`: store its architecture, its weights are in model.safetensors.
+            assert isinstance(self.vae, DiffusersVAE)
+            config.vae.diffusers_config = dict(self.vae.vae.config)
+            config.vae.pretrained = None
+        return config
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> FlexTok:
-        """Load a bundled model (``"default"``), a local folder/file (ours or official format) or a HF repo id."""
-        from flexitok.io.pretrained import load_pretrained
+    def check_loaded_config(cls, config: FlexTokConfig, source: str) -> None:
+        if config.vae.kind == "diffusers" and config.vae.diffusers_config is None:
+            # Otherwise building the model would fetch a VAE from `pretrained` (maybe the network) for nothing.
+            raise CheckpointError(f"{source}: config.vae.diffusers_config must describe the diffusers VAE")
 
-        return load_pretrained(name_or_path).to(device).eval()
+    @classmethod
+    def estimate_state_size(cls, config: FlexTokConfig) -> int:
+        def trunk(t: TransformerConfig, adaln_groups: int) -> int:
+            d = t.dim
+            block = 4 * d * d + 3 * d * t.hidden + adaln_groups * 6 * d * (d + 1)
+            return t.depth * block
+
+        enc, dec, c = config.encoder, config.decoder, config.vae.latent_channels
+        h, w = config.latent_size
+        fsq, n = len(config.fsq_levels), enc.n_registers
+        size = estimate_vae_size(config.vae)
+        for part in (enc, dec):
+            d, (ph, pw) = part.transformer.dim, part.patch_size
+            grid = part.posemb_grid or (h // ph, w // pw)
+            table = math.prod(grid) if part.posemb_type == "sincos" else len(grid) * max(grid)
+            size += (c * ph * pw + 1) * d + d * table  # patch embedding, position table
+        de, dd = enc.transformer.dim, dec.transformer.dim
+        size += trunk(enc.transformer, 0) + n * de + (de + 1) * fsq
+        size += trunk(dec.transformer, dec.adaln_expansion) + (fsq + 1) * dd + (n + 2) * dd
+        size += (dec.time_freq_dim + 1) * dd + (dd + 1) * dd  # timestep MLP
+        size += 2 * dd * (dd + 1) + (dd + 1) * dec.patch_size[0] * dec.patch_size[1] * c  # output head
+        return size
 
     @classmethod
     def from_official(
         cls,
-        path: str | Path,
+        path: str | os.PathLike[str],
         vae_config: dict | str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         device: str | torch.device = "cpu",
+        mup_base_width: int | tuple[int, int] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> FlexTok:
         """Load an official-format FlexTok ``model.safetensors`` (config in the header metadata or config.json).
 
-        ``image_size`` defaults to the largest the position tables cover (256x256 for the released models).
+        ``image_size`` sets the native size (the ``detokenize`` default; every call may use another size) and
+        defaults to the largest the position tables cover (256x256 for the released models). ``dtype`` builds
+        the model in that dtype (e.g. ``torch.bfloat16``); ``mup_base_width`` is needed only for checkpoints
+        whose heads use the muP readout. See docs/official-checkpoints.md. The reader is
+        :func:`flexitok.io.official.load_official`, registered by :mod:`flexitok.io.pretrained`.
         """
-        from flexitok.io.official import load_official
-
-        return load_official(path, vae_config=vae_config, image_size=image_size).to(device).eval()
+        model = cls.foreign_format("official").load(
+            Path(path), vae_config=vae_config, image_size=image_size, mup_base_width=mup_base_width, dtype=dtype
+        )
+        assert isinstance(model, FlexTok)
+        return model.to(device).eval()
 
     def extra_repr(self) -> str:
         c = self.config

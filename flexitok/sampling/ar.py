@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from flexitok.errors import InvalidInputError
-from flexitok.models.generator import Generator
+
+if TYPE_CHECKING:  # sampling sits below models: the model classes are only annotations here
+    from flexitok.models.conditioning import Condition
+    from flexitok.models.generator import Generator
 
 GuidanceScheduleKind = Literal["constant", "linear", "cosine"]
 # A schedule maps (position i in [0, n), n) to the guidance scale used for token i.
@@ -28,7 +31,7 @@ GuidanceSchedule = Callable[[int, int], float]
 class ARSamplingConfig:
     """Sampling options. ``temperature=0`` is greedy decoding; ``top_k=0`` and ``top_p=1`` disable filtering."""
 
-    n_tokens: int = 256
+    n_tokens: int | None = None  # None: as many as the generator makes
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -37,7 +40,7 @@ class ARSamplingConfig:
     use_cache: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_tokens < 1:
+        if self.n_tokens is not None and self.n_tokens < 1:
             raise InvalidInputError(f"n_tokens must be >= 1, got {self.n_tokens}")
         if self.temperature < 0:
             raise InvalidInputError(f"temperature must be >= 0, got {self.temperature}")
@@ -129,12 +132,13 @@ def sample_tokens(
     schedule: GuidanceSchedule | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
-    """Sample ``cfg.n_tokens`` tokens after a prefix [B, P, D] (valid [B, P]) -> LongTensor [B, n_tokens].
+    """Sample ``cfg.n_tokens`` tokens (default: the generator's ``n_tokens``) after a prefix [B, P, D]
+    (valid [B, P]) -> LongTensor [B, n_tokens].
 
     Guidance is used when ``null_prefix`` is given and the scale is not 1 everywhere. ``schedule`` overrides
     ``cfg.guidance_schedule`` (any callable (i, n) -> scale).
     """
-    n = cfg.n_tokens
+    n = cfg.n_tokens if cfg.n_tokens is not None else model.config.n_tokens
     if n > model.config.n_tokens:
         raise InvalidInputError(f"asked for {n} tokens; the generator was built for at most {model.config.n_tokens}")
     sched = schedule if schedule is not None else guidance_schedule(cfg.guidance_schedule, cfg.guidance_scale)
@@ -173,15 +177,12 @@ def sample_tokens(
 def generate(
     model: Generator,
     cfg: ARSamplingConfig,
-    labels: Tensor | None = None,
-    text_features: Tensor | None = None,
-    text_mask: Tensor | None = None,
-    batch_size: int | None = None,
+    condition: Condition,
     schedule: GuidanceSchedule | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
-    """Sample token sequences for class labels [B], text features [B, L, Dt] (+ mask [B, L]) or, for an
-    unconditional model, ``batch_size`` rows. -> LongTensor [B, cfg.n_tokens]."""
-    prefix, valid = model.prefix(labels=labels, text_features=text_features, text_mask=text_mask, batch_size=batch_size)
-    null = model.null_prefix(prefix.shape[0]) if model.config.condition != "none" else None
+    """Sample token sequences for a condition (``ClassLabels [B]``, ``TextFeatures [B, L, Dt]`` or
+    ``Unconditional(B)``, see :mod:`flexitok.models.conditioning`). -> LongTensor [B, cfg.n_tokens]."""
+    prefix, valid = model.prefix(condition)
+    null = model.null_prefix(prefix.shape[0])
     return sample_tokens(model, prefix, valid, cfg, null, schedule, generator)

@@ -1,8 +1,10 @@
 """Typed run configs for ``flexitok train``: YAML files plus dotted command-line overrides.
 
-A run config is a tree of dataclasses. ``load_run_config(cls, path, ["train.lr=3e-4", "data.image_size=32"])``
-reads the YAML into nested dicts, applies the overrides, then builds the dataclasses field by field; an unknown
-key anywhere raises :class:`ConfigError` naming the dotted path and the closest valid key.
+A run config is a tree of dataclasses (a :class:`RunConfig` per ``flexitok train`` target: tokenizer, VAE and
+generator alike). ``load_run_config(cls, path, ["train.lr=3e-4", "data.image_size=32"])`` reads the YAML into
+nested dicts, applies the overrides, lets the run config complete the tree (:meth:`RunConfig.resolve_tree`, e.g.
+defaults read from the data), then builds the dataclasses field by field; an unknown key anywhere raises
+:class:`ConfigError` naming the dotted path and the closest valid key.
 
 ``model`` in a tokenizer config is either a preset name (``d12-d12``, ``tiny``, ...; see
 :func:`flexitok.config.preset`) or a mapping of :class:`flexitok.config.FlexTokConfig` fields, optionally with a
@@ -24,8 +26,8 @@ import yaml
 from flexitok.config import PRESETS, FlexTokConfig, preset
 from flexitok.data import DataConfig
 from flexitok.errors import ConfigError, FlexiTokError
+from flexitok.train.options import TrainConfig
 from flexitok.train.tokenizer import TokenizerTaskConfig
-from flexitok.train.trainer import TrainConfig
 
 T = TypeVar("T")
 
@@ -33,8 +35,17 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------------------------- run configs
 
 
+class RunConfig:
+    """Base of the run configs (``model``, ``data``, ``train``: :class:`TrainConfig`, ``task`` sections)."""
+
+    @classmethod
+    def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
+        """Complete the raw tree (YAML + overrides) before it is typed; default: unchanged."""
+        return tree
+
+
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(RunConfig):
     """``flexitok train tokenizer``: model + data + optimisation + task options."""
 
     model: FlexTokConfig = field(default_factory=lambda: preset("tiny"))
@@ -86,7 +97,7 @@ class VAETaskConfig:
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(RunConfig):
     """``flexitok train vae``."""
 
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
@@ -121,9 +132,10 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = tree
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
-            if child is None or (i == 0 and part == "model" and isinstance(child, str)):
-                child = _expand_model(child) if i == 0 and part == "model" else {}
-                node[part] = child
+            if child is None:
+                child = node[part] = {}
+            elif i == 0 and part == "model" and isinstance(child, str):
+                child = node[part] = {"preset": child}  # a preset name, refined by the override
             if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node = child
@@ -220,6 +232,12 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     if cls is FlexTokConfig:
         values = _expand_model(values)
+    # A field whose default is a dataclass value (e.g. a DecodeConfig) takes a partial mapping as changes to it.
+    value_defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(f.default) and not isinstance(f.default, type)
+    }
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
@@ -227,6 +245,9 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {(f'{where}.' if where else '') + close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {path!r}{hint} (valid: {', '.join(names)})")
+        if key in value_defaults and isinstance(value, dict):
+            default = value_defaults[key]
+            value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return cls(**kwargs)
@@ -250,9 +271,9 @@ def load_run_config(cls: type[T], path: str | Path | None, overrides: list[str] 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must contain a mapping at the top level")
         tree = loaded or {}
-    if "model" in tree and cls is TokenizerTrainConfig:
-        tree["model"] = _expand_model(tree["model"])
     tree = apply_overrides(tree, list(overrides or []))
+    if isinstance(cls, type) and issubclass(cls, RunConfig):
+        tree = cls.resolve_tree(tree)
     return build_dataclass(cls, tree)
 
 

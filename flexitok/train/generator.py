@@ -1,10 +1,11 @@
 """Training task for the autoregressive generator: next-token cross-entropy on pre-tokenized shards.
 
-The YAML config (``configs/generator-*.yaml``) has four sections::
+The YAML config (``configs/generator-*.yaml``) has four sections, parsed like every run config
+(:func:`flexitok.train.config.load_run_config`)::
 
     model:   {preset: tiny, condition: class, ...}   # GeneratorConfig fields; vocab/n_tokens default to the shards'
     data:    {path: shards/fmnist-train, limit: null, eval_path: null}
-    train:   {...}                                    # flexitok.train.trainer.TrainConfig fields
+    train:   {...}                                    # flexitok.train.options.TrainConfig fields
     task:    {train_tokens: null, cond_dropout: 0.1, text_max_length: 64}
 
 ``task.train_tokens = k`` trains on (and computes the loss over) the first k tokens only, for generators meant to
@@ -13,7 +14,6 @@ produce short, coarse sequences.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
-from flexitok.errors import InvalidInputError
+from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.models.generator import Generator, GeneratorConfig, generator_preset
 from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder
+from flexitok.train.config import RunConfig, config_to_dict, load_run_config
+from flexitok.train.options import TrainConfig
+from flexitok.train.task import TrainTask
 
 if TYPE_CHECKING:
     from flexitok.train.run import TargetArgs
@@ -61,11 +63,29 @@ class TokenDataSpec:
 
 
 @dataclass
-class GeneratorTrainingConfig:
+class GeneratorTrainConfig(RunConfig):
+    """``flexitok train generator``."""
+
     model: GeneratorConfig
     data: TokenDataSpec
-    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, built when the trainer is imported
+    train: TrainConfig = field(default_factory=TrainConfig)
     task: GeneratorTaskConfig = field(default_factory=GeneratorTaskConfig)
+
+    @classmethod
+    def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
+        """The model section defaults to what the token shards recorded (vocab size, token count, classes)."""
+        from flexitok.data.tokens import TokenShardDataset
+
+        data = tree.get("data")
+        if not isinstance(data, dict) or "path" not in data:
+            raise ConfigError("data.path (token shards from `flexitok pretokenize`) is required")
+        model = tree.get("model") or {}
+        if not isinstance(model, dict):
+            raise ConfigError(f"model must be a mapping of GeneratorConfig fields, got {model!r}")
+        return {**tree, "model": model_config_from_dict(model, TokenShardDataset(data["path"]).meta)}
+
+
+GeneratorTrainingConfig = GeneratorTrainConfig  # the 0.1.0 name
 
 
 def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None = None) -> GeneratorConfig:
@@ -87,44 +107,16 @@ def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None 
         raise InvalidInputError(f"bad generator model config: {e}") from e
 
 
-def load_training_config(path: str | Path | None, overrides: list[str] | None = None) -> GeneratorTrainingConfig:
-    """Read a generator YAML config plus dotted overrides (``train.lr=3e-4``); the data shards' index supplies
-    vocab size / token count / class defaults for the model."""
-    from flexitok.data.tokens import TokenShardDataset
-    from flexitok.train.config import apply_overrides
-
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InvalidInputError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InvalidInputError(f"config file {p} is not valid YAML: {e}") from None
-    raw = apply_overrides(raw, list(overrides or []))
-    unknown = set(raw) - {"model", "data", "train", "task"}
-    if unknown:
-        raise InvalidInputError(f"unknown config sections {sorted(unknown)} (expected model, data, train, task)")
-    if "path" not in (raw.get("data") or {}):
-        raise InvalidInputError("data.path (token shards from `flexitok pretokenize`) is required")
-    try:
-        data = TokenDataSpec(**raw["data"])
-        task = GeneratorTaskConfig(**(raw.get("task") or {}))
-    except TypeError as e:
-        raise InvalidInputError(f"bad data/task config: {e}") from None
-    meta = TokenShardDataset(data.path).meta
-    return GeneratorTrainingConfig(
-        model=model_config_from_dict(raw.get("model") or {}, meta),
-        data=data,
-        train=dict(raw.get("train") or {}),
-        task=task,
-    )
+def load_training_config(path: str | Path | None, overrides: list[str] | None = None) -> GeneratorTrainConfig:
+    """Read a generator YAML config plus dotted overrides (``train.lr=3e-4``)."""
+    return load_run_config(GeneratorTrainConfig, path, overrides)
 
 
-class GeneratorTask:
-    """:class:`flexitok.train.trainer.TrainTask` for :class:`Generator` on token-shard batches
+class GeneratorTask(TrainTask):
+    """:class:`~flexitok.train.task.TrainTask` for :class:`Generator` on token-shard batches
     ``{"tokens": LongTensor [B, N], "label": LongTensor [B], "caption": list[str] (text models)}``."""
+
+    model: Generator
 
     def __init__(
         self,
@@ -133,11 +125,11 @@ class GeneratorTask:
         text_encoder: nn.Module | None = None,
         eval_dataset: torch.utils.data.Dataset | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.cfg = cfg or GeneratorTaskConfig()
         self.eval_dataset = eval_dataset
         self.text_encoder = text_encoder
-        if model.config.condition == "text" and text_encoder is None:
+        if model.conditioning.needs_text_encoder and text_encoder is None:
             enc = TextEncoder(model.config.text_encoder, max_length=self.cfg.text_max_length)
             if enc.dim != model.config.text_dim:
                 raise InvalidInputError(
@@ -147,16 +139,7 @@ class GeneratorTask:
             self.text_encoder = CachedTextEncoder(enc)
 
     def _prefix(self, model: Generator, batch: dict[str, Any], drop: Tensor | None) -> tuple[Tensor, Tensor]:
-        c = model.config
-        if c.condition == "class":
-            return model.prefix(labels=torch.as_tensor(batch["label"]), null=drop)
-        if c.condition == "text":
-            if "caption" not in batch:
-                raise InvalidInputError("text-conditioned training needs captions in the token shards")
-            assert self.text_encoder is not None
-            feats, mask = self.text_encoder(list(batch["caption"]))
-            return model.prefix(text_features=feats, text_mask=mask, null=drop)
-        return model.prefix(batch_size=batch["tokens"].shape[0])
+        return model.prefix(model.conditioning.from_batch(batch, self.text_encoder), null=drop)
 
     def batch_loss(self, model: Generator, batch: dict[str, Any], drop_prob: float) -> Tensor:
         """Mean next-token cross-entropy over the first ``train_tokens`` tokens. -> scalar."""
@@ -171,9 +154,9 @@ class GeneratorTask:
         logits = model(tokens[:, :-1], prefix, valid)  # [B, k, V]
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
-    def loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
-        loss = self.batch_loss(self.model, batch, self.cfg.cond_dropout)
-        return loss, {"loss": float(loss.detach())}
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Any]]:
+        # The trainer logs the loss itself (averaged over processes, synced only at log steps).
+        return self.batch_loss(self.model, batch, self.cfg.cond_dropout), {}
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Called by the trainer at the end with the final (EMA) weights: write ``<out_dir>/generator``."""
@@ -198,12 +181,12 @@ class GeneratorTask:
         return {"eval_loss": sum(losses) / max(len(losses), 1)}
 
 
-def run_training(cfg: GeneratorTrainingConfig, resume: bool = False) -> Path:
+def run_training(cfg: GeneratorTrainConfig, resume: bool = False) -> Path:
     """Train a generator with the generic trainer. The final (EMA, when on) weights are exported as a
     ``Generator.save_pretrained`` folder at ``<out_dir>/generator``; returns that folder."""
     from flexitok.data.tokens import TokenShardDataset
     from flexitok.train.run import prepare_out_dir
-    from flexitok.train.trainer import TrainConfig, train
+    from flexitok.train.trainer import train
 
     dataset = TokenShardDataset(cfg.data.path, limit=cfg.data.limit)
     meta = dataset.meta
@@ -215,27 +198,21 @@ def run_training(cfg: GeneratorTrainingConfig, resume: bool = False) -> Path:
     if "n_tokens" in meta and int(meta["n_tokens"]) < cfg.model.n_tokens:
         raise InvalidInputError(f"model.n_tokens={cfg.model.n_tokens} but the shards hold {meta['n_tokens']} tokens")
     eval_ds = TokenShardDataset(cfg.data.eval_path) if cfg.data.eval_path else None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(cfg.train) - known
-    if unknown:
-        raise InvalidInputError(f"unknown train options {sorted(unknown)}; known: {sorted(known)}")
-    from flexitok.train.config import build_dataclass
-
-    # Typed conversion (YAML reads '3e-4' as a string) with did-you-mean errors for unknown keys.
-    train_cfg = build_dataclass(TrainConfig, dict(cfg.train), where="train")
-    if resume:
-        train_cfg.resume = True
-    prepare_out_dir(cfg, train_cfg)
-    torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
+    cfg.train.resume = cfg.train.resume or resume
+    prepare_out_dir(cfg.train)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     task = GeneratorTask(Generator(cfg.model), cfg.task, eval_dataset=eval_ds)
-    train(task, dataset, train_cfg)
-    return Path(train_cfg.out_dir) / EXPORT_DIR
+    train(task, dataset, cfg.train, run_config=config_to_dict(cfg))
+    return Path(cfg.train.out_dir) / EXPORT_DIR
 
 
 def main(args: TargetArgs) -> int:
     """``flexitok train generator --config FILE [--resume] [section.key=value ...]``."""
+    from flexitok.train.run import apply_target_args
+
     cfg = load_training_config(args.config, args.overrides)
-    out = run_training(cfg, resume=args.resume)
+    apply_target_args(cfg.train, args)
+    out = run_training(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"generator: {out}")
     return 0

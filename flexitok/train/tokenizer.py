@@ -24,6 +24,11 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
 from flexitok.models.flextok import FlexTok
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
+from flexitok.train.task import TrainTask
+
+__all__ = ["REPAProjector", "TokenizerTask", "TokenizerTaskConfig", "repa_loss", "sample_k", "sample_t"]
 
 TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
 KSampling = Literal["uniform", "pow2", "uniform_pow2"]
@@ -42,16 +47,20 @@ class TokenizerTaskConfig:
     cfg_dropout: float = 0.1  # probability of the null condition (classifier-free guidance)
     fsq_drop_quant: float = 0.0  # fraction of samples decoded from the continuous (unrounded) FSQ values
     token_corruption: float = 0.0  # fraction of token ids replaced by random ids
-    repa_layer: int | None = None  # decoder block (0-based) whose patch features are aligned; None = REPA off
+    # REPA is on when repa_layer or repa_encoder is set (flexitok.train.repa).
+    repa_layer: int | None = None  # decoder block (0-based) whose patch features are aligned; None: depth // 4
+    repa_encoder: str | None = None  # efficientnet-lite0 (None), a DINOv2 hub id or a local Dinov2Model folder
     repa_weight: float = 1.0
     repa_blocks: int = 10  # EfficientNet-Lite0 block for the target features (10: stride 16, 112 channels)
-    repa_resolution: int | None = None  # resize images for the target encoder (None = native)
+    repa_resolution: int | None = None  # target-encoder input side (None: native; DINOv2: patch x decoder grid)
     repa_hidden: int = 1024  # projector MLP width
     eval_images: int = 8
     eval_ks: tuple[int, ...] | None = None  # None: 1, 2, 4, ..., N
-    eval_steps: int = 20
-    eval_guidance: float = 1.0
-    eval_apg: bool = False
+    eval_decode: DecodeConfig = DecodeConfig(steps=20, guidance_scale=1.0, apg=False, seed=0)
+
+    @property
+    def repa_enabled(self) -> bool:
+        return self.repa_layer is not None or self.repa_encoder is not None
 
     def __post_init__(self) -> None:
         if self.eval_ks is not None:
@@ -105,37 +114,18 @@ def sample_k(batch_size: int, n: int, mode: KSampling, device: torch.device | st
     return up.clamp(max=n)
 
 
-# ---------------------------------------------------------------------------------------------- REPA
-
-
-class REPAProjector(nn.Module):
-    """MLP ``[B, P, D] -> [B, P, D']`` from decoder patch features to the target encoder's feature space."""
-
-    def __init__(self, dim: int, hidden: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-def repa_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """``-mean cosine similarity`` between ``pred [B,P,D']`` and ``target [B,P,D']``."""
-    return -F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()
-
-
 # ---------------------------------------------------------------------------------------------- the task
 
 
-class TokenizerTask:
-    """Implements :class:`flexitok.train.trainer.TrainTask` for a :class:`flexitok.FlexTok`.
+class TokenizerTask(TrainTask):
+    """:class:`~flexitok.train.task.TrainTask` for a :class:`flexitok.FlexTok`.
 
     ``repa_encoder``: any callable ``images [B,3,H,W] -> [B,D',h',w']`` or ``[B,M,D']``; when None and REPA is
-    on, a frozen EfficientNet-Lite0 trunk is used. ``eval_dataset`` (items with ``"image"``) feeds periodic
-    reconstruction grids.
+    on, the encoder named by ``cfg.repa_encoder`` is built (:func:`flexitok.train.repa.build_repa_encoder`).
+    ``eval_dataset`` (items with ``"image"``) feeds periodic reconstruction grids.
     """
+
+    model: FlexTok
 
     def __init__(
         self,
@@ -145,26 +135,36 @@ class TokenizerTask:
         repa_encoder: Callable[[Tensor], Tensor] | None = None,
         repa_out_dim: int | None = None,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
         self.model.vae.requires_grad_(False)  # stage 0 is frozen
-        self.aux_modules = nn.ModuleDict()
         self.repa_encoder: Callable[[Tensor], Tensor] | None = None
-        if cfg.repa_layer is not None:
+        self.repa_layer: int | None = None
+        if cfg.repa_enabled:
             depth = len(model.decoder.trunk.blocks)
-            if not 0 <= cfg.repa_layer < depth:
-                raise InvalidInputError(f"repa_layer must lie in 0..{depth - 1}, got {cfg.repa_layer}")
+            # Default: REPA's SiT-XL choice (block 8 of 28) scaled to the decoder depth.
+            layer = cfg.repa_layer if cfg.repa_layer is not None else depth // 4
+            if not 0 <= layer < depth:
+                raise InvalidInputError(f"repa_layer must lie in 0..{depth - 1}, got {layer}")
+            self.repa_layer = layer
             if repa_encoder is None:
-                from flexitok.train.features import EfficientNetLite0FeatureMaps
-
-                repa_encoder = EfficientNetLite0FeatureMaps(blocks=(cfg.repa_blocks,), resolution=cfg.repa_resolution)
+                repa_encoder = build_repa_encoder(
+                    cfg.repa_encoder or EFFICIENTNET, self.patch_grid(), cfg.repa_resolution, cfg.repa_blocks
+                )
             if isinstance(repa_encoder, nn.Module):
                 repa_encoder.requires_grad_(False).eval()
+                self.frozen_modules["repa_encoder"] = repa_encoder  # the trainer moves it to the device
             self.repa_encoder = repa_encoder
             out_dim = repa_out_dim or getattr(repa_encoder, "out_dim", None) or self._probe_dim(repa_encoder)
             dim = model.config.decoder.transformer.dim
             self.aux_modules["repa_projector"] = REPAProjector(dim, cfg.repa_hidden, int(out_dim))
+
+    def patch_grid(self) -> tuple[int, int]:
+        """The decoder's patch grid (h, w) on the latent of one image."""
+        h, w = self.model.config.latent_size
+        ph, pw = self.model.config.decoder.patch_size
+        return h // ph, w // pw
 
     def _probe_dim(self, encoder: Callable[[Tensor], Tensor]) -> int:
         h, w = self.model.image_size
@@ -222,14 +222,14 @@ class TokenizerTask:
         tt = t[:, None, None, None]
         x_t = tt * noise + (1 - tt) * x0
         target = noise - x0
-        if cfg.repa_layer is None:
+        if self.repa_layer is None:
             v = self.model.decoder(x_t, t, cond)
             flow = F.mse_loss(v.float(), target)
             return flow, {"flow": flow.detach()}
-        v, feats = self.model.decoder(x_t, t, cond, return_features_at=cfg.repa_layer)
-        flow = F.mse_loss(v.float(), target)
         if "image" not in batch:
             raise InvalidInputError("REPA needs the images ('image' in the batch), not only pre-computed latents")
+        v, feats = self.model.decoder(x_t, t, cond, return_features_at=self.repa_layer)
+        flow = F.mse_loss(v.float(), target)
         ph, pw = self.model.config.decoder.patch_size
         grid = (x0.shape[-2] // ph, x0.shape[-1] // pw)
         from flexitok.train.features import features_on_grid
@@ -256,10 +256,7 @@ class TokenizerTask:
             ks=ks,
             n_images=n,
             batch_size=n,
-            steps=cfg.eval_steps,
-            guidance_scale=cfg.eval_guidance,
-            apg=cfg.eval_apg,
-            seed=0,
+            decode=cfg.eval_decode,
             extractor=None,
             n_examples=n,
             progress=False,

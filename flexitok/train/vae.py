@@ -1,8 +1,10 @@
 """Stage-0 VAE training task: a diffusers ``AutoencoderKL`` with L1/L2 + KL (+ perceptual, + patch-GAN) losses.
 
-The trainer's optimizer updates the autoencoder. The optional discriminator is owned by the task: it has its own
-AdamW, takes one hinge-loss step inside every :meth:`VAETask.loss` call once ``gan_start`` is reached, and is
-checkpointed through ``extra_state`` / ``load_extra_state``.
+The trainer's optimizer updates the autoencoder. The optional patch discriminator is an
+:class:`~flexitok.train.task.ExtraOptimizer` with its own AdamW: once ``gan_start`` is reached the trainer takes
+one hinge-loss step of it per optimizer update (over all micro-batches of the update, on reconstructions drawn
+with the same randomness as the main pass), then the autoencoder's loss scores its reconstructions with the
+updated discriminator.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -22,6 +23,7 @@ from flexitok.eval.metrics import psnr
 from flexitok.io.checkpoint import replace_dir
 from flexitok.io.images import save_grid
 from flexitok.train.config import VAEModelConfig, VAETaskConfig
+from flexitok.train.task import ExtraOptimizer, TrainTask
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -85,45 +87,25 @@ def perceptual_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
     return total
 
 
-class VAETask:
-    """Implements :class:`flexitok.train.trainer.TrainTask` for a diffusers ``AutoencoderKL``."""
+class VAETask(TrainTask):
+    """:class:`~flexitok.train.task.TrainTask` for a diffusers ``AutoencoderKL``."""
+
+    model: AutoencoderKL
 
     def __init__(self, vae: AutoencoderKL, cfg: VAETaskConfig, eval_dataset: Dataset | None = None) -> None:
-        self.model = vae
+        super().__init__(vae)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
         self.perceptual: EfficientNetLite0FeatureMaps | None = None
         if cfg.perceptual_weight > 0:
             from flexitok.train.features import EfficientNetLite0FeatureMaps
 
-            self.perceptual = EfficientNetLite0FeatureMaps(blocks=(2, 4, 10))
+            self.perceptual = self.frozen_modules["perceptual"] = EfficientNetLite0FeatureMaps(blocks=(2, 4, 10))
         self.disc: PatchDiscriminator | None = None
         self.disc_opt: torch.optim.Optimizer | None = None
-        self._disc_ddp: nn.Module | None = None
         if cfg.gan_weight > 0:
             self.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
-        self._device: torch.device | None = None
-
-    # ------------------------------------------------------------------ helpers
-    def _to(self, device: torch.device) -> None:
-        """Move the task-owned modules (and the discriminator's optimizer state) next to the batch."""
-        if self._device == device:
-            return
-        self._device = device
-        if self.perceptual is not None:
-            self.perceptual.to(device)
-        if self.disc is not None:
-            self.disc.to(device)
-            assert self.disc_opt is not None
-            for state in self.disc_opt.state.values():
-                for k, v in state.items():
-                    if isinstance(v, Tensor) and k != "step":
-                        state[k] = v.to(device)
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                self._disc_ddp = nn.parallel.DistributedDataParallel(
-                    self.disc, device_ids=[device.index] if device.type == "cuda" else None
-                )
 
     def reconstruct(self, images: Tensor, sample: bool = True) -> tuple[Tensor, Any]:
         """``images [B,3,H,W]`` -> (reconstruction ``[B,3,H,W]``, posterior)."""
@@ -131,13 +113,13 @@ class VAETask:
         z = posterior.sample() if sample else posterior.mode()
         return self.model.decode(z).sample, posterior
 
+    def _gan_on(self, step: int) -> bool:
+        return self.disc is not None and step >= self.cfg.gan_start
+
     # ------------------------------------------------------------------ TrainTask
     def loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Any]]:
         cfg = self.cfg
-        if "image" not in batch:
-            raise InvalidInputError("VAE training batches need an 'image' [B,3,H,W] entry")
-        x = batch["image"]
-        self._to(x.device)
+        x = self._images(batch)
         recon, posterior = self.reconstruct(x)
         recon_f = recon.float()
         rec = F.l1_loss(recon_f, x) if cfg.recon_loss == "l1" else F.mse_loss(recon_f, x)
@@ -149,11 +131,9 @@ class VAETask:
             p = perceptual_distance(self.perceptual.feature_maps(recon_f), self.perceptual.feature_maps(x))
             total = total + cfg.perceptual_weight * p
             logs["perceptual"] = p.detach()
-        if self.disc is not None and step >= cfg.gan_start:
-            # Discriminator first (on detached fakes): updating it after building the generator's graph would
-            # modify weights that graph still needs.
-            logs["d_loss"] = self._discriminator_step(x, recon_f.detach())
-            # Generator term through the raw (non-DDP) discriminator with frozen weights.
+        if self._gan_on(step):
+            assert self.disc is not None
+            # Generator term through the discriminator the trainer has just updated, with its weights frozen.
             self.disc.requires_grad_(False)
             g_adv = -self.disc(recon_f).mean()
             self.disc.requires_grad_(True)
@@ -161,30 +141,30 @@ class VAETask:
             logs["g_adv"] = g_adv.detach()
         return total, logs
 
-    def _discriminator_step(self, real: Tensor, fake: Tensor) -> Tensor:
-        assert self.disc is not None and self.disc_opt is not None
-        disc = self._disc_ddp if self._disc_ddp is not None else self.disc
-        logits = disc(torch.cat([real, fake])).float()
+    def discriminator_loss(self, batch: dict[str, Any], step: int) -> tuple[Tensor | None, dict[str, Any]]:
+        """Hinge loss of the discriminator on real images vs (detached) reconstructions; None before gan_start."""
+        if not self._gan_on(step):
+            return None, {}
+        assert self.disc is not None
+        x = self._images(batch)
+        with torch.no_grad():
+            fake = self.reconstruct(x)[0].float()
+        logits = self.disc(torch.cat([x, fake])).float()
         lr, lf = logits.chunk(2)
-        d_loss = F.relu(1.0 - lr).mean() + F.relu(1.0 + lf).mean()  # hinge
-        self.disc_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.disc_opt.step()
-        return d_loss.detach()
+        d_loss = F.relu(1.0 - lr).mean() + F.relu(1.0 + lf).mean()
+        return d_loss, {"d_loss": d_loss.detach()}
 
-    def extra_state(self) -> dict[str, Any]:
+    def extra_optimizers(self) -> list[ExtraOptimizer]:
         if self.disc is None:
-            return {}
+            return []
         assert self.disc_opt is not None
-        return {"disc": self.disc.state_dict(), "disc_opt": self.disc_opt.state_dict()}
+        return [ExtraOptimizer("disc", self.disc, self.disc_opt, self.discriminator_loss)]
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.disc is None or not state:
-            return
-        assert self.disc_opt is not None
-        self.disc.load_state_dict(state["disc"])
-        self.disc_opt.load_state_dict(state["disc_opt"])
-        self._device = None  # re-place optimizer state on the next batch's device
+    @staticmethod
+    def _images(batch: dict[str, Any]) -> Tensor:
+        if "image" not in batch:
+            raise InvalidInputError("VAE training batches need an 'image' [B,3,H,W] entry")
+        return batch["image"]
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Grid PNG (originals / reconstructions from the posterior mode) and mean PSNR."""

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from flexitok.errors import FlexiTokError
-from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.models.flextok import FlexTok
+from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.files import atomic_write_bytes
 
 MAGIC = b"FTOK"
 VERSION = 1
@@ -109,9 +110,9 @@ class FtokFile:
     """The content of one ``.ftok`` file.
 
     ``tokens``: the first ``k`` token ids (ordered coarse to fine). ``fingerprint``: :func:`model_fingerprint` of
-    the model that made them. ``model_hint``: a name or path to find that model again. ``seed``, ``steps``,
-    ``guidance_scale`` and ``apg`` are the decoder settings the encoder used (e.g. when it searched for the smallest
-    k), so decoding with them reproduces that exact reconstruction.
+    the model that made them. ``model_hint``: a name or path to find that model again. ``decode``: the decoder
+    settings the encoder used (e.g. when it searched for the smallest k), so decoding with them reproduces that
+    exact reconstruction (the header stores the guidance scale as a float32).
     """
 
     tokens: tuple[int, ...]
@@ -120,10 +121,7 @@ class FtokFile:
     n_registers: int
     fsq_levels: tuple[int, ...]
     model_hint: str = ""
-    seed: int = 0
-    steps: int = 20
-    guidance_scale: float = 7.5
-    apg: bool = True
+    decode: DecodeConfig = DecodeConfig()
 
     def __post_init__(self) -> None:
         if len(self.fingerprint) != 2 * FINGERPRINT_BYTES:
@@ -139,7 +137,10 @@ class FtokFile:
         for name, v in (("image height", self.image_size[0]), ("image width", self.image_size[1])):
             if not 1 <= v <= 0xFFFF:
                 raise FtokError(f"{name} {v} does not fit the .ftok header")
-        if self.n_registers > 0xFFFF or not 0 <= self.seed <= 0xFFFFFFFF or not 1 <= self.steps <= 0xFFFF:
+        d = self.decode
+        if callable(d.guidance_scale):
+            raise FtokError("a .ftok header stores one guidance scale, not a schedule")
+        if self.n_registers > 0xFFFF or not 0 <= d.seed <= 0xFFFFFFFF or not 1 <= d.steps <= 0xFFFF:
             raise FtokError("n_registers, seed or steps out of the .ftok header's range")
 
     # ------------------------------------------------------------------ derived
@@ -172,10 +173,7 @@ class FtokFile:
         model: FlexTok,
         tokens: Tensor | list[int],
         model_hint: str = "",
-        seed: int = 0,
-        steps: int = 20,
-        guidance_scale: float = 7.5,
-        apg: bool = True,
+        decode: DecodeConfig | None = None,
     ) -> FtokFile:
         """Wrap ``tokens`` (``LongTensor [k]`` or a list) made by ``model`` (a :class:`flexitok.FlexTok`)."""
         ids = tokens.reshape(-1).tolist() if isinstance(tokens, Tensor) else [int(t) for t in tokens]
@@ -187,10 +185,7 @@ class FtokFile:
             n_registers=int(cfg.n_registers),
             fsq_levels=tuple(int(x) for x in cfg.fsq_levels),
             model_hint=model_hint,
-            seed=seed,
-            steps=steps,
-            guidance_scale=float(guidance_scale),
-            apg=bool(apg),
+            decode=decode or DecodeConfig(),
         )
 
     def check_model(self, model: FlexTok, model_name: str | None = None) -> None:
@@ -226,10 +221,10 @@ class FtokFile:
             self.image_size[1],
             self.n_registers,
             self.k,
-            self.seed,
-            self.steps,
-            self.guidance_scale,
-            _FLAG_APG if self.apg else 0,
+            self.decode.seed,
+            self.decode.steps,
+            self.decode.guidance_scale,
+            _FLAG_APG if self.decode.apg else 0,
         )
         body = (
             head
@@ -271,8 +266,9 @@ class FtokFile:
             raise FtokError(f"{source}: corrupt .ftok file (model hint is not UTF-8)") from None
         tokens = unpack_ids(payload, k, bits)
         try:
-            return cls(tuple(tokens), fp.hex(), (h, w), n, levels, hint, seed, steps, float(guidance), bool(flags & 1))
-        except FtokError as e:
+            decode = DecodeConfig(steps=steps, guidance_scale=float(guidance), apg=bool(flags & _FLAG_APG), seed=seed)
+            return cls(tuple(tokens), fp.hex(), (h, w), n, levels, hint, decode)
+        except FlexiTokError as e:
             raise FtokError(f"{source}: corrupt .ftok file ({e})") from None
 
 

@@ -3,7 +3,8 @@
 Two formats, chosen by suffix:
 
 * ``.json``: ``{"model": str, "image_size": [H, W], "vocab_size": int, "n_registers": int, "files": [str, ...],
-  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Only ``tokens`` is required
+  "tokens": [[id, ...], ...]}``; one row per image, rows may have different lengths. Images of different sizes
+  record ``"image_sizes": [[H, W], ...]`` (one per row) instead of ``image_size``. Only ``tokens`` is required
   when reading (a bare list of rows is accepted too).
 * ``.npy``: an integer array ``[B, K]`` (or ``[K]`` for one image), no metadata.
 
@@ -22,75 +23,67 @@ import torch
 from torch import Tensor
 
 from flexitok.errors import InvalidInputError
-from flexitok.io.checkpoint import atomic_write, atomic_write_bytes
+from flexitok.utils.files import atomic_write, atomic_write_bytes
 
 TOKEN_SUFFIXES = (".json", ".npy")
 
 
 @dataclass
 class TokenFile:
-    """Token sequences (each ``LongTensor [k_i]``) plus optional provenance."""
+    """Token sequences (each ``LongTensor [k_i]``) plus optional provenance (written to JSON, not to .npy):
+    the ``model`` that made them, the ``image_size`` (or per-sequence ``image_sizes`` when the images' sizes
+    differ), the model's ``vocab_size`` and ``n_registers``, the source ``files``. ``extra``: other keys found when
+    reading."""
 
     tokens: list[Tensor]
     model: str | None = None
     image_size: tuple[int, int] | None = None
+    vocab_size: int | None = None
+    n_registers: int | None = None
     files: list[str] | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    image_sizes: list[tuple[int, int]] | None = None  # one per sequence, when the images' sizes differ
 
 
-def _suffix(path: Path) -> str:
+def check_token_path(path: str | os.PathLike) -> str:
+    """The suffix (``.json`` or ``.npy``) of a token file name; anything else raises InvalidInputError."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TOKEN_SUFFIXES:
         raise InvalidInputError(f"{path}: token files must end in .json or .npy, got {suffix or 'no suffix'!r}")
     return suffix
 
 
-def _rows(tokens: Tensor | list[Tensor]) -> list[list[int]]:
-    if isinstance(tokens, Tensor):
-        return [row.tolist() for row in tokens.reshape(-1, tokens.shape[-1]).cpu()]
+def _rows(tokens: list[Tensor]) -> list[list[int]]:
     return [t.reshape(-1).cpu().tolist() for t in tokens]
 
 
-def tokens_to_json(
-    tokens: Tensor | list[Tensor],
-    model: str | None = None,
-    image_size: tuple[int, int] | None = None,
-    files: list[str] | None = None,
-    vocab_size: int | None = None,
-    n_registers: int | None = None,
-) -> str:
+def tokens_to_json(token_file: TokenFile) -> str:
     """The JSON text of a token file; each token row is kept on one line so files stay readable."""
+    t = token_file
     header: dict[str, object] = {}
     for key, value in (
-        ("model", model),
-        ("image_size", list(image_size) if image_size else None),
-        ("vocab_size", vocab_size),
-        ("n_registers", n_registers),
-        ("files", files),
+        ("model", t.model),
+        ("image_size", list(t.image_size) if t.image_size else None),
+        ("image_sizes", [list(x) for x in t.image_sizes] if t.image_sizes else None),
+        ("vocab_size", t.vocab_size),
+        ("n_registers", t.n_registers),
+        ("files", t.files),
     ):
         if value is not None:
             header[key] = value
-    rows = ",\n".join("    " + json.dumps(r) for r in _rows(tokens))
+    rows = ",\n".join("    " + json.dumps(r) for r in _rows(t.tokens))
     head = "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in header.items())
     return "{\n" + head + '  "tokens": [\n' + rows + "\n  ]\n}\n"
 
 
-def write_token_file(
-    path: str | os.PathLike,
-    tokens: Tensor | list[Tensor],
-    model: str | None = None,
-    image_size: tuple[int, int] | None = None,
-    files: list[str] | None = None,
-    vocab_size: int | None = None,
-    n_registers: int | None = None,
-) -> Path:
-    """Write ``tokens`` (``[B, K]`` or a list of ``[k_i]``) as .json or .npy (by suffix), atomically."""
+def write_token_file(path: str | os.PathLike, token_file: TokenFile) -> Path:
+    """Write the tokens (a list of ``[k_i]``) as .json (with the provenance) or .npy (by suffix), atomically."""
     path = Path(path)
-    if _suffix(path) == ".json":
-        text = tokens_to_json(tokens, model, image_size, files, vocab_size, n_registers)
-        atomic_write_bytes(path, text.encode())
+    if check_token_path(path) == ".json":
+        atomic_write_bytes(path, tokens_to_json(token_file).encode())
         return path
-    rows = _rows(tokens)
+    rows = _rows(token_file.tokens)
     if len({len(r) for r in rows}) > 1:
         raise InvalidInputError(f"{path}: .npy needs equal-length token sequences; use .json for different lengths")
     arr = np.asarray(rows, dtype=np.int32)  # 64000 codes fit easily; halves the size of int64
@@ -117,7 +110,7 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such token file")
-    if _suffix(path) == ".npy":
+    if check_token_path(path) == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
@@ -150,14 +143,30 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) for s in size)):
             raise InvalidInputError(f'{path}: "image_size" must be [H, W], got {size!r}')
         image_size = (size[0], size[1])
+    sizes = data.get("image_sizes")
+    image_sizes = None
+    if sizes is not None:
+        ok = isinstance(sizes, list) and len(sizes) == len(tokens)
+        ok = ok and all(isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s) for s in sizes)
+        if not ok:
+            raise InvalidInputError(f'{path}: "image_sizes" must list one [H, W] per token sequence ({len(tokens)})')
+        image_sizes = [(s[0], s[1]) for s in sizes]
     model = data.get("model")
-    extra = {k: v for k, v in data.items() if k not in ("tokens", "files", "image_size", "model")}
+    counts = {}
+    for key in ("vocab_size", "n_registers"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidInputError(f'{path}: "{key}" must be an integer, got {value!r}')
+        counts[key] = value
+    known = ("tokens", "files", "image_size", "image_sizes", "model", "vocab_size", "n_registers")
     return TokenFile(
         tokens=tokens,
         model=str(model) if model is not None else None,
         image_size=image_size,
         files=[str(f) for f in files] if files is not None else None,
-        extra=extra,
+        extra={k: v for k, v in data.items() if k not in known},
+        image_sizes=image_sizes,
+        **counts,
     )
 
 

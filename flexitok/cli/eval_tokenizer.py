@@ -1,4 +1,4 @@
-"""``flexitok eval``: reconstruction quality (PSNR, SSIM, FD-EffLite0) vs number of kept tokens."""
+"""``flexitok eval tokenizer``: reconstruction quality (PSNR, SSIM, FD-EffLite0) vs number of kept tokens."""
 
 from __future__ import annotations
 
@@ -7,48 +7,36 @@ from pathlib import Path
 
 from flexitok.cli.common import (
     add_batch_size_arg,
+    add_data_args,
+    add_decode_args,
     add_model_args,
-    add_sampling_args,
+    decode_config,
     info,
     load_model,
     model_reference,
+    parse_token_counts,
     positive_int,
-    resolve_device,
 )
 from flexitok.errors import InvalidInputError
-
-
-def parse_ks(text: str, n_registers: int) -> list[int] | None:
-    """``"1,2,4"`` -> ``[1, 2, 4]``; ``"all"`` -> None (powers of two up to N)."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        ks = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InvalidInputError(f"--ks must be comma-separated integers such as 1,2,4,8; got {text!r}") from None
-    bad = [k for k in ks if not 1 <= k <= n_registers]
-    if not ks or bad:
-        raise InvalidInputError(f"--ks values must lie in 1..{n_registers} (this model's tokens); got {text!r}")
-    return ks
+from flexitok.utils.device import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "eval",
+        "tokenizer",
         help="measure reconstruction PSNR/SSIM/FD-EffLite0 vs number of tokens",
         description="Tokenize images once, decode them from the first k tokens for each k, and report PSNR, "
         "SSIM and the Frechet distance on EfficientNet-Lite0 features (FD-EffLite0, not comparable to FID). "
         "Writes results.json, results.md, metrics_vs_k.png and examples.png into --out.",
     )
     add_model_args(p)
-    p.add_argument(
-        "--data", default="fashion_mnist", choices=["fashion_mnist", "folder", "webdataset", "skimage"], help="dataset"
-    )
-    p.add_argument("--data-path", default=None, help="dataset location (folder/shards; Fashion-MNIST has a default)")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="dataset split (default test)")
+    add_data_args(p)
     p.add_argument("-n", "--n-images", type=positive_int, default=256, help="images to evaluate (default 256)")
     p.add_argument(
+        "--tokens",
         "--ks",
+        dest="tokens",
+        metavar="K1,K2,...",
         default="all",
         help="token counts, comma-separated (e.g. 1,2,4,8,16,32), or 'all' = 1,2,4,...,N (default)",
     )
@@ -59,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="features for the Frechet distance (default efflite0 = FD-EffLite0, offline)",
     )
     p.add_argument("--examples", type=int, default=8, help="images shown per row in examples.png (0: none)")
-    add_sampling_args(p)
+    add_decode_args(p)
     add_batch_size_arg(p, default=16)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=run)
@@ -71,24 +59,21 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    ks = parse_ks(args.ks, model.n_registers)
+    ks = parse_token_counts(args.tokens, model.n_registers)
     h, w = model.image_size
     if h != w:
-        raise InvalidInputError(f"flexitok eval needs a square-image model, this one takes {h}x{w}")
+        raise InvalidInputError(f"flexitok eval tokenizer needs a square-image model, this one takes {h}x{w}")
     dataset = build_dataset(
         DataConfig(kind=args.data, path=args.data_path, split=args.split, image_size=h, limit=args.n_images)
     )
-    info(f"evaluating {args.model} on {args.data}/{args.split}: {args.n_images} images, ks={ks or 'all'}")
+    info(f"evaluating {args.model} on {args.data}/{args.split}: {args.n_images} images, ks={','.join(map(str, ks))}")
     result = evaluate_reconstruction(
         model,
         dataset,
         ks=ks,
         n_images=args.n_images,
         batch_size=args.batch_size,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        apg=not args.no_apg,
-        seed=args.seed,
+        decode=decode_config(args),
         extractor=None if args.extractor == "none" else args.extractor,
         n_examples=max(0, args.examples),
     )

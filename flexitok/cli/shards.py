@@ -1,0 +1,65 @@
+"""``flexitok shards``: write webdataset tar shards from an image folder (for ``data.kind=webdataset`` runs).
+
+flexitok shards /data/imagenet /data/imagenet-shards --shard-size 1000
+flexitok shards /data/photos /data/photo-shards --max-side 288
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from flexitok.errors import InvalidInputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "shards",
+        help="write webdataset tar shards from an image folder",
+        description="Write every readable image under IMAGES into tar shards (<key>.jpg|png|webp + <key>.cls) "
+        "with a shardindex.json. A folder with train/ and test/ sub-folders gets one shard folder per split, "
+        "matching data.kind=webdataset data.path=OUT. Labels come from class sub-folders (else -1).",
+    )
+    p.add_argument("images", help="image folder (class sub-folders give labels)")
+    p.add_argument("out", help="output folder for the shards")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="resize the shorter side to this, centre-crop square, re-encode as JPEG (default: keep the bytes)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the write order (shards mix classes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flexitok.data.webdataset import write_folder_shards
+
+    if args.shard_size < 1:
+        raise InvalidInputError(f"--shard-size must be >= 1, got {args.shard_size}")
+    if args.max_side is not None and args.max_side < 1:
+        raise InvalidInputError(f"--max-side must be >= 1, got {args.max_side}")
+    src, out = Path(args.images), Path(args.out)
+    splits = [s for s in ("train", "test") if (src / s).is_dir()]
+    jobs = [(src / s, out / s) for s in splits] if splits else [(src, out)]
+    for _, dest in jobs:
+        if dest.exists() and any(dest.glob("*.tar")):
+            raise InvalidInputError(f"{dest} already holds shards; choose an empty output folder")
+    for folder, dest in jobs:
+        bar = tqdm(desc=f"shards {folder.name}", unit="img", disable=args.no_progress)
+
+        def progress(done: int, total: int, bar: tqdm = bar) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        shards, skipped = write_folder_shards(
+            folder, dest, shard_size=args.shard_size, max_side=args.max_side, shuffle_seed=args.seed, progress=progress
+        )
+        bar.close()
+        note = f", skipped {skipped} unreadable file(s)" if skipped else ""
+        print(f"{dest}: {len(shards)} shard(s){note}")
+    return 0

@@ -1,0 +1,11 @@
+"""Pipelines: the end-to-end paths built from the models (generation: condition -> tokens -> images)."""
+
+from flexitok.pipelines.generation import (
+    DEFAULT_TOKENIZER,
+    NOISE_SEED_OFFSET,
+    GenerationOutput,
+    GenerationPipeline,
+    check_pair,
+)
+
+__all__ = ["DEFAULT_TOKENIZER", "NOISE_SEED_OFFSET", "GenerationOutput", "GenerationPipeline", "check_pair"]
