@@ -9,6 +9,10 @@ class InvalidInputError(FlexiTokError, ValueError):
     """A tensor, image or argument has the wrong shape, dtype, range or value."""
 
 
+class OutputError(FlexiTokError):
+    """An output file or folder cannot be created (a parent that is a file, no permission, an invalid name)."""
+
+
 class CheckpointError(FlexiTokError):
     """A checkpoint is missing, truncated, corrupt or does not match the model."""
 

@@ -88,3 +88,16 @@ def bilinear_align_corners(table, size: tuple[int, int]):
                 + fy * fx * table[:, y1, x1]
             )
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the fuzz suite's tally (tests/fuzz_support.py) when it ran; FLEXITOK_FUZZ_TALLY=path writes it."""
+    import os
+    import sys
+
+    support = sys.modules.get("tests.fuzz_support")
+    if support is None or not support.TALLY:
+        return
+    terminalreporter.write_line(support.summary())
+    if os.environ.get("FLEXITOK_FUZZ_TALLY"):
+        support.write_tally(os.environ["FLEXITOK_FUZZ_TALLY"])

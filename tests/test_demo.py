@@ -1,5 +1,6 @@
-"""The web demo: API tests against a real uvicorn server on a loopback port, and an end-to-end test in headless
-Chromium (upload an image, move the token slider, see a new reconstruction; generate when a generator exists).
+"""The web demo: API tests against a real uvicorn server on a loopback port, and end-to-end tests in headless
+Chromium (the page opens on a reconstructed sample with its coarse-to-fine strip; upload an image, move the token
+slider, see a new reconstruction; switch tokenizers; generate when a generator exists).
 
 The browser test needs the Debian packages ``chromium`` and ``chromium-driver`` (and the pip package selenium);
 it is skipped only when chromium or its driver is not installed.
@@ -26,6 +27,8 @@ import torch
 from PIL import Image
 
 from flexitok import DecodeConfig, GenerationPipeline
+from flexitok.config import tiny_config
+from flexitok.errors import InvalidInputError
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import Generator, generator_preset
 from tests.conftest import tiny_model
@@ -35,7 +38,7 @@ DEMO_EXTRA = "the web demo needs the [demo] extra (fastapi, uvicorn): pip instal
 pytest.importorskip("fastapi", reason=DEMO_EXTRA)
 uvicorn = pytest.importorskip("uvicorn", reason=DEMO_EXTRA)
 
-from flexitok.demo import DemoConfig, create_app  # noqa: E402
+from flexitok.demo import DemoConfig, DemoModel, create_app  # noqa: E402
 from flexitok.demo.app import decode_data_url  # noqa: E402
 from flexitok.demo.generation import ARGeneratorBackend  # noqa: E402
 
@@ -115,6 +118,35 @@ def gen_server(model: FlexTok) -> Iterator[_Server]:
     s.stop()
 
 
+def _small_model() -> FlexTok:
+    """A second tiny tokenizer that differs from ``model`` in size and token count (16x16, 8 registers)."""
+    torch.manual_seed(1)
+    small = FlexTok(tiny_config(image_size=16, n_registers=8)).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            if not p.abs().any():
+                p.normal_(0, 0.05)
+    return small
+
+
+@pytest.fixture(scope="module")
+def multi_server(model: FlexTok, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
+    """Two tokenizers with their own samples; the first also has a generator."""
+    samples = tmp_path_factory.mktemp("demo-samples")
+    for i, name in enumerate(("b.png", "a.png")):
+        Image.open(io.BytesIO(_png_bytes((40, 40), seed=10 + i))).save(samples / name)
+    cfg = generator_preset("tiny", vocab_size=model.vocab_size, n_tokens=model.n_registers, num_classes=2)
+    torch.manual_seed(0)
+    backend = ARGeneratorBackend(Generator(cfg).eval(), model)
+    served = [
+        DemoModel("big", model, samples_dir=samples, skimage_samples=(), generator=backend),
+        DemoModel("small", _small_model(), samples_dir=samples, skimage_samples=(), decode=DecodeConfig(steps=2)),
+    ]
+    s = _Server(create_app(served, DemoConfig(decode=DecodeConfig(steps=3))))
+    yield s
+    s.stop()
+
+
 def _png_bytes(size: tuple[int, int] = (40, 30), seed: int = 0) -> bytes:
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -131,7 +163,9 @@ def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None
         return e.code, json.loads(e.read())
 
 
-def _upload(base: str, data: bytes, filename: str = "x.png", content_type: str = "image/png") -> tuple[int, dict]:
+def _upload(
+    base: str, data: bytes, filename: str = "x.png", content_type: str = "image/png", query: str = ""
+) -> tuple[int, dict]:
     boundary = uuid.uuid4().hex
     body = (
         (
@@ -141,7 +175,7 @@ def _upload(base: str, data: bytes, filename: str = "x.png", content_type: str =
         + data
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    return _request(f"{base}/api/images", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return _request(f"{base}/api/images{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
 # ---------------------------------------------------------------------------- API
@@ -150,6 +184,7 @@ def test_info_and_index(server: _Server) -> None:
     assert status == 200
     assert info["n_registers"] == 16 and info["image_size"] == [32, 32] and info["bits_per_token"] == 16
     assert info["max_upload_bytes"] == MAX_UPLOAD and info["generator"] is None and info["model"] == "tiny-test"
+    assert info["models"] == ["tiny-test"] and info["strip_ks"] == [1, 2, 4, 8, 16]
     with urllib.request.urlopen(server.url + "/", timeout=30) as r:
         html = r.read().decode()
     assert 'id="k"' in html and "/static/app.js" in html
@@ -173,6 +208,75 @@ def test_upload_and_reconstruct(server: _Server, model: FlexTok) -> None:
     # Cached and deterministic: the same request gives the same image.
     _, again = _request(f"{server.url}/api/images/{out['id']}/reconstruction?k=1&seed=1")
     assert np.array_equal(np.asarray(decode_data_url(again["image"]).convert("RGB")), results[1])
+
+
+def test_strip_is_every_k_of_the_ladder(server: _Server) -> None:
+    _, out = _upload(server.url, _png_bytes(seed=5))
+    status, strip = _request(f"{server.url}/api/images/{out['id']}/strip?seed=2")
+    assert status == 200, strip
+    assert strip["ks"] == [1, 2, 4, 8, 16] and [r["k"] for r in strip["reconstructions"]] == strip["ks"]
+    images = [np.asarray(decode_data_url(r["image"]).convert("RGB")) for r in strip["reconstructions"]]
+    assert all(im.shape == (32, 32, 3) for im in images)
+    assert not np.array_equal(images[0], images[-1])
+    sizes = [r["ftok_bytes"] for r in strip["reconstructions"]]
+    assert sizes == sorted(sizes) and sizes[-1] - sizes[0] == 15 * 2  # 16 bits per extra token
+    # The slider's reconstruction at a strip k is the same image (same tokens, seed and settings).
+    _, rec = _request(f"{server.url}/api/images/{out['id']}/reconstruction?k=4&seed=2")
+    assert rec == strip["reconstructions"][2]
+    status, body = _request(f"{server.url}/api/images/deadbeef/strip")
+    assert status == 404 and "upload again" in body["detail"]
+
+
+def test_two_models_each_with_its_own_size_samples_and_generator(multi_server: _Server) -> None:
+    url = multi_server.url
+    _, big = _request(f"{url}/api/info")
+    _, small = _request(f"{url}/api/info?model=small")
+    assert big["models"] == small["models"] == ["big", "small"]
+    assert (big["model"], big["n_registers"], big["image_size"], big["strip_ks"]) == (
+        "big",
+        16,
+        [32, 32],
+        [1, 2, 4, 8, 16],
+    )
+    assert (small["model"], small["n_registers"], small["image_size"], small["strip_ks"]) == (
+        "small",
+        8,
+        [16, 16],
+        [1, 2, 4, 8],
+    )
+    assert big["samples"] == small["samples"] == ["a.png", "b.png"]
+    assert big["generator"]["max_tokens"] == 16 and small["generator"] is None
+    # An image stays with the tokenizer that tokenized it: its size, its k range, its strip.
+    status, out = _request(f"{url}/api/samples/a.png?model=small", b"")
+    assert status == 200 and out["model"] == "small" and decode_data_url(out["original"]).size == (16, 16)
+    _, strip = _request(f"{url}/api/images/{out['id']}/strip")
+    assert strip["ks"] == [1, 2, 4, 8]
+    assert decode_data_url(strip["reconstructions"][0]["image"]).size == (16, 16)
+    status, body = _request(f"{url}/api/images/{out['id']}/reconstruction?k=16")
+    assert status == 400 and "1..8" in body["detail"]
+    status, up = _upload(f"{url}", _png_bytes(seed=7))
+    assert status == 200 and up["model"] == "big" and decode_data_url(up["original"]).size == (32, 32)
+    status, up = _upload(url, _png_bytes(), query="?model=small")
+    assert status == 200 and up["model"] == "small" and decode_data_url(up["original"]).size == (16, 16)
+    headers = {"Content-Type": "application/json"}
+    status, body = _request(f"{url}/api/generate", json.dumps({"model": "small", "k": 2}).encode(), headers)
+    assert status == 404 and "no generator" in body["detail"]
+    status, gen = _request(
+        f"{url}/api/generate", json.dumps({"model": "big", "k": 2, "class_index": 1}).encode(), headers
+    )
+    assert status == 200 and decode_data_url(gen["image"]).size == (32, 32)
+    for path in ("/api/info?model=nope", "/api/samples/a.png?model=nope"):
+        status, body = _request(url + path, b"" if "samples" in path else None)
+        assert status == 404 and "big, small" in body["detail"], path
+
+
+def test_create_app_refuses_bad_model_lists(model: FlexTok) -> None:
+    with pytest.raises(InvalidInputError, match="unique"):
+        create_app([DemoModel("a", model), DemoModel("a", model)])
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        create_app([])
+    with pytest.raises(InvalidInputError, match="its own generator"):
+        create_app([DemoModel("a", model)], generator=object())  # type: ignore[arg-type]
 
 
 def test_bad_requests(server: _Server) -> None:
@@ -297,64 +401,140 @@ CHROME_FLAGS = (
 )
 
 
-@pytest.mark.skipif(
+needs_browser = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="headless browser test needs the Debian packages chromium and chromium-driver",
 )
-def test_browser_upload_slider_and_generate(server: _Server, gen_server: _Server, tmp_path: Path) -> None:
+# Where the browser tests save their screenshots: a temporary folder, or (to refresh the ones in the docs)
+# FLEXITOK_DEMO_SCREENSHOTS=docs/images.
+SCREENSHOTS_ENV = "FLEXITOK_DEMO_SCREENSHOTS"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = Options()
     options.binary_location = CHROMIUM  # type: ignore[assignment]
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
-    image_path = tmp_path / "upload.png"
-    image_path.write_bytes(_png_bytes((48, 48), seed=3))
-
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
-        wait = WebDriverWait(driver, 60)
-        driver.get(server.url + "/")
-        wait.until(lambda d: "tiny-test" in d.find_element(By.ID, "model-info").text)
-        assert not driver.find_element(By.ID, "generate-panel").is_displayed()
-
-        recon = driver.find_element(By.ID, "reconstruction")
-        driver.find_element(By.ID, "file").send_keys(str(image_path))
-        wait.until(lambda d: recon.get_attribute("data-k") == "16")
-        first_src = recon.get_attribute("src")
-        assert first_src.startswith("data:image/png;base64,")
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", recon) == 32
-        original = driver.find_element(By.ID, "original")
-        assert driver.execute_script("return arguments[0].naturalWidth", original) == 32
-
-        # Move the slider with the keyboard, as a user would: Home jumps to k = 1.
-        slider = driver.find_element(By.ID, "k")
-        slider.click()
-        slider.send_keys(Keys.HOME)
-        assert slider.get_attribute("value") == "1"
-        wait.until(lambda d: recon.get_attribute("data-k") == "1")
-        assert recon.get_attribute("src") != first_src
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", recon) == 32
-        assert "1 tokens" in driver.find_element(By.ID, "recon-caption").text
-        assert driver.find_element(By.ID, "k-value").text == "1"
-        assert "error" not in (driver.find_element(By.ID, "status").get_attribute("class") or "")
-
-        # The optional generation panel appears when the server has a generator.
-        driver.get(gen_server.url + "/")
-        panel = driver.find_element(By.ID, "generate-panel")
-        wait.until(lambda d: panel.is_displayed())
-        gen_k = driver.find_element(By.ID, "gen-k")
-        gen_k.click()
-        gen_k.send_keys(Keys.HOME)
-        driver.find_element(By.ID, "gen-button").click()
-        generated = driver.find_element(By.ID, "generated")
-        wait.until(lambda d: generated.get_attribute("data-k") == "1")
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", generated) == 32
+        yield driver
     finally:
         driver.quit()
+
+
+def _loaded_width(driver, element) -> int:
+    return driver.execute_script("return arguments[0].complete ? arguments[0].naturalWidth : 0", element)
+
+
+def _strip_ready(driver, n: int, width: int) -> bool:
+    """The strip shows ``n`` decoded images of ``width`` pixels."""
+    from selenium.webdriver.common.by import By
+
+    images = driver.find_elements(By.CSS_SELECTOR, "#strip figure img")
+    return len(images) == n and all(_loaded_width(driver, im) == width for im in images)
+
+
+def _screenshot(driver, tmp_path: Path, name: str) -> Path:
+    import os
+
+    folder = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    assert driver.save_screenshot(str(path))
+    with Image.open(path) as im:
+        assert im.size[0] >= 800
+    return path
+
+
+@needs_browser
+def test_browser_opens_on_a_reconstructed_sample_and_switches_models(
+    multi_server: _Server, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver, wait = browser, WebDriverWait(browser, 60)
+    driver.get(multi_server.url + "/")
+    recon = driver.find_element(By.ID, "reconstruction")
+    # Before any click: the first model's first sample, reconstructed from all 16 tokens, beside every k at once.
+    wait.until(lambda d: recon.get_attribute("data-k") == "16" and _strip_ready(d, 5, 32))
+    assert _loaded_width(driver, recon) == 32 and _loaded_width(driver, driver.find_element(By.ID, "original")) == 32
+    assert Select(driver.find_element(By.ID, "sample")).first_selected_option.text == "a.png"
+    captions = [f.text for f in driver.find_elements(By.CSS_SELECTOR, "#strip figcaption")]
+    assert [c.split(":")[0] for c in captions] == ["k=1", "k=2", "k=4", "k=8", "k=16"]
+    picker = driver.find_element(By.ID, "model")
+    assert driver.find_element(By.ID, "model-picker").is_displayed()
+    assert [o.text for o in Select(picker).options] == ["big", "small"]
+    assert driver.find_element(By.ID, "generate-panel").is_displayed()
+    assert driver.find_element(By.CSS_SELECTOR, "#strip figure.current").get_attribute("data-k") == "16"
+    _screenshot(driver, tmp_path, "demo_tiny_first_screen.png")
+
+    # A strip image is a shortcut for the slider.
+    driver.find_elements(By.CSS_SELECTOR, "#strip figure")[1].click()
+    wait.until(lambda d: recon.get_attribute("data-k") == "2")
+    assert driver.find_element(By.ID, "k").get_attribute("value") == "2"
+
+    # Picking the other tokenizer reloads its facts and opens on its first sample, at its size and k ladder.
+    Select(picker).select_by_visible_text("small")
+    wait.until(lambda d: "model small" in d.find_element(By.ID, "model-info").text)
+    wait.until(lambda d: recon.get_attribute("data-k") == "8" and _strip_ready(d, 4, 16))
+    assert _loaded_width(driver, recon) == 16
+    assert driver.find_element(By.ID, "k").get_attribute("max") == "8"
+    assert not driver.find_element(By.ID, "generate-panel").is_displayed()
+    assert "error" not in (driver.find_element(By.ID, "status").get_attribute("class") or "")
+
+
+@needs_browser
+def test_browser_upload_slider_and_generate(server: _Server, gen_server: _Server, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image_path = tmp_path / "upload.png"
+    image_path.write_bytes(_png_bytes((48, 48), seed=3))
+    driver, wait = browser, WebDriverWait(browser, 60)
+    driver.get(server.url + "/")
+    wait.until(lambda d: "tiny-test" in d.find_element(By.ID, "model-info").text)
+    assert not driver.find_element(By.ID, "generate-panel").is_displayed()
+    assert not driver.find_element(By.ID, "model-picker").is_displayed()  # one model: no picker
+    recon = driver.find_element(By.ID, "reconstruction")
+    opened_on = recon.get_attribute("data-image")  # the sample the page opened on (none without scikit-image)
+
+    driver.find_element(By.ID, "file").send_keys(str(image_path))
+    wait.until(lambda d: recon.get_attribute("data-image") not in (None, opened_on))
+    wait.until(lambda d: recon.get_attribute("data-k") == "16" and _strip_ready(d, 5, 32))
+    first_src = recon.get_attribute("src")
+    assert first_src.startswith("data:image/png;base64,")
+    assert _loaded_width(driver, recon) == 32
+    assert _loaded_width(driver, driver.find_element(By.ID, "original")) == 32
+
+    # Move the slider with the keyboard, as a user would: Home jumps to k = 1.
+    slider = driver.find_element(By.ID, "k")
+    slider.click()
+    slider.send_keys(Keys.HOME)
+    assert slider.get_attribute("value") == "1"
+    wait.until(lambda d: recon.get_attribute("data-k") == "1")
+    assert recon.get_attribute("src") != first_src
+    assert _loaded_width(driver, recon) == 32
+    assert "1 tokens" in driver.find_element(By.ID, "recon-caption").text
+    assert driver.find_element(By.ID, "k-value").text == "1"
+    assert driver.find_element(By.CSS_SELECTOR, "#strip figure.current").get_attribute("data-k") == "1"
+    assert "error" not in (driver.find_element(By.ID, "status").get_attribute("class") or "")
+
+    # The optional generation panel appears when the server has a generator.
+    driver.get(gen_server.url + "/")
+    panel = driver.find_element(By.ID, "generate-panel")
+    wait.until(lambda d: panel.is_displayed())
+    gen_k = driver.find_element(By.ID, "gen-k")
+    gen_k.click()
+    gen_k.send_keys(Keys.HOME)
+    driver.find_element(By.ID, "gen-button").click()
+    generated = driver.find_element(By.ID, "generated")
+    wait.until(lambda d: generated.get_attribute("data-k") == "1")
+    assert _loaded_width(driver, generated) == 32

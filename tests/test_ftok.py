@@ -311,3 +311,27 @@ def test_cli_decode_errors_leave_no_output(
     assert code == 2 and "1..4" in err
     assert not out_png.exists()
     assert read_ftok(x).k == 4
+
+
+V010 = Path(__file__).parent / "fixtures" / "v0.1.0-tiny"  # written by flexitok 0.1.0 (9b29af3)
+
+
+def test_a_0_1_0_ftok_file_still_decodes_with_its_0_1_0_model(tmp_path: Path) -> None:
+    """Config fields added since 0.1.0 must not change the fingerprint of models that leave them at their default."""
+    model = FlexTok.from_pretrained(V010 / "model")
+    f = read_ftok(V010 / "image.ftok")
+    assert model_fingerprint(model) == f.fingerprint == "f93562b7022994dede7a902fc9ddd962"
+    f.check_model(model)
+    out = tmp_path / "decoded.png"
+    assert main(["decode", str(V010 / "image.ftok"), "--model", str(V010 / "model"), "-o", str(out)]) == 0
+    assert Image.open(out).size == (16, 16)
+
+
+def test_a_newer_option_is_fingerprinted_once_it_leaves_its_default() -> None:
+    torch.manual_seed(0)
+    a = FlexTok(tiny_config())
+    b = FlexTok(tiny_config())
+    b.load_state_dict(a.state_dict())
+    assert b.config.encoder.register_ordering == "nested"  # added after 0.1.0: at its default, not hashed
+    b.config.encoder.register_ordering = "avg_pool"
+    assert model_fingerprint(b, refresh=True) != model_fingerprint(a)

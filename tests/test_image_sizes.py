@@ -142,3 +142,40 @@ def test_cli_keep_aspect_and_size_round_trip_through_the_tokens_file(tmp_path, o
     assert main(["detokenize", str(tmp_path / "s.json"), "-o", str(tmp_path / "out2"), "--size", "8x8", *common]) == 0
     assert Image.open(tmp_path / "out2" / "wide.png").size == (8, 8)
     assert main(["tokenize", files[0], "--size", "18x24", "-o", str(out.with_suffix(".json")), *common]) == 2
+
+
+def test_cli_reconstruct_keeps_the_aspect_ratio_or_takes_a_size(tmp_path, one_thread):
+    """flexitok reconstruct --keep-aspect / --size: rows at the images' own sizes, the same tokens as tokenize."""
+    from PIL import Image
+
+    from flexitok.cli.main import main
+    from flexitok.io.images import load_image
+    from tests.conftest import tiny_model
+
+    model = tiny_model()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)  # native 32x32
+    g = np.random.default_rng(1)
+    Image.fromarray(g.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "wide.png")
+    Image.fromarray(g.integers(0, 255, (50, 50, 3), dtype=np.uint8)).save(tmp_path / "square.png")
+    files = [str(tmp_path / "wide.png"), str(tmp_path / "square.png")]
+    common = ["--model", str(model_dir), "--device", "cpu", "--steps", "1", "--tokens", "1,8"]
+    pad = 2
+
+    assert main(["reconstruct", *files, "--keep-aspect", "-o", str(tmp_path / "a.png"), *common]) == 0
+    grid = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    # 2 rows x 3 columns (input, k=1, k=8) of 32x32 slots under a label strip; the wide row is 20x32, centred.
+    assert grid.shape[1] == pad + 3 * (32 + pad)
+    strip = grid.shape[0] - (pad + 2 * (32 + pad))
+    assert strip > 0
+    wide = load_image(tmp_path / "wide.png", lambda hw: (20, 32)).tensor
+    expect = ((wide.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    top = strip + pad + (32 - 20) // 2
+    assert np.abs(grid[top : top + 20, pad : pad + 32].astype(float) - expect).max() <= 1
+    assert (grid[strip + pad : top, pad : pad + 32] == 255).all()  # white above the centred 20-row cell
+
+    assert main(["reconstruct", *files, "--size", "16x24", "-o", str(tmp_path / "s.png"), *common]) == 0
+    w, h = Image.open(tmp_path / "s.png").size
+    assert w == pad + 3 * (24 + pad) and h > pad + 2 * (16 + pad)
+    assert main(["reconstruct", *files, "--size", "18x24", "-o", str(tmp_path / "bad.png"), *common]) == 2
+    assert not (tmp_path / "bad.png").exists()

@@ -150,8 +150,16 @@ def test_hub_repo_in_our_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(CheckpointError, match="cannot download 'runs/nothing'.*no local folder 'runs/nothing'"):
+    with pytest.raises(CheckpointError, match="no local folder 'nowhere-xyz/nothing', and .*cannot download"):
+        Generator.from_pretrained("nowhere-xyz/nothing")
+    # A missing model in a folder that exists here is a local path: reported as such, the hub is not asked.
+    asked.clear()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="no generator at 'runs/nothing': no such file or folder"):
         Generator.from_pretrained("runs/nothing")
+    assert asked == []
 
 
 def test_save_replaces_a_model_folder_whole_and_refuses_other_folders(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_bad_requests_are_refused(pipe: GenerationPipeline) -> None:
         pipe(prompts=["a shoe"], decode=FAST)
     with pytest.raises(InvalidInputError, match="class-conditioned"):
         pipe(num_samples=2, decode=FAST)
-    with pytest.raises(InvalidInputError, match=r"outside 0\.\.2"):
+    with pytest.raises(InvalidInputError, match=r"class 3 is not a class id in 0\.\.2"):
         pipe(labels=[3], decode=FAST)
     with pytest.raises(InvalidInputError, match=r"1\.\.16"):
         pipe(labels=[0], n_tokens=17, decode=FAST)

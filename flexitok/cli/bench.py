@@ -1,22 +1,33 @@
-"""``flexitok bench tokenizer``: tokenize/detokenize throughput and peak memory (logic in :mod:`flexitok.bench`)."""
+"""``flexitok bench tokenizer``: tokenize/detokenize throughput, peak memory and fraction of matmul peak;
+``--compare REV`` times another git revision side by side (logic in :mod:`flexitok.bench`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from flexitok.bench import BenchConfig, run_benchmark
+from flexitok.bench import PHASES, BenchConfig, CompareConfig, run_benchmark, run_comparison
 from flexitok.cli.common import add_decode_args, decode_config, info, positive_int
 from flexitok.config import PRESETS
+from flexitok.errors import InvalidInputError
 from flexitok.io.checkpoint import atomic_write_json
+
+
+def _phases(text: str) -> tuple[str, ...]:
+    phases = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in phases if p not in PHASES]
+    if bad or not phases:
+        raise argparse.ArgumentTypeError(f"phases must be a comma-separated subset of {','.join(PHASES)}")
+    return phases
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tokenizer",
-        help="benchmark tokenize/detokenize speed and memory",
-        description="Time tokenize and detokenize on a random batch and print images/s, seconds per image and "
-        "peak memory. Presets use random weights.",
+        help="benchmark tokenize/detokenize speed and memory (or compare two revisions)",
+        description="Time tokenize, detokenize and one decoder pass on a random batch and print images/s, seconds "
+        "per image, peak memory and the fraction of the matmul peak (measured in the same run). Presets use random "
+        "weights. --compare REV times git revision REV against this package (or --base) in one run, interleaved.",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model size preset (default tiny)")
@@ -26,15 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 runs under autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations per phase (default 1)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed iterations per phase; median (default 3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--phases", type=_phases, default=PHASES, help=f"comma-separated subset of {','.join(PHASES)} (default all)"
+    )
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per phase (default 1)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed calls (rounds with --compare; default 3)")
     add_decode_args(p, seed=False)
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, images and noise (default 0)")
+    p.add_argument("--compare", metavar="REV", default=None, help="also time this git revision, interleaved")
+    p.add_argument("--base", metavar="REV", default=None, help="with --compare: the other side (default: this package)")
+    p.add_argument("--repo", default=None, help="with --compare: the git checkout (default: this package's)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the report as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.base is not None and args.compare is None:
+        raise InvalidInputError("--base needs --compare REV")
     cfg = BenchConfig(
         model=args.model or args.preset or "tiny",
         batch_size=args.batch_size,
@@ -46,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         decode=decode_config(args),
         seed=args.seed,
+        threads=args.threads,
+        phases=args.phases,
     )
-    report = run_benchmark(cfg, progress=info)
+    if args.compare is not None:
+        report = run_comparison(CompareConfig(rev=args.compare, bench=cfg, base=args.base, repo=args.repo), info)
+    else:
+        report = run_benchmark(cfg, progress=info)  # type: ignore[assignment]
     print(report.format_table())
     if args.json:
         atomic_write_json(Path(args.json), report.to_dict())

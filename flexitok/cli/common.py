@@ -21,7 +21,7 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.reconstruction import default_ks
 from flexitok.io.images import SizeRule, fit_within, is_image_file
 from flexitok.sampling.ar import ARSamplingConfig, GuidanceScheduleKind
-from flexitok.sampling.decode import DecodeConfig
+from flexitok.sampling.decode import SAMPLERS, DecodeConfig
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -98,12 +98,38 @@ def add_decode_args(
         parser.add_argument(
             "--seed", type=int, default=None if d is None else d.seed, help=f"{seed_help} (default {default('seed')})"
         )
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None if d is None else d.sampler,
+        help=f"flow sampler: euler (official), heun or midpoint (second order) (default {default('sampler')})",
+    )
+    parser.add_argument(
+        "--guidance-interval",
+        type=guidance_interval,
+        default=None,
+        metavar="LO,HI",
+        help="guide only at flow times LO <= t <= HI (t = 1 is noise), one conditional pass elsewhere "
+        "(default: guidance at every step" + (", or the file's" if d is None else "") + ")",
+    )
+
+
+def guidance_interval(text: str) -> tuple[float, float]:
+    """``"0.2,0.8"`` -> ``(0.2, 0.8)`` (argparse type of ``--guidance-interval``)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI such as 0.2,0.8; got {text!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"the interval must satisfy 0 <= LO <= HI <= 1; got {text!r}")
+    return lo, hi
 
 
 def decode_config(args: argparse.Namespace, base: DecodeConfig | None = None) -> DecodeConfig:
     """The :class:`DecodeConfig` selected by :func:`add_decode_args`; unset flags take ``base``'s values."""
     base = base or DecodeConfig()
-    given = {name: getattr(args, name, None) for name in ("steps", "guidance_scale", "apg", "seed")}
+    names = ("steps", "guidance_scale", "apg", "seed", "sampler", "guidance_interval")
+    given = {name: getattr(args, name, None) for name in names}
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 

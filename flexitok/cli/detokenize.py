@@ -66,7 +66,9 @@ def _output_paths(output: Path, count: int, files: list[str] | None) -> list[Pat
         return [output / f"{i:05d}.png" for i in range(count)]
     paths, seen = [], set()
     for i, name in enumerate(files):
-        stem = Path(name).stem or f"{i:05d}"
+        stem = Path(name).stem
+        if not stem or len(stem.encode("utf-8", "surrogateescape")) > 200:  # file systems allow 255 bytes a name
+            stem = f"{i:05d}"
         candidate = stem if stem not in seen else f"{stem}_{i}"
         seen.add(candidate)
         paths.append(output / f"{candidate}.png")

@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except FlexiTokError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A path the system refuses (name too long, no permission, a full disk): the user's to fix, not a bug.
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ a prefix of the payload: truncating a file only rewrites ``k``, drops the tail b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -51,24 +52,59 @@ def bits_per_token(vocab_size: int) -> int:
     return max(1, math.ceil(math.log2(vocab_size)))
 
 
+# The config fields that 0.1.0 (the first .ftok release) hashed. A field added since is hashed only when it differs
+# from its default, so adding a model option never invalidates the .ftok files of models that do not use it (a
+# 0.1.0 file keeps decoding with its 0.1.0 model: tests/fixtures/v0.1.0-tiny). Never add names here.
+_TRANSFORMER_V1 = ("attn_scale_base", "depth", "dim", "head_dim", "mlp_hidden", "mlp_ratio", "norm_eps", "qk_norm")
+_FINGERPRINT_V1_FIELDS = frozenset(
+    ["image_size", "fsq_levels", "vae", "encoder", "decoder"]
+    + [f"vae.{k}" for k in ("diffusers_config", "downsample", "kind", "latent_channels", "sample_posterior")]
+    + ["vae.scaling_factor", "decoder.posemb_grid", "decoder.time_freq_dim", "decoder.transformer"]
+    + [f"encoder.{k}" for k in ("head_bias", "n_registers", "patch_size", "posemb_grid", "transformer")]
+    + [f"decoder.{k}" for k in ("adaln_expansion", "learned_null_cond", "max_timestep", "patch_size")]
+    + [f"{part}.transformer.{k}" for part in ("encoder", "decoder") for k in _TRANSFORMER_V1]
+)
+_FINGERPRINT_SKIPPED = frozenset(["vae.pretrained"])  # where the weights came from, not what they are
+
+
+def _fingerprint_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``config`` (a dataclass) as a JSON-able dict of the fields the fingerprint covers (see above)."""
+    out: dict[str, Any] = {}
+    as_dict = config.to_dict() if not prefix and hasattr(config, "to_dict") else None
+    for f in dataclasses.fields(config):
+        path = prefix + f.name
+        if path in _FINGERPRINT_SKIPPED:
+            continue
+        value = getattr(config, f.name)
+        if path not in _FINGERPRINT_V1_FIELDS:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value == default:
+                continue
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out[f.name] = _fingerprint_config(value, path + ".")
+        elif as_dict is not None and f.name in as_dict:
+            out[f.name] = as_dict[f.name]  # the config's own JSON form (tuples as lists, ...)
+        else:
+            out[f.name] = json.loads(json.dumps(value, default=str))
+    return out
+
+
 def model_fingerprint(model: nn.Module, refresh: bool = False) -> str:
     """A stable 32-hex-digit (128-bit) fingerprint of ``model``'s config and weights.
 
-    SHA-256 over the canonical JSON of ``model.config`` (without the VAE's ``pretrained`` location, which says
-    where weights came from, not what they are) and every state-dict entry's name, dtype, shape and raw bytes, in
-    sorted key order. Computing it reads all weights once, so the result is cached on the model object; pass
-    ``refresh=True`` after changing the weights in place (e.g. during training).
+    SHA-256 over the canonical JSON of ``model.config`` (the fields 0.1.0 hashed, plus any newer field that differs
+    from its default; never the VAE's ``pretrained`` location, which says where weights came from, not what they
+    are) and every state-dict entry's name, dtype, shape and raw bytes, in sorted key order. Computing it reads all
+    weights once, so the result is cached on the model object; pass ``refresh=True`` after changing the weights in
+    place (e.g. during training).
     """
     cached = getattr(model, _FINGERPRINT_ATTR, None)
     if cached is not None and not refresh:
         return cached
     h = hashlib.sha256()
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        cfg: dict[str, Any] = config.to_dict()
-        if isinstance(cfg.get("vae"), dict):
-            cfg["vae"] = {k: v for k, v in cfg["vae"].items() if k != "pretrained"}
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    if config is not None and dataclasses.is_dataclass(config):
+        h.update(json.dumps(_fingerprint_config(config), sort_keys=True, default=str).encode())
     state = model.state_dict()
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
@@ -81,28 +117,41 @@ def model_fingerprint(model: nn.Module, refresh: bool = False) -> str:
 
 
 def pack_ids(ids: list[int], bits: int) -> bytes:
-    """Pack ids (each ``< 2**bits``) MSB-first into ``ceil(len(ids) * bits / 8)`` bytes, zero-padded at the end."""
-    total = len(ids) * bits
-    nbytes = (total + 7) // 8
-    value = 0
+    """Pack ids (each ``< 2**bits``) MSB-first into ``ceil(len(ids) * bits / 8)`` bytes, zero-padded at the end.
+
+    Linear time: a small accumulator holds fewer than ``bits + 8`` pending bits (one big integer for the whole
+    payload would make every shift cost its length, quadratic in the file size).
+    """
+    out = bytearray()
+    acc = n_acc = 0
     limit = 1 << bits
     for i in ids:
         if not 0 <= i < limit:
             raise FtokError(f"token id {i} does not fit in {bits} bits")
-        value = (value << bits) | i
-    return (value << (8 * nbytes - total)).to_bytes(nbytes, "big")
+        acc, n_acc = (acc << bits) | i, n_acc + bits
+        while n_acc >= 8:
+            n_acc -= 8
+            out.append((acc >> n_acc) & 0xFF)
+        acc &= (1 << n_acc) - 1
+    if n_acc:
+        out.append((acc << (8 - n_acc)) & 0xFF)
+    return bytes(out)
 
 
 def unpack_ids(data: bytes, k: int, bits: int) -> list[int]:
-    """Inverse of :func:`pack_ids`; non-zero padding bits mean the payload is corrupt."""
+    """Inverse of :func:`pack_ids` in linear time; non-zero padding bits mean the payload is corrupt."""
     total = k * bits
     pad = 8 * len(data) - total
-    value = int.from_bytes(data, "big")
-    if pad < 0 or pad >= 8 or value & ((1 << pad) - 1):
+    if pad < 0 or pad >= 8 or (pad and data[-1] & ((1 << pad) - 1)):
         raise FtokError("corrupt .ftok file: token payload padding is not zero")
-    value >>= pad
+    ids = []
     mask = (1 << bits) - 1
-    return [(value >> (bits * (k - 1 - j))) & mask for j in range(k)]
+    for j in range(k):
+        start = j * bits
+        first, last = start // 8, (start + bits + 7) // 8  # the bytes that hold token j
+        chunk = int.from_bytes(data[first:last], "big")
+        ids.append((chunk >> (8 * (last - first) - (start - 8 * first) - bits)) & mask)
+    return ids
 
 
 @dataclass(frozen=True)
@@ -140,6 +189,11 @@ class FtokFile:
         d = self.decode
         if callable(d.guidance_scale):
             raise FtokError("a .ftok header stores one guidance scale, not a schedule")
+        if not d.official:
+            raise FtokError(
+                "a .ftok header records steps, guidance, APG and seed of the official Euler sampler; "
+                f"sampler={d.sampler!r}, guidance_interval={d.guidance_interval} cannot be stored"
+            )
         if self.n_registers > 0xFFFF or not 0 <= d.seed <= 0xFFFFFFFF or not 1 <= d.steps <= 0xFFFF:
             raise FtokError("n_registers, seed or steps out of the .ftok header's range")
 
@@ -198,6 +252,13 @@ class FtokFile:
                 f"this .ftok file was made with {made_with} (FSQ levels {list(self.fsq_levels)}, "
                 f"{self.n_registers} tokens), but {name} has FSQ levels {list(cfg.fsq_levels)} and "
                 f"{cfg.n_registers} tokens; pass --model with the model used for encoding"
+            )
+        native = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        if tuple(self.image_size) != native:
+            # The encoder writes the model's native size, and decoding uses it: any other header size is corrupt.
+            raise FtokError(
+                f"this .ftok file records {self.image_size[0]}x{self.image_size[1]} images, but {name} makes "
+                f"{native[0]}x{native[1]} images; the file is corrupt or was made with another model"
             )
         fp = model_fingerprint(model)
         if fp != self.fingerprint:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,21 +97,87 @@ def write_token_file(path: str | os.PathLike, token_file: TokenFile) -> Path:
     return path
 
 
+# Far above any vocabulary (64000 by default) and inside int32/int64: larger JSON integers are refused here
+# instead of overflowing torch's conversion.
+MAX_TOKEN_ID = 2**31 - 1
+# JSON nesting deeper than this is refused before Python's parser recurses (a token file needs depth 3).
+MAX_JSON_DEPTH = 32
+MAX_NAME_CHARS = 4096
+
+
 def _as_id_row(row: object, i: int, source: str) -> Tensor:
     if not isinstance(row, list):
         raise InvalidInputError(f"{source}: tokens[{i}] must be a list of integer ids, got {type(row).__name__}")
     for j, v in enumerate(row):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise InvalidInputError(f"{source}: tokens[{i}][{j}] = {v!r} is not an integer token id")
+            raise InvalidInputError(f"{source}: tokens[{i}][{j}] = {str(v)[:40]!r} is not an integer token id")
+        if not -MAX_TOKEN_ID <= v <= MAX_TOKEN_ID:  # the sign is checked against the model (validate_tokens)
+            shown = str(v) if len(str(v)) <= 24 else str(v)[:20] + "..."
+            raise InvalidInputError(f"{source}: tokens[{i}][{j}] = {shown} is far outside any vocabulary")
     return torch.tensor(row, dtype=torch.long)
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _json_depth(text: str) -> int:
+    """The deepest bracket nesting of a JSON text (brackets inside strings do not count); linear time."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _check_npy_header(path: Path) -> None:
+    """Refuse a .npy whose header promises more data than the file holds (before NumPy allocates it)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise InvalidInputError(f"{path}: not a valid .npy integer array ({e})") from None
+    if dtype.hasobject:
+        raise InvalidInputError(f"{path}: token ids must be integers, got dtype {dtype}")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    need = count * dtype.itemsize
+    have = path.stat().st_size - offset
+    if need != have:
+        raise InvalidInputError(
+            f"{path}: not a valid .npy array: its header promises {list(shape)} x {dtype} ({need} bytes), "
+            f"the file holds {have} bytes of data"
+        )
+
+
+def _check_name(name: object, i: int, source: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
+        shown = repr(name)[:60]
+        raise InvalidInputError(
+            f'{source}: "files"[{i}] must be a file name (a non-empty string of at most {MAX_NAME_CHARS} '
+            f"characters without control characters such as NUL), got {shown}"
+        )
+    return name
 
 
 def read_token_file(path: str | os.PathLike) -> TokenFile:
     """Read a .json or .npy token file; structural problems raise InvalidInputError naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InvalidInputError(f"{path}: no such token file")
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: not a regular file (a folder, pipe or device), not a token file")
     if check_token_path(path) == ".npy":
+        _check_npy_header(path)
         try:
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
@@ -123,9 +190,12 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
             raise InvalidInputError(f"{path}: expected an array of shape [B, K] or [K], got {list(arr.shape)}")
         return TokenFile(tokens=[torch.from_numpy(np.array(r, dtype=np.int64)) for r in arr])
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"{path}: not valid JSON ({e})") from None
+        text = path.read_text(encoding="utf-8")
+        if _json_depth(text) > MAX_JSON_DEPTH:
+            raise InvalidInputError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels is not a token file")
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
+        raise InvalidInputError(f"{path}: not valid JSON ({str(e)[:200]})") from None
     if isinstance(data, list):
         data = {"tokens": data}
     if not isinstance(data, dict) or "tokens" not in data:
@@ -137,6 +207,8 @@ def read_token_file(path: str | os.PathLike) -> TokenFile:
     files = data.get("files")
     if files is not None and (not isinstance(files, list) or len(files) != len(tokens)):
         raise InvalidInputError(f'{path}: "files" must list one name per token sequence ({len(tokens)})')
+    if files is not None:
+        files = [_check_name(f, i, str(path)) for i, f in enumerate(files)]
     size = data.get("image_size")
     image_size = None
     if size is not None:

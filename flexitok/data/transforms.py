@@ -95,8 +95,8 @@ class ImageTransform:
     ``random_resized_crop=None`` takes the central square and resizes it, like
     :func:`flexitok.io.images.load_image`; otherwise it is the scale range of a random-resized crop with aspect
     range ``ratio``. ``hflip`` flips with probability 0.5. ``channel_shuffle`` is the probability of a random
-    permutation of the RGB channels (colour augmentation: an autoencoder trained on a small photo set then
-    reproduces colours it rarely saw, e.g. saturated greens); 0 draws no random numbers.
+    permutation of the RGB channels (colour augmentation for autoencoders trained on small photo sets); 0 draws
+    no random numbers.
     """
 
     size: int

@@ -45,6 +45,10 @@ _EXIF_ORIENTATION = 0x0112
 _GRID_PAD_VALUE = 1.0
 
 
+class ImageTooLargeError(InvalidInputError):
+    """An image whose header declares more pixels than the caller allows (refused before decoding)."""
+
+
 class LoadedImage(NamedTuple):
     """A loaded image: ``tensor`` [3, H, W] in [-1, 1] and ``note``, a short description of the conversion
     applied (empty when the file already was an RGB image of the requested size)."""
@@ -66,23 +70,37 @@ def _source_name(source: ImageSource) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
-def _open(source: ImageSource) -> Image.Image:
-    """Open and fully decode an image, turning every PIL failure into :class:`InvalidInputError`."""
+def _open(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image, turning every PIL failure into :class:`InvalidInputError`.
+
+    ``max_pixels``: refuse (:class:`ImageTooLargeError`) an image whose header declares more pixels, before its
+    pixel data is decoded (a small compressed file can declare a huge image)."""
     name = _source_name(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
             raise InvalidInputError(f"{name}: no such file")
         if os.path.isdir(source):
             raise InvalidInputError(f"{name}: is a directory, not an image file")
+        if not os.path.isfile(source):
+            # A FIFO, socket or device would block or never end: only regular files are read.
+            raise InvalidInputError(f"{name}: not a regular file (a pipe, socket or device), not an image file")
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
             # Over MAX_IMAGE_PIXELS PIL only warns; over twice that it raises DecompressionBombError (handled below).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageTooLargeError(
+                    f"{name}: the image is {w}x{h} = {w * h / 1e6:.1f} megapixels; at most {max_pixels / 1e6:.1f} "
+                    "megapixels are decoded here"
+                )
             img.load()  # Image.open is lazy: truncated or corrupt pixel data only fails here
+    except InvalidInputError:
+        raise
     except Image.DecompressionBombError as e:
-        raise InvalidInputError(f"{name}: image is too large to load safely ({e})") from None
+        raise ImageTooLargeError(f"{name}: image is too large to load safely ({e})") from None
     except UnidentifiedImageError:
         raise InvalidInputError(f"{name}: not an image file or an unsupported image format") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -203,17 +221,18 @@ def load_pil(img: Image.Image, size: SizeRule) -> LoadedImage:
     return LoadedImage(pil_to_tensor(img), "; ".join(notes))
 
 
-def load_image(source: ImageSource, size: SizeRule) -> LoadedImage:
+def load_image(source: ImageSource, size: SizeRule, max_pixels: int | None = None) -> LoadedImage:
     """Load an image file (path, bytes or binary stream) as the model's input.
 
     Returns ``LoadedImage(tensor [3, H, W] in [-1, 1], note)`` with ``(H, W) = size``; ``note`` describes the
     conversion (mode, crop, resize), empty if none was needed. ``size`` may also be a function of the source's
     ``(H, W)`` (e.g. ``lambda hw: fit_within(hw, (256, 256), (16, 16))``). Raises :class:`InvalidInputError`
-    (naming the file) for missing, corrupt, truncated, non-image or dangerously large files.
+    (naming the file) for missing, corrupt, truncated, non-image or dangerously large files; with
+    ``max_pixels``, :class:`ImageTooLargeError` for an image declaring more pixels (checked before decoding).
     """
     if not callable(size) and (len(size) != 2 or min(size) < 1):
         raise InvalidInputError(f"size must be (H, W) with positive entries, got {size}")
-    img = _open(source)
+    img = _open(source, max_pixels)
     try:
         return load_pil(img, size)
     except (OSError, ValueError) as e:
@@ -304,6 +323,17 @@ def make_grid(images: Tensor | Sequence[Tensor | Sequence[Tensor]], pad: int = 2
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             grid[:, y : y + h, x : x + w] = cell.detach().float().cpu()
     return grid
+
+
+def letterbox(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``image [3, h, w]`` centred on a white ``[3, H, W]`` canvas (``H >= h``, ``W >= w``): grid cells of one size."""
+    h, w = image.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise InvalidInputError(f"cannot letterbox a {h}x{w} image into {size[0]}x{size[1]}")
+    out = torch.full((image.shape[0], *size), _GRID_PAD_VALUE, dtype=image.dtype)
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    out[:, top : top + h, left : left + w] = image
+    return out
 
 
 def save_grid(

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError
 from flexitok.io.official_options import check_options, class_name, option
-from flexitok.models.vae import DiffusersVAE
+from flexitok.models.vae import DiffusersVAE, sd_style_vae_config
 from flexitok.nn.precision import PRECISIONS
+from flexitok.utils.weights import state_dict_problems
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -619,7 +620,8 @@ def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             names: dict[str, str] = {}
-            unknown, mismatched = [], []
+            shapes: dict[str, tuple[int, ...]] = {}
+            unknown = []
             for key in f.keys():
                 if _dropped(key, cfg):
                     continue
@@ -628,19 +630,13 @@ def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
                     unknown.append(key)
                     continue
                 names[new] = key
-                shape = list(f.get_slice(key).get_shape())
-                if new == "decoder.register_posemb":
-                    shape = shape[-1:] + shape[-2:-1]
-                if new in own and tuple(shape) != tuple(own[new].shape):
-                    mismatched.append(f"{new}: checkpoint {tuple(shape)} vs model {tuple(own[new].shape)}")
-            missing = sorted(set(own) - set(names))
+                shape = tuple(f.get_slice(key).get_shape())
+                # The official decoder register table is [1, 1, D, N]; ours is [N, D] (see _to_ours).
+                shapes[new] = shape[-1:] + shape[-2:-1] if new == "decoder.register_posemb" else shape
             problems = []
             if unknown:
                 problems.append(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
-            if missing:
-                problems.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
-            if mismatched:
-                problems.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})")
+            problems += state_dict_problems({k: tuple(v.shape) for k, v in own.items()}, shapes)
             if problems:
                 raise CheckpointError(f"official checkpoint {path} does not match the model: " + "; ".join(problems))
             with torch.no_grad():
@@ -687,18 +683,7 @@ _VAE_ARCH_KEYS = ("block_out_channels", "down_block_types", "latent_channels")
 
 def official_base_vae_config(latent_channels: int) -> dict[str, Any]:
     """The AutoencoderKL the official wrapper builds when ``hf_hub_path`` is unset (an SD-style f8 VAE)."""
-    return {
-        "act_fn": "silu",
-        "block_out_channels": [128, 256, 512, 512],
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": latent_channels,
-        "layers_per_block": 2,
-        "norm_num_groups": 32,
-        "sample_size": 1024,
-    }
+    return {**sd_style_vae_config(latent_channels), "sample_size": 1024}
 
 
 def _resolve_vae_config(

@@ -13,6 +13,7 @@ them.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -234,6 +235,13 @@ class ClassConditioning(Conditioning):
     def from_inputs(self, labels=None, prompts=None, num_samples=None, text_encoder=None) -> Condition:
         if labels is None or prompts is not None:
             raise self.wrong_input()
+        if not isinstance(labels, Tensor):
+            n = self.config.num_classes
+            for v in labels:  # before as_tensor: 2.7 would become 2, and 2**70 would overflow
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= int(v) < n:
+                    raise InvalidInputError(f"class {str(v)[:30]} is not a class id in 0..{n - 1}")
+        elif labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise InvalidInputError(f"class ids must be integers, got dtype {labels.dtype}")
         ids = torch.as_tensor(labels, dtype=torch.long).view(-1)
         if ids.numel() == 0:
             raise InvalidInputError("give at least one class")

@@ -20,7 +20,8 @@ from flexitok.models.encoder import FlexTokEncoder
 from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_vae_size
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.decode import DecodeConfig
-from flexitok.sampling.flow import euler_sample
+from flexitok.sampling.flow import sample_flow
+from flexitok.utils.limits import MAX_IMAGE_SIDE
 from flexitok.utils.persistence import PretrainedModel
 
 TokensLike = Tensor | Sequence[Tensor]
@@ -101,6 +102,23 @@ class FlexTok(PretrainedModel):
         self.encoder.trunk.activation_checkpointing = enabled
         self.decoder.trunk.activation_checkpointing = enabled
 
+    def compile(self, mode: str | None = None, freezing: bool | None = None) -> FlexTok:  # type: ignore[override]
+        """Opt-in ``torch.compile`` of the encoder and decoder for inference (inductor on CPU or CUDA), in place.
+
+        The first tokenize/detokenize of each batch shape pays the compilation (minutes on a small CPU).
+        ``freezing`` (default: on for CPU models) lets inductor treat the weights as constants (prepacked matmul
+        weights, folded constants), so compile after loading the weights and do not train the compiled model.
+        ``mode`` is torch.compile's (e.g. ``"max-autotune"`` on CUDA) and excludes ``freezing``.
+        """
+        if freezing is None:
+            freezing = mode is None and self.device.type == "cpu"
+        if freezing and mode is not None:
+            raise InvalidInputError("compile: pass either mode or freezing, not both")
+        kwargs = {"options": {"freezing": True}} if freezing else {"mode": mode}
+        self.encoder.compile(dynamic=False, **kwargs)
+        self.decoder.compile(dynamic=False, **kwargs)
+        return self
+
     # ------------------------------------------------------------------ validation
     def check_images(self, images: Tensor) -> None:
         """Validate a batch ``[B, 3, H, W]`` in [-1, 1] of a size this model takes (:meth:`check_image_size`)."""
@@ -134,6 +152,8 @@ class FlexTok(PretrainedModel):
         :class:`~flexitok.errors.OutsideTrainedRegimeWarning` is issued.
         """
         h, w = (int(x) for x in size)
+        if max(h, w) > MAX_IMAGE_SIDE:
+            raise InvalidInputError(f"image size {h}x{w} is too large: sides are limited to {MAX_IMAGE_SIDE} pixels")
         mh, mw = self.size_multiple(part)
         if h < 1 or w < 1 or h % mh or w % mw:
             raise InvalidInputError(
@@ -174,8 +194,8 @@ class FlexTok(PretrainedModel):
             rows = list(tokens)
         else:
             rows = [torch.as_tensor(t) for t in tokens]
-            if not rows:
-                raise InvalidInputError("no token sequences given")
+        if not rows:
+            raise InvalidInputError("no token sequences given (an empty batch)")
         lengths = []
         for i, r in enumerate(rows):
             if r.ndim == 2 and r.shape[0] == 1:  # official style [1, k]
@@ -191,7 +211,11 @@ class FlexTok(PretrainedModel):
             ids[i, : r.numel()] = r.to(self.device, torch.long)
         keep = torch.tensor(lengths, dtype=torch.long, device=self.device)
         if keep_k is not None:
-            k = torch.as_tensor(keep_k, dtype=torch.long, device=self.device).reshape(-1)
+            k = torch.as_tensor(keep_k)
+            if k.dtype.is_floating_point or k.dtype == torch.bool or k.is_complex():
+                # as_tensor(2.7, dtype=long) would silently give 2
+                raise InvalidInputError(f"keep_k must be an integer or integers, got {keep_k!r}")
+            k = k.to(self.device, torch.long).reshape(-1)
             if k.numel() == 1:
                 k = k.expand(len(rows))
             if k.numel() != len(rows):
@@ -401,7 +425,7 @@ class FlexTok(PretrainedModel):
         images: list[Tensor] = [torch.empty(0)] * b
         latents: list[Tensor] = [torch.empty(0)] * b
         for idx in groups.values():
-            lat = euler_sample(
+            lat = sample_flow(
                 self.decoder,
                 torch.stack([starts[i] for i in idx]),
                 cond[idx],
@@ -430,6 +454,8 @@ class FlexTok(PretrainedModel):
             want = [len(sizes), *expected[0]] if len(set(expected)) == 1 else f"{len(sizes)} tensors {expected}"
             got = list(noise.shape) if isinstance(noise, Tensor) else [tuple(r.shape) for r in rows or []]
             raise InvalidInputError(f"noise must have shape {want}, got {got}")
+        if any(not r.is_floating_point() or not bool(torch.isfinite(r).all()) for r in rows):
+            raise InvalidInputError("noise must be a float tensor of finite values (it has NaN or infinite entries)")
         return [r.to(self.device, torch.float32) for r in rows]
 
     @torch.no_grad()

@@ -89,6 +89,23 @@ class DiffusersVAE(Autoencoder):
             return self.vae.decode(self._input(latents) / self.cfg.scaling_factor).sample
 
 
+def sd_style_vae_config(latent_channels: int = 16) -> dict[str, Any]:
+    """The diffusers ``AutoencoderKL`` architecture of the SD/SDXL VAEs (4 blocks, 8x downsampling) with
+    ``latent_channels`` channels: what the official wrapper builds when it names no hub VAE, and the architecture
+    of the paper's stage-0 VAEs ("similar to the SDXL VAE"; 16 channels)."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": latent_channels,
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "act_fn": "silu",
+    }
+
+
 def _clean_diffusers_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 

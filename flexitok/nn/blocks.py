@@ -8,8 +8,14 @@ from torch.utils.checkpoint import checkpoint
 
 from flexitok.config import TransformerConfig
 from flexitok.nn.attention import SelfAttention
+from flexitok.nn.fastpath import eager_inference
 from flexitok.nn.mlp import GatedMLP
-from flexitok.nn.norm import Fp32LayerNorm, modulate
+from flexitok.nn.norm import Fp32LayerNorm, gated_residual_, modulate, modulate_groups_
+
+
+def _residual(x: Tensor, y: Tensor) -> Tensor:
+    """``x + y``; in eager inference written into ``y``, a fresh branch output (``x`` is never modified)."""
+    return y.add_(x) if eager_inference() else x + y
 
 
 class Block(nn.Module):
@@ -24,8 +30,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x [B, S, D]`` -> ``[B, S, D]``."""
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+        x = _residual(x, self.attn(self.norm1(x), mask))
+        return _residual(x, self.mlp(self.norm2(x)))
 
 
 class AdaLNBlock(nn.Module):
@@ -34,6 +40,10 @@ class AdaLNBlock(nn.Module):
     The modulation layer maps ``silu(c)`` to ``groups x 6 x D`` values. With ``groups=2`` the sequence is split
     at ``split`` (the number of leading tokens, e.g. image patches) and each part gets its own
     (gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp).
+
+    Eager inference applies them per token range by broadcasting, in place and never expanded to ``[B, S, D]``;
+    with autograd (training) or under ``torch.compile`` the plain per-token formulation runs, so training
+    numerics do not depend on the inference fast path.
     """
 
     def __init__(self, cfg: TransformerConfig, groups: int = 1) -> None:
@@ -44,6 +54,11 @@ class AdaLNBlock(nn.Module):
         self.norm2 = Fp32LayerNorm(cfg.norm_eps)
         self.mlp = GatedMLP(cfg.dim, cfg.hidden)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, groups * 6 * cfg.dim))
+
+    def modulation(self, c: Tensor) -> Tensor:
+        """``c [B, D]`` -> ``[B, groups, 6, D]``; along dim 2: gate_attn, gate_mlp, shift_attn, scale_attn,
+        shift_mlp, scale_mlp."""
+        return self.adaLN_modulation(c).unflatten(-1, (self.groups, 6, -1))
 
     def _per_token(self, c: Tensor, seq_len: int, split: int) -> tuple[Tensor, ...]:
         # [B, groups*6*D] -> six [B, S, D] (or [B, 1, D] when shared) tensors.
@@ -59,6 +74,12 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor, split: int, mask: Tensor | None = None) -> Tensor:
         """``x [B, S, D]``, ``c [B, D]``, ``split`` = number of tokens in the first group -> ``[B, S, D]``."""
+        if eager_inference():
+            gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = self.modulation(c).unbind(2)
+            h = modulate_groups_(self.norm1(x), shift_attn, scale_attn, split)
+            x = gated_residual_(x, self.attn(h, mask), gate_attn, split)
+            h = modulate_groups_(self.norm2(x), shift_mlp, scale_mlp, split)
+            return gated_residual_(x, self.mlp(h), gate_mlp, split)
         gate_attn, gate_mlp, shift_attn, scale_attn, shift_mlp, scale_mlp = self._per_token(c, x.shape[1], split)
         x = x + gate_attn * self.attn(modulate(self.norm1(x), shift_attn, scale_attn), mask)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))

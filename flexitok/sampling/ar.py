@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from flexitok.errors import InvalidInputError
+from flexitok.utils.limits import MAX_TEMPERATURE, MIN_TEMPERATURE, check_float, check_guidance, check_int
 
 if TYPE_CHECKING:  # sampling sits below models: the model classes are only annotations here
     from flexitok.models.conditioning import Condition
@@ -29,7 +30,8 @@ GuidanceSchedule = Callable[[int, int], float]
 
 @dataclass
 class ARSamplingConfig:
-    """Sampling options. ``temperature=0`` is greedy decoding; ``top_k=0`` and ``top_p=1`` disable filtering."""
+    """Sampling options. ``temperature=0`` is greedy decoding (else 0.001..100); ``top_k=0`` and ``top_p=1``
+    disable filtering; ``guidance_scale`` in [0, 100] (1 = off). Ranges: :mod:`flexitok.utils.limits`."""
 
     n_tokens: int | None = None  # None: as many as the generator makes
     temperature: float = 1.0
@@ -40,16 +42,21 @@ class ARSamplingConfig:
     use_cache: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_tokens is not None and self.n_tokens < 1:
-            raise InvalidInputError(f"n_tokens must be >= 1, got {self.n_tokens}")
-        if self.temperature < 0:
-            raise InvalidInputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidInputError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
+        # The shared ranges (flexitok.utils.limits), so the API, the CLI and the demo refuse the same values.
+        if self.n_tokens is not None:
+            self.n_tokens = check_int("n_tokens", self.n_tokens, 1)
+        self.temperature = check_float("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        if 0.0 < self.temperature < MIN_TEMPERATURE:
+            raise InvalidInputError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature:g}"
+            )
+        self.top_k = check_int("top_k", self.top_k, 0)
+        self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        self.guidance_scale = check_guidance(self.guidance_scale, "generator guidance (CFG) scale")
         if self.guidance_schedule not in ("constant", "linear", "cosine"):
             raise InvalidInputError(f"unknown guidance schedule {self.guidance_schedule!r}")
+        if not isinstance(self.use_cache, bool):
+            raise InvalidInputError(f"use_cache must be True or False, got {self.use_cache!r}")
 
 
 def guidance_schedule(kind: GuidanceScheduleKind, scale: float) -> GuidanceSchedule:

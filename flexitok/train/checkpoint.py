@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from flexitok.errors import CheckpointError
 from flexitok.io.checkpoint import replace_dir, safetensors_ready
+from flexitok.utils.files import fsync_dir
 
 FORMAT = "flexitok-train-v2"
 FORMAT_V1 = "flexitok-train-v1"  # 0.1.0: byte sizes only
@@ -58,19 +59,6 @@ def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 
@@ -131,9 +119,9 @@ def finalize(tmp: Path, ckpt_dir: Path, meta: dict[str, Any], digests: dict[str,
         f.flush()
         os.fsync(f.fileno())
     read_manifest(tmp)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     replace_dir(tmp, ckpt_dir)
-    _fsync_dir(ckpt_dir.parent)
+    fsync_dir(ckpt_dir.parent)
     return ckpt_dir
 
 
@@ -242,7 +230,7 @@ def update_last_link(link: Path, target: Path) -> None:
     tmp = link.parent / f".tmp-link-{uuid.uuid4().hex[:8]}"
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def resolve_last(out_dir: Path) -> Path | None:

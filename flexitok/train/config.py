@@ -28,6 +28,7 @@ from flexitok.data import DataConfig
 from flexitok.errors import ConfigError, FlexiTokError
 from flexitok.train.options import TrainConfig
 from flexitok.train.tokenizer import TokenizerTaskConfig
+from flexitok.utils.config_json import plain_data
 
 T = TypeVar("T")
 
@@ -279,12 +280,4 @@ def load_run_config(cls: type[T], path: str | Path | None, overrides: list[str] 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A run config as plain YAML-able data (tuples become lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return plain(dataclasses.asdict(cfg))
+    return typing.cast(dict[str, Any], plain_data(dataclasses.asdict(cfg)))

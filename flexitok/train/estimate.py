@@ -26,20 +26,11 @@ import torch
 from torch import nn
 
 from flexitok.errors import ConfigError
+from flexitok.models.vae import sd_style_vae_config
 
 # The paper's stage-0 VAEs are "similar to the SDXL VAE" (project page): an SDXL-style diffusers AutoencoderKL
 # with 16 latent channels and 8x downsampling. Used when a config names no VAE (architecture only).
-PAPER_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 16,
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "act_fn": "silu",
-}
+PAPER_VAE_CONFIG: dict[str, Any] = sd_style_vae_config(16)
 GPU_MEMORY_GB = 80.0
 HEADROOM = 0.9  # of the GPU memory usable by the estimated tensors
 REFERENCE_GPU = ("H100 SXM dense bf16", 989e12)

@@ -29,6 +29,7 @@ from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.train.checkpoint import remove_stale_temp, resolve_last, step_folders, update_last_link
 from flexitok.train.options import OPERATIONAL_FIELDS
 from flexitok.train.parallel import DistInfo, barrier
+from flexitok.utils.config_json import plain_data
 
 LOCK = "train.lock"
 
@@ -153,15 +154,6 @@ def resolve_last_or_none(out_dir: Path) -> Path | None:
         return None
 
 
-def plain(x: Any) -> Any:
-    """Config data as YAML-able plain values (tuples become lists)."""
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    return x
-
-
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
@@ -186,7 +178,7 @@ def _operational(key: str) -> bool:
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"section.key: old -> new"`` for every hyperparameter that differs (sections the old config lacks, and
     operational settings such as logging, checkpoint cadence or evaluation, are not compared)."""
-    a, b = _flatten(plain(old)), _flatten(plain(new))
+    a, b = _flatten(plain_data(old)), _flatten(plain_data(new))
     sections = {k.split(".", 1)[0] for k in a}
     changes = []
     for key in sorted(set(a) | set(b)):

@@ -46,10 +46,11 @@ from flexitok.train.parallel import (
     init_distributed,
     wrap_ddp,
 )
-from flexitok.train.rundir import RunDir, check_config_change, plain
+from flexitok.train.rundir import RunDir, check_config_change
 from flexitok.train.state import TrainState, preserve_rng
 from flexitok.train.stream import BatchStream, batch_len, seed_everything, to_device
 from flexitok.train.task import ExtraOptimizer, TrainTask
+from flexitok.utils.config_json import plain_data
 
 __all__ = ["TrainConfig", "TrainTask", "lr_lambda", "param_groups", "train"]
 
@@ -96,7 +97,7 @@ class Trainer:
             torch.set_num_threads(cfg.cpu_threads)
         bf16 = cfg.precision == "bf16" and (device.type == "cuda" or cfg.cpu_autocast)
         self.amp_dtype = torch.bfloat16 if bf16 else None
-        self.run_config = plain(run_config if run_config is not None else {"train": dataclasses.asdict(cfg)})
+        self.run_config = plain_data(run_config if run_config is not None else {"train": dataclasses.asdict(cfg)})
 
         # Modules: the trained root (model + aux), frozen helpers, and the extra optimizers' modules.
         self.root = root = TaskModule(task).to(device)

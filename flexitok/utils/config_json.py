@@ -251,14 +251,15 @@ def config_from_json(cls: type[T], data: Any, source: str, where: str = "config"
         raise CheckpointError(f"{source}: {where} is nested too deeply") from None
 
 
+def plain_data(x: Any) -> Any:
+    """Config data as JSON/YAML-ready plain values: dicts and lists all the way down (tuples become lists)."""
+    if isinstance(x, dict):
+        return {k: plain_data(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain_data(v) for v in x]
+    return x
+
+
 def config_to_json(config: Any) -> dict[str, Any]:
     """A config dataclass as JSON-ready data (tuples become lists)."""
-
-    def plain(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return typing.cast(dict[str, Any], plain(dataclasses.asdict(config)))
+    return typing.cast(dict[str, Any], plain_data(dataclasses.asdict(config)))

@@ -19,13 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flexitok.errors import CheckpointError
+from flexitok.errors import CheckpointError, OutputError
 
 _TMP_MARK = ".tmp-"
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes a rename in ``path`` durable; not every platform can open a folder.
+def fsync_dir(path: Path) -> None:
+    """Make a rename in folder ``path`` durable (best effort: not every platform can open a folder)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -50,10 +50,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     A crash at any point leaves either the old file or the new one, never a partial file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
-    # O_EXCL with mode 0o666: the umask decides the final permissions, as for any newly created file.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL with mode 0o666: the umask decides the final permissions, as for any newly created file.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except (OSError, ValueError) as e:  # a parent that is a file, no permission, a name too long or with NUL
+        raise OutputError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
     mode = os.stat(tmp).st_mode & 0o777
     try:
         write(tmp)
@@ -64,7 +69,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -87,7 +92,7 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     for _ in range(100):
         try:
             os.rename(src, dst)  # dst absent (or an empty folder): one atomic rename
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
             return
         except OSError as e:
             if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
@@ -95,7 +100,7 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
         swapped = _exchange(src, dst)
         if swapped is True:  # src now holds the old folder
             shutil.rmtree(src, ignore_errors=True)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
             return
         if swapped is None:  # dst vanished meanwhile (another writer is mid-swap): retry the rename
             continue
@@ -112,7 +117,7 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
             continue  # another writer put its folder in place first: try again against that one
         finally:
             shutil.rmtree(trash, ignore_errors=True)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         return
     raise CheckpointError(f"could not move {src} into place at {dst}: other processes kept replacing it")
 
@@ -189,7 +194,7 @@ def write_folder_atomically(dst: str | os.PathLike[str], write: Callable[[Path],
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

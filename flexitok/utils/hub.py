@@ -22,5 +22,6 @@ def download_repo(repo_id: str, revision: str | None = None) -> Path:
 
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.md"])
     except Exception as e:  # network errors, unknown repos, offline mode
-        raise CheckpointError(f"cannot download {repo_id!r} from the Hugging Face hub: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot download {repo_id!r} from the Hugging Face hub: {first}") from e
     return Path(folder)

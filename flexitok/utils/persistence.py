@@ -219,11 +219,15 @@ class PretrainedModel(nn.Module):
         aliases = {k: v for fmt in cls._formats() for k, v in fmt.aliases.items()}
         repo = aliases.get(key, key)
         if isinstance(name_or_path, str) and is_repo_id(repo):
+            if key not in aliases and path.parent.is_dir() and str(path.parent) not in ("", "."):
+                # ``runs/model`` whose folder ``runs`` exists here is a local path, not a hub repo id.
+                raise CheckpointError(f"no {cls.model_type} at {key!r}: no such file or folder")
             try:
                 return download_repo(repo, revision)
             except CheckpointError as e:
-                local = "" if key in aliases else f" (and there is no local folder {key!r})"
-                raise CheckpointError(f"{e}{local}") from e
+                if key in aliases:
+                    raise
+                raise CheckpointError(f"no local folder {key!r}, and as a hub repo id: {e}") from e
         if not isinstance(name_or_path, str) or os.sep in key or key.startswith((".", "~")):
             raise CheckpointError(f"no {cls.model_type} at {key!r}: no such file or folder")
         names = cls.bundled_names() + sorted(aliases)
