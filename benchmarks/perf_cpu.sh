@@ -15,14 +15,19 @@ BENCH="$FT bench tokenizer --preset d12-d12 --device cpu --threads $T"
 # 1. d12-d12 fp32, batch 1, 20 steps CFG 7.5 + APG: 0.1.0 (9b29af3) vs this tree, interleaved, identical weights
 #    and inputs; max |A-B| of the outputs, fractions of peak (wall and busy clock) for every phase.
 $BENCH --batch-size 1 --repeats 3 --compare 9b29af3 --json "$OUT/compare-d12-b1.json" | tee "$OUT/compare-d12-b1.txt"
+# 1b. the decoder pass alone on 2 threads, more rounds.
+$FT bench tokenizer --preset d12-d12 --device cpu --threads 2 --batch-size 1 --phases decoder_pass --repeats 7 \
+  --compare 9b29af3 --json "$OUT/compare-d12-pass-t2.json" | tee "$OUT/compare-d12-pass-t2.txt"
 # 2. where one decoder trunk pass spends its time.
 $PY benchmarks/trunk_profile.py --preset d12-d12 --threads "$T" | tee "$OUT/profile-d12.txt"
 # 3. the bench report on this tree alone (images/s, s/image, peak memory, fraction of peak): the bundled default
-#    model at batch 64, fp32 eager, fp32 compiled (inductor, freezing) and bf16 (autocast).
+#    model at batch 64; then one decoder pass fp32 eager, bf16 (autocast) and fp32 compiled (inductor, freezing).
 DEF="$FT bench tokenizer --model default --device cpu --threads $T --batch-size 64 --repeats 3"
 $DEF --json "$OUT/bench-default-fp32.json" | tee "$OUT/bench-default-fp32.txt"
-$DEF --compile --warmup 2 --json "$OUT/bench-default-fp32-compiled.json" | tee "$OUT/bench-default-fp32-compiled.txt"
-$DEF --dtype bf16 --json "$OUT/bench-default-bf16.json" | tee "$OUT/bench-default-bf16.txt"
+$DEF --phases decoder_pass --json "$OUT/bench-default-pass-eager.json" | tee "$OUT/bench-default-pass-eager.txt"
+$DEF --phases decoder_pass --dtype bf16 --json "$OUT/bench-default-pass-bf16.json" | tee "$OUT/bench-default-pass-bf16.txt"
+$DEF --phases decoder_pass --compile --warmup 2 --json "$OUT/bench-default-pass-compiled.json" \
+  | tee "$OUT/bench-default-pass-compiled.txt"
 # 4. AR generator: tokens/s with and without the KV cache, and their ratio.
 $FT bench generator --preset B --tokens 64 --batch-size 1 --repeats 3 --device cpu --threads "$T" \
   --json "$OUT/generator-B.json" | tee "$OUT/generator-B.txt"

@@ -1,4 +1,4 @@
-"""The bundled default models: they load offline and do their job (quality checks are in the slow tier)."""
+"""The bundled models: they load offline and do their job (quality checks are in the slow tier)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import torch
 
 from flexitok import DecodeConfig, FlexTok
 from flexitok.cli.main import main
-from flexitok.cli.quickstart import SAMPLES
+from flexitok.cli.quickstart import PHOTO_SAMPLES, SAMPLES
+from flexitok.eval.metrics import psnr
 from flexitok.io.images import load_images
+from flexitok.utils.persistence import ASSETS
+
+# Issue #5: the bundled weights ship inside the package, "a few MB each; total well under 100 MB".
+ASSETS_BUDGET_BYTES = 64 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,52 @@ def test_default_tokenizer_loads_and_roundtrips_sample_images(tokenizer):
     assert recon.shape == images.shape and torch.isfinite(recon).all()
 
 
+@pytest.fixture(scope="module")
+def photo() -> FlexTok:
+    return FlexTok.from_pretrained("photo")
+
+
+def test_photo_tokenizer_loads_and_roundtrips_held_out_photos(photo, one_thread):
+    # Self-contained: the stage-0 VAE is inside the bundled folder, not a path to a training run.
+    assert photo.config.vae.kind == "diffusers" and photo.config.vae.pretrained is None
+    assert photo.image_size == (64, 64) and photo.n_registers == 64 and photo.vocab_size == 64000
+    paths = sorted(PHOTO_SAMPLES.glob("*.png"))
+    assert len(paths) == 6
+    images, _ = load_images(paths[:3], photo.image_size)
+    tokens = photo.tokenize(images)
+    assert tokens.shape == (3, 64) and 0 <= tokens.min() and tokens.max() < photo.vocab_size
+    assert len({tuple(t.tolist()) for t in tokens}) == 3
+    noise = photo.initial_noise(3, torch.Generator().manual_seed(0))
+    decode = DecodeConfig(steps=8, guidance_scale=1.0, apg=False)
+    coarse = photo.detokenize(tokens, decode, keep_k=1, noise=noise).clamp(-1, 1)
+    fine = photo.detokenize(tokens, decode, noise=noise).clamp(-1, 1)
+    assert fine.shape == images.shape and torch.isfinite(fine).all()
+    # All 64 tokens describe the photo better than the first one (the model card has the measured curve).
+    assert float(psnr(fine, images).mean()) > float(psnr(coarse, images).mean()) + 1.0
+
+
+def test_quickstart_photo_grid(tmp_path, one_thread):
+    import argparse
+
+    from PIL import Image
+
+    from flexitok.cli.quickstart import _photo_grid
+
+    args = argparse.Namespace(photo_model="photo", photo_images=str(sorted(PHOTO_SAMPLES.glob("*.png"))[0]))
+    (step,) = _photo_grid(args, DecodeConfig(steps=2), tmp_path, torch.device("cpu"))
+    grid = tmp_path / "photo_reconstruction_grid.png"
+    assert step.output == str(grid) and "PSNR by k: 1:" in step.detail and ", 64:" in step.detail
+    with Image.open(grid) as im:
+        # One row: the input, then k = 1, 2, 4, ..., 64 (8 tiles of 64 px, plus borders and labels).
+        assert 8 * 64 < im.size[0] < 8 * 64 * 1.5 and 64 < im.size[1] < 3 * 64
+    assert _photo_grid(argparse.Namespace(photo_model="none", photo_images=""), DecodeConfig(), tmp_path, None) == []
+
+
+def test_bundled_assets_stay_within_the_package_budget():
+    total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert total < ASSETS_BUDGET_BYTES, f"flexitok/assets holds {total / 2**20:.1f} MiB"
+
+
 def test_bundled_generators_match_the_tokenizer(tokenizer):
     from flexitok.models.generator import Generator
 
@@ -48,11 +99,13 @@ def test_quickstart_main_job(tmp_path, capsys):
     for name in (
         "tokens.json",
         "reconstruction_grid.png",
+        "photo_reconstruction_grid.png",
         "class_conditioned_samples.png",
         "text_conditioned_samples.png",
     ):
         assert (tmp_path / name).stat().st_size > 0
-    assert "coarse-to-fine reconstruction" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "coarse-to-fine reconstruction" in out and "photo coarse-to-fine" in out
 
 
 @pytest.mark.slow
@@ -104,3 +157,14 @@ def test_bundled_generator_samples_look_like_their_class(tokenizer, kind):
     acc = (clf.predict(images) == torch.tensor(labels)).float().mean().item()
     assert acc > 0.5, f"{kind}-conditioned samples classified as their class {acc:.0%} of the time (chance 10%)"
     assert len(FASHION_MNIST_CLASSES) == 10
+
+
+@pytest.mark.slow
+def test_photo_tokenizer_improves_with_k_on_held_out_photos(photo):
+    paths = sorted(PHOTO_SAMPLES.glob("*.png"))
+    images, _ = load_images(paths, photo.image_size)
+    tokens = photo.tokenize(images)
+    noise = photo.initial_noise(len(images), torch.Generator().manual_seed(0))
+    decode = DecodeConfig(steps=20, guidance_scale=3.0)  # the model card's decoding
+    scores = [float(psnr(photo.detokenize(tokens, decode, keep_k=k, noise=noise), images).mean()) for k in (1, 8, 64)]
+    assert scores[0] < scores[1] < scores[2], scores

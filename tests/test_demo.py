@@ -467,7 +467,7 @@ def test_browser_opens_on_a_reconstructed_sample_and_switches_models(
     assert _loaded_width(driver, recon) == 32 and _loaded_width(driver, driver.find_element(By.ID, "original")) == 32
     assert Select(driver.find_element(By.ID, "sample")).first_selected_option.text == "a.png"
     captions = [f.text for f in driver.find_elements(By.CSS_SELECTOR, "#strip figcaption")]
-    assert [c.split(":")[0] for c in captions] == ["k=1", "k=2", "k=4", "k=8", "k=16"]
+    assert [c.splitlines()[0] for c in captions] == ["k=1", "k=2", "k=4", "k=8", "k=16"]
     picker = driver.find_element(By.ID, "model")
     assert driver.find_element(By.ID, "model-picker").is_displayed()
     assert [o.text for o in Select(picker).options] == ["big", "small"]
@@ -538,3 +538,47 @@ def test_browser_upload_slider_and_generate(server: _Server, gen_server: _Server
     generated = driver.find_element(By.ID, "generated")
     wait.until(lambda d: generated.get_attribute("data-k") == "1")
     assert _loaded_width(driver, generated) == 32
+
+
+@pytest.mark.slow  # real models at the demo's decoder defaults: tens of seconds on a CPU
+@needs_browser
+def test_browser_bundled_models_first_screen_and_photo(browser, tmp_path: Path, one_thread: None) -> None:
+    """What `flexitok demo` serves by default: the bundled `default` and `photo` tokenizers with their samples.
+    Saves the screenshots shown in the README (FLEXITOK_DEMO_SCREENSHOTS=docs/images to refresh them)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from flexitok.cli.demo import default_models
+    from flexitok.cli.quickstart import PHOTO_SAMPLES, SAMPLES
+
+    assert default_models() == ["default", "photo"]
+    default, photo = FlexTok.from_pretrained("default"), FlexTok.from_pretrained("photo")
+    served = [
+        DemoModel("default", default, samples_dir=SAMPLES),
+        DemoModel("photo", photo, samples_dir=PHOTO_SAMPLES, skimage_samples=()),
+    ]
+    s = _Server(create_app(served, DemoConfig(decode=DecodeConfig())))  # the demo's decoder defaults
+    try:
+        driver, wait = browser, WebDriverWait(browser, 120)
+        driver.get(s.url + "/")
+        recon = driver.find_element(By.ID, "reconstruction")
+        n, size = default.n_registers, default.image_size[0]
+        ladder = len(_request(f"{s.url}/api/info")[1]["strip_ks"])
+        wait.until(lambda d: recon.get_attribute("data-k") == str(n) and _strip_ready(d, ladder, size))
+        assert (
+            Select(driver.find_element(By.ID, "sample")).first_selected_option.text
+            == sorted(p.name for p in SAMPLES.glob("*.png"))[0]
+        )
+        _screenshot(driver, tmp_path, "demo_first_screen.png")
+
+        Select(driver.find_element(By.ID, "model")).select_by_visible_text("photo")
+        n, size = photo.n_registers, photo.image_size[0]
+        ladder = len(_request(f"{s.url}/api/info?model=photo")[1]["strip_ks"])
+        wait.until(lambda d: recon.get_attribute("data-k") == str(n) and _strip_ready(d, ladder, size))
+        assert _loaded_width(driver, recon) == size
+        options = [o.text for o in Select(driver.find_element(By.ID, "sample")).options]
+        assert options[1:] == sorted(p.name for p in PHOTO_SAMPLES.glob("*.png"))  # held-out photos only
+        assert "error" not in (driver.find_element(By.ID, "status").get_attribute("class") or "")
+        _screenshot(driver, tmp_path, "demo_photo.png")
+    finally:
+        s.stop()

@@ -23,8 +23,6 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from flexitok.codec.ftok import FtokError, FtokFile
@@ -33,6 +31,10 @@ from flexitok.errors import FlexiTokError
 from flexitok.sampling.decode import DecodeConfig
 from tests.conftest import tiny_model
 from tests.fuzz_support import alarm, budget, classify_cli, classify_http, record, run_cli
+
+hypothesis = pytest.importorskip("hypothesis", reason="the fuzz suite needs hypothesis (the dev extra)")
+st = hypothesis.strategies
+given, settings = hypothesis.given, hypothesis.settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FUZZ = settings.get_profile("fuzz")

@@ -7,13 +7,17 @@ import torch
 
 from flexitok.errors import InvalidInputError
 from flexitok.eval.rate_distortion import (
+    RDPoint,
     codec_at_budget,
     codec_curve,
     encode,
     encode_within,
+    interpolate,
+    jpeg_payload_bytes,
     plot_rate_distortion,
     smallest_file,
     tensor_to_pil,
+    thumbnail_curve,
     token_bytes,
 )
 
@@ -58,3 +62,38 @@ def test_token_bytes_and_plot():
         encode(tensor_to_pil(images[0]), "GIF", 50)
     with pytest.raises(InvalidInputError):
         plot_rate_distortion({})
+
+
+def test_jpeg_payload_is_the_scan_data_without_headers():
+    img = tensor_to_pil(_images(1, 64)[0])
+    lo, hi = encode(img, "JPEG", 5), encode(img, "JPEG", 90)
+    # The headers (quantisation and optimised Huffman tables) cost hundreds of bytes at any quality.
+    assert len(lo) - jpeg_payload_bytes(lo) > 150 and len(hi) - jpeg_payload_bytes(hi) > 150
+    assert 0 < jpeg_payload_bytes(lo) < jpeg_payload_bytes(hi)
+    # Scan data ends where the EOI marker starts.
+    sos = hi.index(b"\xff\xda")
+    header = int.from_bytes(hi[sos + 2 : sos + 4], "big")
+    assert jpeg_payload_bytes(hi) == len(hi) - 2 - (sos + 2 + header)
+    with pytest.raises(InvalidInputError, match="JPEG"):
+        jpeg_payload_bytes(encode(img, "WEBP", 50))
+    with pytest.raises(InvalidInputError, match="JPEG only"):
+        codec_curve(_images(1), "WEBP", (10,), count="payload")
+    payload = codec_curve(_images(1, 64), "JPEG", (5, 90), count="payload")
+    assert [p.bytes for p in payload] == [jpeg_payload_bytes(lo), jpeg_payload_bytes(hi)]
+
+
+def test_interpolate_is_linear_in_log_bytes_inside_the_scan_only():
+    curve = [RDPoint("q=90", 400.0, 30.0, 0.9, 1), RDPoint("q=10", 100.0, 20.0, 0.5, 1)]
+    assert interpolate(curve, 100.0) == (20.0, 0.5) and interpolate(curve, 400.0) == (30.0, 0.9)
+    p, s = interpolate(curve, 200.0)  # halfway in log-bytes
+    assert p == pytest.approx(25.0) and s == pytest.approx(0.7)
+    assert interpolate(curve, 99.0) is None and interpolate(curve, 401.0) is None
+
+
+def test_thumbnail_baseline_costs_three_bytes_per_pixel_and_improves_with_size():
+    images = _images(2, 32)
+    pts = thumbnail_curve(images, (1, 4, 16))
+    assert [p.bytes for p in pts] == [3.0, 48.0, 768.0] and [p.label for p in pts] == ["1x1", "4x4", "16x16"]
+    assert pts[0].psnr < pts[1].psnr < pts[2].psnr and pts[0].ssim < pts[2].ssim
+    with pytest.raises(InvalidInputError):
+        thumbnail_curve(images, (0,))

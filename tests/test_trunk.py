@@ -165,3 +165,42 @@ def test_decoder_features_are_not_overwritten_by_later_blocks():
         v_fast, f_fast = dec(x, t, cond, return_features_at=0)
     v_ref, f_ref = dec(x, t, cond, return_features_at=0)  # autograd path: no in-place writes
     assert _close(f_fast, f_ref) and _close(v_fast, v_ref)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_the_bench_times_it() -> None:
+    # FlexTok.compile (inductor; on the CPU with freezing) is an opt-in for inference: same tokens and images.
+    from flexitok import DecodeConfig
+    from flexitok.bench import BenchConfig, run_benchmark
+    from flexitok.config import tiny_config
+    from flexitok.models.flextok import FlexTok
+
+    torch.manual_seed(0)
+    model = FlexTok(tiny_config(image_size=16)).eval()
+    _randomize(model.decoder, seed=1)  # adaLN-zero layers off zero, so the decoder output depends on the tokens
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    noise = model.initial_noise(2, torch.Generator().manual_seed(3))
+    decode = DecodeConfig(steps=2, guidance_scale=3.0)
+    with torch.inference_mode():
+        tokens = model.tokenize(images)
+        eager = model.detokenize(tokens, decode, noise=noise)
+        assert model.compile() is model
+        assert torch.equal(model.tokenize(images), tokens)
+        compiled = model.detokenize(tokens, decode, noise=noise)
+    assert eager.abs().max() > 0 and _close(compiled, eager)
+    report = run_benchmark(
+        BenchConfig(
+            model="tiny",
+            resolution=16,
+            batch_size=1,
+            device="cpu",
+            compile=True,
+            warmup=1,
+            repeats=1,
+            phases=("decoder_pass",),
+            peak_size=64,
+            decode=DecodeConfig(steps=1),
+        )
+    )
+    assert report.config.compile and report.phases["decoder_pass"].seconds_per_batch > 0
+    assert "compiled" in report.format_table()

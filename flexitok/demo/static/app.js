@@ -166,7 +166,7 @@ async function loadStrip() {
       img.alt = `reconstruction from ${rec.k} tokens`;
       img.dataset.k = String(rec.k);
       const cap = document.createElement("figcaption");
-      cap.textContent = `k=${rec.k}: ${rec.psnr.toFixed(1)} dB, ${rec.ftok_bytes} B`;
+      cap.textContent = `k=${rec.k}\n${rec.psnr.toFixed(1)} dB, ${rec.ftok_bytes} B`;
       fig.append(img, cap);
       fig.addEventListener("click", () => {
         $("k").value = String(rec.k);
