@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from flexitok import FlexTok
+from flexitok import DecodeConfig, FlexTok
 from flexitok.data import DataConfig, build_dataset
 from flexitok.eval.metrics import psnr
 
@@ -98,7 +98,7 @@ def main() -> None:
             v = model.decoder(xt, tt, cond)
             row[f"loss@{t:g}"] = float(((v - (loss_noise - x0)) ** 2).mean())
         for g in guidance if k in sample_ks else []:
-            rec = model.detokenize(ids, steps=args.steps, guidance_scale=g, apg=True, noise=noise, keep_k=k)
+            rec = model.detokenize(ids, DecodeConfig(steps=args.steps, guidance_scale=g), noise=noise, keep_k=k)
             row[f"sample{g:g}"] = float(psnr(rec.clamp(-1, 1), x0).mean())
             row[f"chroma{g:g}"] = chroma(rec)
         res["rows"].append(row)

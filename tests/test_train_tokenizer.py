@@ -103,6 +103,21 @@ def test_t_sampling(mode: str) -> None:
         assert float((t < 0.1).float().mean()) < 0.08
 
 
+def test_t_one_fraction_puts_that_share_at_pure_noise() -> None:
+    torch.manual_seed(0)
+    cfg = TokenizerTaskConfig(t_sampling="uniform", t_one_fraction=0.3)
+    t = sample_t(20000, cfg)
+    assert abs(float((t == 1.0).float().mean()) - 0.3) < 0.02
+    rest = t[t < 1.0]  # the others keep the base distribution
+    assert abs(float(rest.median()) - 0.5) < 0.03
+    torch.manual_seed(0)
+    plain = sample_t(100, TokenizerTaskConfig(t_sampling="uniform"))
+    torch.manual_seed(0)
+    assert torch.equal(plain, torch.rand(100))  # 0 (the default) draws no extra random numbers
+    with pytest.raises(InvalidInputError, match="t_one_fraction"):
+        TokenizerTaskConfig(t_one_fraction=1.5)
+
+
 def test_fsq_options_change_the_codes() -> None:
     model = _model()
     x0 = torch.rand(8, 3, 16, 16) * 2 - 1

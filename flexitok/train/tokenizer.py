@@ -40,6 +40,9 @@ class TokenizerTaskConfig:
     t_mean: float = 0.0  # logit-normal location
     t_std: float = 1.0  # logit-normal scale
     mode_scale: float = 1.29  # mode-scaled sampling (SD3): > 0 puts more mass in the middle of [0, 1]
+    # Fraction of samples trained at exactly t = 1 (pure noise). There the velocity loss is the MSE of the
+    # decoder's x0 estimate from the tokens alone, an autoencoder loss that rewards detail in every token.
+    t_one_fraction: float = 0.0
     k_sampling: KSampling = "pow2"  # nested dropout: uniform 1..N, powers of two, uniform rounded up to 2^m
     cfg_dropout: float = 0.1  # probability of the null condition (classifier-free guidance)
     fsq_drop_quant: float = 0.0  # fraction of samples decoded from the continuous (unrounded) FSQ values
@@ -67,7 +70,7 @@ class TokenizerTaskConfig:
             (self.k_sampling in ("uniform", "pow2", "uniform_pow2"), f"unknown k_sampling {self.k_sampling!r}"),
             (self.t_std > 0, f"t_std must be > 0, got {self.t_std}"),
         ]
-        for name in ("cfg_dropout", "fsq_drop_quant", "token_corruption"):
+        for name in ("cfg_dropout", "fsq_drop_quant", "token_corruption", "t_one_fraction"):
             v = getattr(self, name)
             checks.append((0.0 <= v <= 1.0, f"{name} must lie in [0, 1], got {v}"))
         for ok, msg in checks:
@@ -79,7 +82,14 @@ class TokenizerTaskConfig:
 
 
 def sample_t(batch_size: int, cfg: TokenizerTaskConfig, device: torch.device | str = "cpu") -> Tensor:
-    """Flow times ``t [B]`` in (0, 1) (t = 1 is pure noise)."""
+    """Flow times ``t [B]`` in (0, 1] (t = 1 is pure noise), a fraction ``t_one_fraction`` of them exactly 1."""
+    t = _sample_t(batch_size, cfg, device)
+    if cfg.t_one_fraction > 0:
+        t = torch.where(torch.rand(batch_size, device=device) < cfg.t_one_fraction, torch.ones_like(t), t)
+    return t
+
+
+def _sample_t(batch_size: int, cfg: TokenizerTaskConfig, device: torch.device | str) -> Tensor:
     if cfg.t_sampling == "uniform":
         return torch.rand(batch_size, device=device)
     if cfg.t_sampling == "logit_normal":
