@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from flexitok.data.skimage_photos import SKIMAGE_TEST_PHOTOS, SKIMAGE_TRAIN_PHOTOS
+
 TRAIN_PACKAGES = (
     "plasma-workspace-wallpapers",
     "lomiri-wallpapers-16.04",
@@ -35,17 +37,9 @@ TEST_PACKAGES = ("mate-backgrounds",)
 # Held-out photos: the nature/ set of mate-backgrounds. Its abstract/ and desktop/ sets are drawings, logos
 # and transparent PNGs (blank once composited on white), not photos.
 TEST_SUBDIR = "/nature/"
-SKIMAGE_PHOTOS = (
-    "astronaut",
-    "coffee",
-    "rocket",
-    "hubble_deep_field",
-    "retina",
-    "motorcycle",
-    "chelsea",
-    "immunohistochemistry",
-    "colorwheel",
-)
+# Every skimage colour photo trains the photo model (its held-out set is mate-backgrounds): the library's
+# train and test photos plus the colour wheel.
+SKIMAGE_PHOTOS = SKIMAGE_TRAIN_PHOTOS + SKIMAGE_TEST_PHOTOS + ("colorwheel",)
 _EXT = (".png", ".jpg", ".jpeg", ".webp")
 
 
