@@ -434,10 +434,14 @@ def _loaded_width(driver, element) -> int:
 
 def _strip_ready(driver, n: int, width: int) -> bool:
     """The strip shows ``n`` decoded images of ``width`` pixels."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     images = driver.find_elements(By.CSS_SELECTOR, "#strip figure img")
-    return len(images) == n and all(_loaded_width(driver, im) == width for im in images)
+    try:
+        return len(images) == n and all(_loaded_width(driver, im) == width for im in images)
+    except StaleElementReferenceException:  # the page re-rendered the strip between the two calls: not ready yet
+        return False
 
 
 def _screenshot(driver, tmp_path: Path, name: str) -> Path:
