@@ -207,9 +207,9 @@ class MemoryProbe:
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs and peak
-def count_flops(fn: Any) -> int:
-    """FLOPs of ``fn()`` by ``torch.utils.flop_counter`` (matmul, conv, attention), including the CPU flash
-    attention kernel that the stock counter does not know."""
+def flop_counter() -> Any:
+    """A ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, attention) that also counts the CPU flash
+    attention kernel, which the stock counter does not know."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     aten = torch.ops.aten
@@ -220,7 +220,12 @@ def count_flops(fn: Any) -> int:
             return sdpa_flop_count(query_shape, key_shape, value_shape)
 
         custom[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_flash
-    counter = FlopCounterMode(display=False, custom_mapping=custom)
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def count_flops(fn: Any) -> int:
+    """FLOPs of ``fn()`` by :func:`flop_counter`."""
+    counter = flop_counter()
     with counter:
         fn()
     return int(counter.get_total_flops())
