@@ -29,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class CompareReport:
     matmul_peak_gflops: float
     phases: list[PhaseComparison]
     matmul_peak_busy_gflops: float
+    row_parallel: dict[str, bool] = field(default_factory=dict)  # per side, when asked: whether it took effect
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,7 +98,13 @@ class CompareReport:
         c = self.config.bench
         lines = [
             f"{self.base_label} (A) vs {self.rev_label} (B): model {c.model}, batch {c.batch_size}, "
-            f"{describe_decode(c.decode)}, {c.dtype}{', compiled' if c.compile else ''}, device {self.device} "
+            f"{describe_decode(c.decode)}, {c.dtype}{', compiled' if c.compile else ''}"
+            + (
+                ", row-parallel " + " ".join(f"{s}:{'on' if on else 'n/a'}" for s, on in self.row_parallel.items())
+                if self.row_parallel
+                else ""
+            )
+            + f", device {self.device} "
             f"({self.threads} threads), {c.repeats} interleaved rounds, matmul peak {self.matmul_peak_gflops:.1f} "
             f"GFLOP/s ({self.matmul_peak_busy_gflops:.1f} busy)",
             f"{'phase':<13} {'A min s':>9} {'A med s':>9} {'B min s':>9} {'B med s':>9} {'B/A min':>8} {'B/A med':>8} "
@@ -233,6 +240,10 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
             if bench.compile:
                 for w in workers.values():
                     w.request(op="compile")
+            row_parallel: dict[str, bool] = {}
+            if bench.row_parallel:  # a revision without the option runs as it is (reported)
+                for side, w in workers.items():
+                    row_parallel[side] = bool(w.request(op="row_parallel")["supported"])
             for phase in bench.phases:
                 for _ in range(bench.warmup - (0 if bench.compile else 1)):
                     for w in workers.values():
@@ -308,4 +319,5 @@ def run_comparison(cfg: CompareConfig, progress: Callable[[str], None] | None = 
         matmul_peak_gflops=peak / 1e9,
         phases=phases,
         matmul_peak_busy_gflops=busy_peak / 1e9,
+        row_parallel=row_parallel,
     )

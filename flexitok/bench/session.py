@@ -350,6 +350,7 @@ class Session:
         self.pass_x = torch.cat([self.noise, self.noise])
         self.pass_t = torch.full((2 * b,), 0.5, device=self.device)
         self.compiled = False
+        self.rows_split = False
         self.outputs: dict[str, Tensor] = {}
 
     @property
@@ -366,6 +367,16 @@ class Session:
                 self.model.decoder.compile()
             self.compiled = True
 
+    def row_parallel(self) -> bool:
+        """Turn on the model's row-parallel decoder passes (``FlexTok.enable_row_parallel``, torch's thread count
+        as workers) for ``detokenize`` and ``decoder_pass``. False, changing nothing, on revisions without it."""
+        enable = getattr(self.model, "enable_row_parallel", None)
+        if enable is None:
+            return False
+        enable()
+        self.rows_split = True
+        return True
+
     def _call(self, phase: str) -> Tensor:
         m, c = self.model, self.cfg
         if phase == "tokenize":
@@ -373,7 +384,8 @@ class Session:
         if phase == "detokenize":
             return detokenize_call(m, self.tokens, self.noise, c.decode)
         if phase == "decoder_pass":
-            return m.decoder(self.pass_x, self.pass_t, self.pass_cond)
+            velocity = m.decoder_velocity() if self.rows_split else m.decoder
+            return velocity(self.pass_x, self.pass_t, self.pass_cond)
         raise _invalid(f"unknown phase {phase!r}")
 
     def run(self, phase: str) -> tuple[float, float]:
@@ -428,6 +440,7 @@ def serve(inp: Any = None, out: Any = None) -> None:
 
     Requests: ``{"op": "setup", "config": {...}}``, ``{"op": "flops", "phase": p}``,
     ``{"op": "measure", "phase": p, "repeats": n}``, ``{"op": "peak"}``, ``{"op": "compile"}``,
+    ``{"op": "row_parallel"}`` (answers ``supported``),
     ``{"op": "save", "path": file}`` (the last output of every phase, via ``torch.save``), ``{"op": "quit"}``.
     Every answer has ``ok``; failures carry ``error`` instead of raising.
     """
@@ -460,6 +473,8 @@ def serve(inp: Any = None, out: Any = None) -> None:
             elif op == "compile":
                 session.compile()
                 reply = {"ok": True}
+            elif op == "row_parallel":
+                reply = {"ok": True, "supported": session.row_parallel()}
             elif op == "save":
                 torch.save({k: v.detach().float().cpu() for k, v in session.outputs.items()}, req["path"])
                 reply = {"ok": True}

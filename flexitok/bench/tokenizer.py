@@ -32,7 +32,8 @@ class BenchConfig:
     ``decode`` sets the detokenize phase (its seed is unused: ``seed`` draws the weights, images and noise).
     ``phases``: a subset of ``tokenize``, ``detokenize``, ``decoder_pass`` (one decoder forward on
     ``[cond; uncond]``). ``threads``: ``torch.set_num_threads`` (None: leave it). ``peak_size``: the side of the
-    square matmul that measures the peak.
+    square matmul that measures the peak. ``row_parallel``: ``FlexTok.enable_row_parallel`` for the decoder
+    passes (CPU; ``threads`` workers of one intra-op thread each).
     """
 
     model: str = "tiny"
@@ -41,6 +42,7 @@ class BenchConfig:
     device: str = "auto"
     dtype: Dtype = "fp32"
     compile: bool = False
+    row_parallel: bool = False
     warmup: int = 1
     repeats: int = 3
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -147,7 +149,8 @@ class BenchReport:
         head = (
             f"model {self.model_name}: {self.parameters / 1e6:.1f}M params, {self.image_size[0]}x{self.image_size[1]} "
             f"images, {self.n_registers} tokens | device {self.device} ({self.threads} threads), {c.dtype}"
-            f"{', compiled' if c.compile else ''} | batch {c.batch_size}, {guidance}"
+            f"{', compiled' if c.compile else ''}{', row-parallel' if c.row_parallel else ''}"
+            f" | batch {c.batch_size}, {guidance}"
             f" | median of {c.repeats} after {c.warmup} warm-up | matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s"
             + ("" if math.isnan(self.matmul_peak_busy_gflops) else f" ({self.matmul_peak_busy_gflops:.1f} busy)")
         )
@@ -202,6 +205,8 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     if cfg.compile:
         say("compiling encoder and decoder (the warm-up pays the compile time)")
         session.compile()
+    if cfg.row_parallel and not session.row_parallel():
+        raise InvalidInputError(f"model {cfg.model} has no row-parallel decoder passes")
     for phase in cfg.phases:
         say(f"timing {phase}")
         for _ in range(cfg.warmup - (0 if cfg.compile else 1)):

@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 runs under autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
+    p.add_argument(
+        "--row-parallel",
+        action="store_true",
+        help="CPU: split each decoder pass's rows over --threads workers of one thread (FlexTok.enable_row_parallel)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
         "--phases", type=_phases, default=PHASES, help=f"comma-separated subset of {','.join(PHASES)} (default all)"
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         compile=args.compile,
+        row_parallel=args.row_parallel,
         warmup=args.warmup,
         repeats=args.repeats,
         decode=decode_config(args),
