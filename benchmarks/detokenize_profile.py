@@ -9,17 +9,15 @@ the sampler). For the first three it prints the FLOP/s (FLOPs from ``torch.utils
 fp32 matmul peak measured in the same process, and it prints the *ceiling*: the speed-up if everything else took
 no time at all, the most that removing overhead around the kernels can give.
 
-``--split-rows`` also times one decoder pass on ``[cond; uncond]`` two ways, interleaved: as one batch with
-``--threads`` intra-op threads, and as two one-row batches run concurrently in two Python threads with one
-intra-op thread each (the outputs agree within float32 rounding); an experiment, not a library path.
+``--split-rows ROUNDS`` also times detokenize and one decoder pass on ``[cond; uncond]`` two ways, interleaved:
+as one batch with ``--threads`` intra-op threads, and with ``FlexTok.enable_row_parallel(threads)`` (the rows
+split over that many Python threads with one intra-op thread each; outputs agree within float32 rounding).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -59,44 +57,41 @@ def flops_by_class(fn: Callable[[], object]) -> dict[str, float]:
 
 
 def split_rows(s: Session, threads: int, rounds: int) -> None:
-    dec = s.model.decoder
-    x, t, c = s.pass_x, s.pass_t, s.pass_cond
-
-    def joint() -> torch.Tensor:
-        return dec(x, t, c)
-
-    def split() -> torch.Tensor:
-        outs: list[torch.Tensor | None] = [None, None]
-
-        def work(i: int) -> None:
-            with torch.inference_mode():
-                outs[i] = dec(x[i : i + 1], t[i : i + 1], c[i : i + 1])
-
-        torch.set_num_threads(1)
-        worker = threading.Thread(target=work, args=(1,))
-        worker.start()
-        work(0)
-        worker.join()
-        torch.set_num_threads(threads)
-        return torch.cat([o for o in outs if o is not None])
-
-    with torch.inference_mode():
-        diff = float((joint() - split()).abs().max())
-        times: dict[str, list[float]] = {f"one batch, {threads} threads": [], "two rows, 1 thread each": []}
-        for _ in range(rounds):
-            for ts, fn in zip(times.values(), (joint, split), strict=True):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-    flops = s.flops("decoder_pass")
+    """Detokenize and one decoder pass with and without ``FlexTok.enable_row_parallel``, interleaved."""
+    model = s.model
+    times: dict[tuple[str, bool], list[float]] = {
+        (p, on): [] for p in ("detokenize", "decoder_pass") for on in (False, True)
+    }
+    outs: dict[tuple[str, bool], torch.Tensor] = {}
+    for r in range(rounds):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            if on:
+                model.enable_row_parallel(threads)
+            else:
+                model.disable_row_parallel()
+            s.rows_split = on
+            for phase in ("detokenize", "decoder_pass"):
+                seconds, _ = s.run(phase)
+                times[phase, on].append(seconds)
+                outs[phase, on] = s.outputs[phase]
+    model.disable_row_parallel()
+    s.rows_split = False
     peak, _ = matmul_peaks(torch.device("cpu"), "fp32")
-    print(f"\none decoder pass on [cond; uncond], {rounds} interleaved rounds, max |diff| {diff:.1e}:")
-    for name, ts in times.items():
-        best = min(ts)
+    print(f"\nrow-parallel ({threads} workers of 1 thread) against one batch on {threads} threads, {rounds} rounds:")
+    for phase in ("detokenize", "decoder_pass"):
+        flops = s.flops(phase)
+        diff = float((outs[phase, True] - outs[phase, False]).abs().max())
+        t_off, t_on = times[phase, False], times[phase, True]
         print(
-            f"  {name:<26} min {best:.3f} s  median {statistics.median(ts):.3f} s  "
-            f"{flops / best / 1e9:.1f} GFLOP/s = {flops / best / peak:.1%} of peak ({peak / 1e9:.1f} GFLOP/s)"
+            f"  {phase}: max |diff| {diff:.1e}; speed-up min {min(t_off) / min(t_on):.3f}, "
+            f"median {statistics.median(t_off) / statistics.median(t_on):.3f}"
         )
+        for label, ts in (("one batch", t_off), ("row-parallel", t_on)):
+            best = min(ts)
+            print(
+                f"    {label:<13} min {best:.3f} s  median {statistics.median(ts):.3f} s  "
+                f"{flops / best / 1e9:.1f} GFLOP/s = {flops / best / peak:.1%} of peak ({peak / 1e9:.1f} GFLOP/s)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,13 @@ $BENCH --batch-size 1 --repeats 3 --compare 9b29af3 --json "$OUT/compare-d12-b1.
 # 1b. the decoder pass alone on 2 threads, more rounds.
 $FT bench tokenizer --preset d12-d12 --device cpu --threads 2 --batch-size 1 --phases decoder_pass --repeats 7 \
   --compare 9b29af3 --json "$OUT/compare-d12-pass-t2.json" | tee "$OUT/compare-d12-pass-t2.txt"
-# 2. where one decoder trunk pass spends its time.
+# 1c. detokenize and the decoder pass on 2 threads, both revisions (the idle-machine table).
+$FT bench tokenizer --preset d12-d12 --device cpu --threads 2 --batch-size 1 --phases detokenize,decoder_pass \
+  --repeats 3 --compare 9b29af3 --json "$OUT/compare-d12-t2.json" | tee "$OUT/compare-d12-t2.txt"
+# 2. where one decoder trunk pass spends its time; where one detokenize spends it on 2 threads, its ceiling and
+#    the split-rows experiment.
 $PY benchmarks/trunk_profile.py --preset d12-d12 --threads "$T" | tee "$OUT/profile-d12.txt"
+$PY benchmarks/detokenize_profile.py --preset d12-d12 --threads 2 --split-rows 3 | tee "$OUT/detokenize-profile-t2.txt"
 # 3. the bench report on this tree alone (images/s, s/image, peak memory, fraction of peak): the bundled default
 #    model at batch 64; then one decoder pass fp32 eager, bf16 (autocast) and fp32 compiled (inductor, freezing).
 DEF="$FT bench tokenizer --model default --device cpu --threads $T --batch-size 64 --repeats 3"
