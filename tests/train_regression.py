@@ -6,7 +6,12 @@ metrics and a SHA-256 of every tensor file of the final checkpoint, so a refacto
 reproduce the recorded numbers bit for bit (``tests/test_train_regression.py``). Record (only when the
 numerics are meant to change, with the reason in the commit)::
 
-    .venv/bin/python tests/train_regression.py            # rewrites tests/fixtures/train-regression/expected.json
+    .venv/bin/python tests/train_regression.py    # rewrites tests/fixtures/train-regression/expected-<ISA>.json
+
+Bit-exact float32 results depend on which kernels torch dispatches to, so the expected values are kept per CPU
+capability (``torch.backends.cpu.get_cpu_capability()``: ``AVX512``, ``AVX2``, ...), each recorded on such a
+machine. The AVX512 file was recorded with the 0.1.0 trainer; the AVX2 one with a trainer that reproduced the
+AVX512 file on an AVX-512 machine (and, for the cases checked, with the 0.1.0 trainer on AVX2).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "train-regression"
-EXPECTED = FIXTURE / "expected.json"
+CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+EXPECTED = FIXTURE / f"expected-{CPU_CAPABILITY}.json"
 COMMON = ["train.log_every=1", "train.cpu_threads=1", "train.progress=false"]
 
 # name -> (target, config, overrides). The GAN starts at step 1 so the VAE case covers both phases.
@@ -91,7 +97,7 @@ def main() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = {"torch": torch.__version__}
+        results = {"torch": torch.__version__, "cpu_capability": CPU_CAPABILITY}
         for name in sys.argv[1:] or list(CASES):
             results[name] = run_case(name, Path(tmp))
             print(name, [round(m["loss"], 6) for m in results[name]["metrics"]], flush=True)
