@@ -69,13 +69,11 @@ def split_rows(s: Session, threads: int, rounds: int) -> None:
                 model.enable_row_parallel(threads)
             else:
                 model.disable_row_parallel()
-            s.rows_split = on
             for phase in ("detokenize", "decoder_pass"):
                 seconds, _ = s.run(phase)
                 times[phase, on].append(seconds)
                 outs[phase, on] = s.outputs[phase]
     model.disable_row_parallel()
-    s.rows_split = False
     peak, _ = matmul_peaks(torch.device("cpu"), "fp32")
     print(f"\nrow-parallel ({threads} workers of 1 thread) against one batch on {threads} threads, {rounds} rounds:")
     for phase in ("detokenize", "decoder_pass"):

@@ -350,7 +350,6 @@ class Session:
         self.pass_x = torch.cat([self.noise, self.noise])
         self.pass_t = torch.full((2 * b,), 0.5, device=self.device)
         self.compiled = False
-        self.rows_split = False
         self.outputs: dict[str, Tensor] = {}
 
     @property
@@ -374,7 +373,6 @@ class Session:
         if enable is None:
             return False
         enable()
-        self.rows_split = True
         return True
 
     def _call(self, phase: str) -> Tensor:
@@ -384,7 +382,8 @@ class Session:
         if phase == "detokenize":
             return detokenize_call(m, self.tokens, self.noise, c.decode)
         if phase == "decoder_pass":
-            velocity = m.decoder_velocity() if self.rows_split else m.decoder
+            # decoder_velocity: the decoder, or its row-parallel split when enabled (revisions without it: the decoder)
+            velocity = m.decoder_velocity() if hasattr(m, "decoder_velocity") else m.decoder
             return velocity(self.pass_x, self.pass_t, self.pass_cond)
         raise _invalid(f"unknown phase {phase!r}")
 
