@@ -22,10 +22,10 @@ from flexitok.train.state import TrainState
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's (mod 2**32, its limit) and torch's global generators."""
+    """Seed Python's, NumPy's (mod 2**32, its limit) and torch's (mod 2**64, its limit) global generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
@@ -53,7 +53,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.epoch, self.start = epoch, start
 
     def indices(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         perm = torch.randperm(self.n, generator=g).tolist()
         total = self.per_rank() * self.world
         perm = (perm * math.ceil(total / self.n))[:total]  # pad by wrapping so every rank gets the same count
@@ -165,7 +165,7 @@ class BatchStream:
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
-            generator=torch.Generator().manual_seed(generator_seed),  # keeps the global RNG untouched
+            generator=torch.Generator().manual_seed(generator_seed % 2**64),  # keeps the global RNG untouched
         )
 
     def _indexed_batches(self) -> Iterator[Any]:

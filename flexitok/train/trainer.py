@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,9 @@ class Trainer:
             # Distinct per-rank streams for the task's sampling (t, k, dropout); the data order has its own seeds.
             seed_everything(cfg.seed * 1000 + info.rank)
         run.write_config(self.run_config)
+        note = cfg.warmup_note()
+        if note is not None and info.is_main:
+            print(note, file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
