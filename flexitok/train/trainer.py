@@ -34,7 +34,7 @@ from flexitok.errors import TrainingError
 from flexitok.train.checkpointer import Checkpointer
 from flexitok.train.ema import EMA
 from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float
-from flexitok.train.optim import build_optimizer, lr_lambda, param_groups
+from flexitok.train.optim import apply_config, build_optimizer, group_settings, lr_lambda, param_groups
 from flexitok.train.options import TrainConfig
 from flexitok.train.parallel import (
     DistInfo,
@@ -155,8 +155,12 @@ class Trainer:
         )
         self.last, corrupt = run.resume_checkpoint(cfg.resume, cfg.resume_fallback, self.checkpointer.verify)
         if self.last is not None:
+            configured = group_settings(self.optimizer)
             self.checkpointer.load(self.last, self.state)
             check_config_change(self.state.config, self.run_config, cfg.allow_config_change, self.last)
+            applied = apply_config(self.optimizer, self.scheduler, configured, cfg)
+            if applied and info.is_main:
+                print(f"applied to the restored optimizer and schedule: {'; '.join(applied)}")
             self.state.config = self.run_config
             run.adopt(self.last, corrupt)
             if info.is_main:
