@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FlexiTokError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2, or the error's own code (75: a training run stopped by SIGTERM)
     except OSError as e:
         # A path the system refuses (name too long, no permission, a full disk): the user's to fix, not a bug.
         where = f"{e.filename}: " if e.filename is not None else ""

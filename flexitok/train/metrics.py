@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from flexitok.train.parallel import DistInfo
+from flexitok.utils.files import atomic_write_bytes
 
 
 def as_float(v: Any) -> float:
@@ -62,30 +63,72 @@ class MetricsWindow:
         return not bool(flag.item())
 
     def summary(self, info: DistInfo) -> tuple[float, float, dict[str, float]]:
-        """(mean loss per update over all processes, images/s, this process's mean task logs); resets."""
-        loss_t = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=info.device) / self.updates
-        if info.enabled:
-            dist.all_reduce(loss_t)
-            loss_t /= info.world_size
+        """(mean loss per update, images/s, mean task logs per update); resets.
+
+        Under several processes the loss and every log term are averaged the same way: the mean per update on
+        each process, then the mean over the processes that logged it (one all-reduce of all terms together).
+        """
         images_per_s = self.images * info.world_size / max(time.perf_counter() - self.start, 1e-9)
-        logs = {k: as_float(v) / self.updates for k, v in self.logs_sum.items()}
+        if not info.enabled:
+            loss_t = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=info.device) / self.updates
+            logs = {k: as_float(v) / self.updates for k, v in self.logs_sum.items()}
+            self.reset()
+            return float(loss_t), images_per_s, logs
+        keys_per_rank: list[Any] = [None] * info.world_size
+        dist.all_gather_object(keys_per_rank, sorted(self.logs_sum))
+        keys = sorted({k for ks in keys_per_rank for k in ks})  # a term some process did not log this window
+        sums = [self.loss_sum, *(self.logs_sum.get(k, 0.0) for k in keys)]
+        mine = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=info.device).reshape(()) for v in sums])
+        logged = torch.tensor([True, *(k in self.logs_sum for k in keys)], dtype=torch.float64, device=info.device)
+        full = torch.stack([mine / self.updates, logged])  # [2, 1 + terms]: per-update means, and who logged
+        dist.all_reduce(full)
+        means = (full[0] / full[1].clamp(min=1)).tolist()
         self.reset()
-        return float(loss_t), images_per_s, logs
+        return means[0], images_per_s, dict(zip(keys, means[1:], strict=True))
+
+
+def cut_back(path: Path, step: int) -> int:
+    """Remove the lines of ``metrics.jsonl`` logged after ``step`` (and a partial last line): a run killed after
+    its last checkpoint logged steps that the resumed run logs again. Atomic; returns the lines removed."""
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by kill -9 mid-write
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+    if kept != lines:
+        atomic_write_bytes(path, b"".join(kept))
+    return len(lines) - len(kept)
 
 
 class MetricsLogger:
-    """metrics.jsonl always; TensorBoard too when it is installed (rank 0 only)."""
+    """metrics.jsonl always; TensorBoard too when it is installed (rank 0 only).
 
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
+    ``step``: where the run starts (the resumed checkpoint's step, 0 for a fresh run). What an earlier, killed
+    run logged after it is cut back first (metrics.jsonl lines; TensorBoard events through ``purge_step``),
+    so every step appears once.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, step: int = 0) -> None:
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self.tb = None
         if enabled:
+            removed = cut_back(self.path, step)
+            if removed:
+                print(f"removed {removed} line(s) after step {step} from {self.path} (logged by an interrupted run)")
             try:
                 import tensorboard  # noqa: F401
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
+                tb_dir = out_dir / "tb"
+                purge = step + 1 if tb_dir.is_dir() else None  # hides the events of steps > step
+                self.tb = SummaryWriter(str(tb_dir), purge_step=purge)
             except Exception:  # tensorboard is optional
                 self.tb = None
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from flexitok.errors import TrainingError
+from flexitok.errors import TrainingError, TrainingStopped
 from flexitok.train.checkpointer import Checkpointer
 from flexitok.train.ema import EMA
 from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float
@@ -47,6 +47,7 @@ from flexitok.train.parallel import (
     init_distributed,
     wrap_ddp,
 )
+from flexitok.train.preemption import EXIT_STOPPED, StopOnSigterm
 from flexitok.train.rundir import RunDir, check_config_change
 from flexitok.train.state import TrainState, preserve_rng
 from flexitok.train.stream import BatchStream, batch_len, seed_everything, to_device
@@ -177,30 +178,34 @@ class Trainer:
     def fit(self) -> Path:
         cfg, state, info = self.cfg, self.state, self.info
         window = MetricsWindow(cfg.grad_accum)
-        logger = MetricsLogger(self.out_dir, info.is_main)
+        logger = MetricsLogger(self.out_dir, info.is_main, state.step)
         pbar = tqdm(
             total=cfg.steps, initial=state.step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True
         )
         self.root.train()
         try:
-            while state.step < cfg.steps:
-                batches = [to_device(next(self.stream), info.device) for _ in range(cfg.grad_accum)]
-                self.step_extra_optimizers(batches, window)
-                grad_norm = self.train_step(batches, window)
-                state.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.task.model, state.step)
-                window.end_update(sum(batch_len(b) for b in batches))
+            with StopOnSigterm(info) as stop:
+                while state.step < cfg.steps:
+                    batches = [to_device(next(self.stream), info.device) for _ in range(cfg.grad_accum)]
+                    self.step_extra_optimizers(batches, window)
+                    grad_norm = self.train_step(batches, window)
+                    state.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.task.model, state.step)
+                    window.end_update(sum(batch_len(b) for b in batches))
 
-                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                    self.log(window, logger, pbar, grad_norm)
-                pbar.update(1)
-                if cfg.eval_every and state.step % cfg.eval_every == 0:
-                    self.evaluate(logger)
-                if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
-                    self.check_finite(window)
-                    self.last = self.checkpointer.save(state)
+                    if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                        self.log(window, logger, pbar, grad_norm)
+                    pbar.update(1)
+                    if cfg.eval_every and state.step % cfg.eval_every == 0:
+                        self.evaluate(logger)
+                    if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+                        self.check_finite(window)
+                        self.last = self.checkpointer.save(state)
+                    if state.step < cfg.steps and stop.requested():
+                        self.stop_at_step_boundary(window)
         finally:
+            self.stream.close()
             pbar.close()
             logger.close()
         model = self.final_model()
@@ -209,6 +214,17 @@ class Trainer:
         barrier(info)
         assert self.last is not None
         return self.last
+
+    def stop_at_step_boundary(self, window: MetricsWindow) -> None:
+        """SIGTERM: checkpoint this step (unless just done), then stop (see :mod:`flexitok.train.preemption`)."""
+        step = self.state.step
+        if self.last is None or self.last.name != f"step_{step:08d}":
+            self.check_finite(window)
+            self.last = self.checkpointer.save(self.state)
+        raise TrainingStopped(
+            f"stopped by SIGTERM after step {step} of {self.cfg.steps}; checkpoint {self.last} written. "
+            f"Continue with --resume (exit code {EXIT_STOPPED})"
+        )
 
     def train_step(self, batches: list[Any], window: MetricsWindow) -> Tensor:
         """Accumulate the main loss over the micro-batches, clip, step AdamW and the schedule; -> grad norm."""
