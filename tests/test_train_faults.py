@@ -246,3 +246,47 @@ def test_summary_reduces_the_loss_and_every_term_the_same_way(tmp_path: Path) ->
     mp.spawn(_window_worker, args=(2, _free_port(), str(out)), nprocs=2)
     # The mean over ranks of each rank's mean per update; a term one rank did not log: the mean where logged.
     assert json.loads(out.read_text()) == {"loss": 4.0, "flow": 4.0, "only_rank1": 10.0}
+
+
+# ---------------------------------------------------------------------------------------------- experiment trackers
+
+
+def test_wandb_tracker_offline_and_a_missing_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    path = _run_yaml(tmp_path, steps=2, trackers=["tensorboard", "wandb"])
+    assert main(["train", "tokenizer", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: train.trackers includes 'wandb'" in err and "pip install wandb" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    monkeypatch.delitem(sys.modules, "wandb")
+    pytest.importorskip("wandb", reason="the wandb package is optional (pip install wandb)")
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    assert main(["train", "tokenizer", "--config", str(path)]) == 0
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
+    logged = {r["step"]: r["loss"] for r in _rows(tmp_path / "run") if "loss" in r}
+    assert _wandb_history(next(runs[0].glob("*.wandb"))) == pytest.approx(logged)
+
+
+def _wandb_history(path: Path) -> dict[int, float]:
+    """step -> loss of the history records of an offline W&B run file."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    store = datastore.DataStore()
+    store.open_for_scan(str(path))
+    out = {}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            out[int(items["_step"])] = items["loss"]
+    return out

@@ -46,6 +46,8 @@ BAD = [
     ("progress", "yes", "train.progress must be true or false"),
     ("fsdp", 1, "train.fsdp must be true or false"),
     ("out_dir", "", "train.out_dir must be a non-empty path"),
+    ("trackers", ("mlflow",), "train.trackers must be a list of ['tensorboard', 'wandb']"),
+    ("trackers", "wandb", "train.trackers must be a list of"),
 ]
 
 

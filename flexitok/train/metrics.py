@@ -7,6 +7,7 @@ non-finite loss is remembered on the device too and checked at log and checkpoin
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from flexitok.errors import TrainingError
 from flexitok.train.parallel import DistInfo
 from flexitok.utils.files import atomic_write_bytes
 
@@ -106,22 +108,46 @@ def cut_back(path: Path, step: int) -> int:
     return len(lines) - len(kept)
 
 
+def import_wandb() -> Any:
+    """The ``wandb`` module (imported only when a run asks for it), or a clean error saying how to get it."""
+    try:
+        import wandb
+    except ImportError:
+        raise TrainingError(
+            "train.trackers includes 'wandb' but the wandb package is not installed: pip install wandb "
+            "(or drop wandb from train.trackers)"
+        ) from None
+    return wandb
+
+
 class MetricsLogger:
-    """metrics.jsonl always; TensorBoard too when it is installed (rank 0 only).
+    """metrics.jsonl always; the trackers of ``train.trackers`` beside it (rank 0 only): TensorBoard when it is
+    installed (``<out_dir>/tb``), Weights & Biases (``wandb``; ``WANDB_MODE=offline`` works without a network).
 
     ``step``: where the run starts (the resumed checkpoint's step, 0 for a fresh run). What an earlier, killed
     run logged after it is cut back first (metrics.jsonl lines; TensorBoard events through ``purge_step``),
-    so every step appears once.
+    so every step appears once. W&B keeps each launch as its own W&B run, grouped under the run folder's
+    name (a W&B run's history cannot be cut back), so each of them also holds every step once.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, step: int = 0) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        enabled: bool,
+        step: int = 0,
+        trackers: tuple[str, ...] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            removed = cut_back(self.path, step)
-            if removed:
-                print(f"removed {removed} line(s) after step {step} from {self.path} (logged by an interrupted run)")
+        self.tb: Any = None
+        self.wandb: Any = None
+        if not enabled:
+            return
+        removed = cut_back(self.path, step)
+        if removed:
+            print(f"removed {removed} line(s) after step {step} from {self.path} (logged by an interrupted run)")
+        if "tensorboard" in trackers:
             try:
                 import tensorboard  # noqa: F401
                 from torch.utils.tensorboard import SummaryWriter
@@ -131,6 +157,17 @@ class MetricsLogger:
                 self.tb = SummaryWriter(str(tb_dir), purge_step=purge)
             except Exception:  # tensorboard is optional
                 self.tb = None
+        if "wandb" in trackers:
+            wandb = import_wandb()
+            name = out_dir.resolve().name
+            self.wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "flexitok"),
+                group=name,
+                name=f"{name}-from-step{step}" if step else name,
+                dir=str(out_dir),
+                config=config or {},
+                job_type="train",
+            )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -140,7 +177,12 @@ class MetricsLogger:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

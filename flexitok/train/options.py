@@ -46,6 +46,7 @@ class TrainConfig:
     resume_fallback: bool = True  # a corrupt `last`: resume from the newest intact checkpoint (else refuse)
     allow_config_change: bool = False  # resume although hyperparameters differ from the checkpoint's
     progress: bool = True
+    trackers: tuple[str, ...] = ("tensorboard",)  # beside metrics.jsonl: tensorboard (when installed), wandb
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -131,6 +132,11 @@ def _validate(cfg: TrainConfig) -> None:
     if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 <= float(b) < 1.0) for b in betas):
         raise _fail("betas", rule, tuple(betas))
     cfg.betas = (float(betas[0]), float(betas[1]))
+    known = ("tensorboard", "wandb")
+    trackers = cfg.trackers
+    if isinstance(trackers, str) or not isinstance(trackers, (tuple, list)) or not all(t in known for t in trackers):
+        raise _fail("trackers", f"a list of {list(known)} (possibly empty)", trackers)
+    cfg.trackers = tuple(trackers)
 
 
 # Fields that may differ on resume without --allow-config-change: how a run is operated, not what it computes,
@@ -149,5 +155,6 @@ OPERATIONAL_FIELDS = frozenset(
         "resume_fallback",
         "allow_config_change",
         "progress",
+        "trackers",
     }
 )

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from flexitok.errors import TrainingError, TrainingStopped
 from flexitok.train.checkpointer import Checkpointer
 from flexitok.train.ema import EMA
-from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float
+from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float, import_wandb
 from flexitok.train.optim import apply_config, build_optimizer, group_settings, lr_lambda, param_groups
 from flexitok.train.options import TrainConfig
 from flexitok.train.parallel import (
@@ -94,6 +94,8 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         self.task, self.cfg, self.info, self.run = task, cfg, info, run
+        if "wandb" in cfg.trackers:
+            import_wandb()  # every rank, before any work: a missing package is a clean error, not a hang
         self.out_dir, device = Path(cfg.out_dir), info.device
         if device.type == "cpu" and cfg.cpu_threads is not None:
             torch.set_num_threads(cfg.cpu_threads)
@@ -178,7 +180,7 @@ class Trainer:
     def fit(self) -> Path:
         cfg, state, info = self.cfg, self.state, self.info
         window = MetricsWindow(cfg.grad_accum)
-        logger = MetricsLogger(self.out_dir, info.is_main, state.step)
+        logger = MetricsLogger(self.out_dir, info.is_main, state.step, cfg.trackers, self.run_config)
         pbar = tqdm(
             total=cfg.steps, initial=state.step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True
         )
