@@ -50,6 +50,8 @@ class DataConfig:
     ``resampled`` draws shards with replacement instead of one pass per epoch, an epoch then being
     ``epoch_size`` samples per rank (default: the shard index's total / world size). ``max_skip_ratio``: a
     reader that skips more than this fraction of its samples (undecodable, bad labels) stops with an error.
+    ``captions`` (webdataset): items carry ``"caption"`` from each sample's ``.txt`` (or ``.json`` caption)
+    member, as img2dataset writes them (Fashion-MNIST items always carry one).
     """
 
     kind: DataKind
@@ -66,6 +68,7 @@ class DataConfig:
     holdout: int = 0
     holdout_only: bool = False
     max_skip_ratio: float = 0.01
+    captions: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -97,6 +100,9 @@ class DataConfig:
         if self.holdout_only and self.holdout == 0:
             raise DatasetError("data.holdout_only needs data.holdout > 0 (the number of held-out samples)")
         self.max_skip_ratio = _fraction_field("max_skip_ratio", self.max_skip_ratio)
+        self.captions = _bool_field("captions", self.captions)
+        if self.captions and self.kind not in ("webdataset", "fashion_mnist"):
+            raise DatasetError(f"data.captions needs webdataset shards with captions, not {self.kind!r}")
 
     def transform(self) -> ImageTransform:
         return ImageTransform(
@@ -196,6 +202,7 @@ def build_dataset(cfg: DataConfig) -> Dataset:
             holdout=cfg.holdout,
             holdout_only=cfg.holdout_only,
             max_skip_ratio=cfg.max_skip_ratio,
+            captions=cfg.captions,
         )
     else:
         dataset = SkimagePhotos(split=cfg.split, transform=transform, num_items=limit)

@@ -165,7 +165,8 @@ class WebDatasetShards(IterableDataset):
     in ``skipped`` (per process; ``num_skipped`` is the total) and reported at the end of each epoch. A reader
     whose skip ratio exceeds ``max_skip_ratio``, or that draws ``MAX_SAMPLES_WITHOUT_YIELD`` samples (or every
     shard several times) in a row without yielding one, raises :class:`DatasetError` naming the shards.
-    ``limit`` caps the items each reader yields per epoch.
+    ``limit`` caps the items each reader yields per epoch. ``captions``: items also carry ``"caption"`` (see
+    :func:`sample_caption`; img2dataset shards of jpg + txt/json work as they are).
     """
 
     def __init__(
@@ -183,8 +184,10 @@ class WebDatasetShards(IterableDataset):
         holdout: int = 0,
         holdout_only: bool = False,
         max_skip_ratio: float = 0.01,
+        captions: bool = False,
     ) -> None:
         self.shards = resolve_shards(shards)
+        self.captions = captions
         self.transform = transform if transform is not None else ImageTransform(size=256)
         self.shuffle_shards = shuffle_shards
         self.seed = seed
@@ -437,7 +440,25 @@ class WebDatasetShards(IterableDataset):
         except _LOAD_ERRORS:
             self.skipped["undecodable image"] += 1
             return None
-        return {"image": self.transform(pil, generator), "label": label}
+        item: ImageItem = {"image": self.transform(pil, generator), "label": label}
+        if self.captions:
+            item["caption"] = sample_caption(sample)
+        return item
+
+
+def sample_caption(sample: dict[str, Any]) -> str:
+    """A sample's caption: its ``.txt`` member, else ``caption`` in its ``.json`` member (img2dataset writes
+    both), else ``""``. Undecodable bytes are replaced, not fatal."""
+    if isinstance(sample.get("txt"), bytes | bytearray):
+        return bytes(sample["txt"]).decode("utf-8", errors="replace").strip()
+    if isinstance(sample.get("json"), bytes | bytearray):
+        try:
+            meta = json.loads(bytes(sample["json"]).decode("utf-8", errors="replace"))
+        except ValueError:
+            return ""
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        return caption.strip() if isinstance(caption, str) else ""
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------- writing
