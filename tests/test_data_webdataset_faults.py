@@ -241,3 +241,15 @@ def test_data_config_combinations_are_validated(kwargs: dict[str, Any], match: s
     kwargs = {"kind": "webdataset", **kwargs}
     with pytest.raises(DatasetError, match=match):
         DataConfig(**kwargs)
+
+
+def test_held_out_set_is_read_whole_on_every_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imgs = [Image.open(io.BytesIO(_png(i))) for i in range(12)]
+    write_webdataset_shards(zip(imgs, range(12), strict=True), tmp_path, shard_size=4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # an evaluation on rank 1 of 2 still sees the whole held-out set
+    held = build_dataset(DataConfig("webdataset", path=str(tmp_path), image_size=8, holdout=6, holdout_only=True))
+    assert held.num_held_out == 6  # type: ignore[attr-defined]
+    labels = [int(b) for batch in DataLoader(held, batch_size=4, num_workers=2) for b in batch["label"]]
+    assert sorted(labels) == [4, 5, 8, 9, 10, 11]
+    assert not hasattr(held, "__len__")

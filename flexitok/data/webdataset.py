@@ -263,7 +263,15 @@ class WebDatasetShards(IterableDataset):
     def _rank_world(self) -> tuple[int, int]:
         if self.rank is not None and self.world_size is not None:
             return self.rank, self.world_size
+        if self.holdout_only:  # a fixed evaluation set: every rank reads all of it (DataLoader workers share it)
+            return 0, 1
         return _rank_world()
+
+    @property
+    def num_held_out(self) -> int:
+        """Samples held out (``holdout``; all of them read with ``holdout_only``, fewer if some fail to decode).
+        Deliberately not ``__len__``: callers test ``hasattr(ds, "__len__")`` to tell streams from datasets."""
+        return sum(self._held.values())
 
     def _epoch_samples_per_reader(self, readers_per_rank: int, world: int) -> int | None:
         if not self.resampled:
@@ -288,7 +296,7 @@ class WebDatasetShards(IterableDataset):
         else:
             if self.shuffle_shards:
                 random.Random(_mix(self.seed, self.epoch, 1)).shuffle(urls)
-            if readers > len(urls) and reader == 0:
+            if readers > len(urls) and reader == 0 and not self.holdout_only:
                 warnings.warn(
                     f"{len(urls)} shard(s) for {readers} readers: some readers get no data; write more shards",
                     stacklevel=2,
