@@ -80,6 +80,15 @@ def test_one_class_mapping_shared_by_all_splits(tmp_path: Path) -> None:
     assert labels == [1, 2, 3, 4]
 
 
+def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"train": 1, "val": 1}, classes=CLASSES[:2])
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    _image(0, "RGB", (8, 8)).save(tmp_path / "train" / ".ipynb_checkpoints" / "x.png")
+    _image(0, "RGB", (8, 8)).save(tmp_path / "train" / CLASSES[0] / "._x.png")  # macOS resource fork name
+    ds = build_dataset(DataConfig("folder", path=str(tmp_path), image_size=8))
+    assert ds.class_names == list(CLASSES[:2]) and len(ds) == 2  # type: ignore[arg-type,attr-defined]
+
+
 def test_root_without_split_folders_is_train_only(tmp_path: Path) -> None:
     make_tree(tmp_path / "flat", {"": 1})  # flat/<class>/*: no split folders
     root = tmp_path / "flat"
