@@ -35,8 +35,16 @@ def _batches(dataset: Any, batch_size: int) -> Iterator[dict[str, Any]]:
     yield from loader
 
 
+def dataset_class_names(dataset: Any) -> list[str] | None:
+    """The dataset's class names (label i is name i): ``class_names`` (data contract), else ``classes``."""
+    names = getattr(dataset, "class_names", None)
+    if names is None:
+        names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names else None
+
+
 def run(args: argparse.Namespace) -> int:
-    from flexitok.data import FASHION_MNIST_CLASSES, DataConfig, build_dataset
+    from flexitok.data import DataConfig, build_dataset
     from flexitok.data.tokens import write_token_shards
 
     if args.limit is not None and args.limit < 1:
@@ -57,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset": args.data,
         "split": args.split,
     }
-    if args.data == "fashion_mnist":
-        meta["class_names"] = list(FASHION_MNIST_CLASSES)
+    class_names = dataset_class_names(dataset)
     total = len(dataset) if hasattr(dataset, "__len__") else None
 
     def tokenized() -> Iterator[dict[str, Any]]:
@@ -71,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
             yield out
         bar.close()
 
-    path = write_token_shards(tokenized(), args.output, shard_size=args.shard_size, meta=meta, overwrite=args.overwrite)
+    path = write_token_shards(
+        tokenized(),
+        args.output,
+        shard_size=args.shard_size,
+        meta=meta,
+        overwrite=args.overwrite,
+        class_names=class_names,
+    )
     info(f"wrote token shards to {path}")
     return 0
