@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from flexitok.cli.main import main
 from flexitok.config import tiny_config
 from flexitok.data.base import DatasetError
+from flexitok.data.shards import shard_entry
 from flexitok.data.tokens import TokenShardDataset, write_token_shards
 from flexitok.models.flextok import FlexTok
 
@@ -85,3 +90,167 @@ def test_pretokenize_records_folder_class_names(tiny_tokenizer: Path, image_tree
     ds = TokenShardDataset(out)
     assert len(ds) == 12 and ds.class_names == ["ant", "bee", "cow", "dog"] and ds.num_classes == 4
     assert sorted({ds[i]["label"] for i in range(12)}) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------ damaged sets (#22)
+
+
+def _good_set(tmp_path: Path, name: str = "tok") -> Path:
+    return write_token_shards(_batches(), tmp_path / name, shard_size=5, meta={"vocab_size": 1000})
+
+
+def _edit_index(root: Path, edit: Any) -> None:
+    index = json.loads((root / "index.json").read_text())
+    edit(index)
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def _rehash(root: Path) -> None:
+    """Make the index agree with the shard files again, so only the content checks can object."""
+
+    def fix(index: dict[str, Any]) -> None:
+        for s in index["shards"]:
+            s.update(shard_entry(root / s["file"], s["num_items"]))
+
+    _edit_index(root, fix)
+
+
+INDEX_FAULTS: dict[str, tuple[Any, str]] = {
+    "not an object": (lambda ix: ix.clear() or ix.update({"x": [1]}), "holds None data|must hold"),
+    "shards not a list": (lambda ix: ix.update(shards={"file": "a"}), "shards must be a non-empty list"),
+    "no shards": (lambda ix: ix.update(shards=[]), "shards must be a non-empty list"),
+    "num_items a string": (lambda ix: ix.update(num_items="12"), "num_items must be a positive integer"),
+    "num_items a float": (lambda ix: ix.update(num_items=12.0), "num_items must be a positive integer"),
+    "num_items a bool": (lambda ix: ix.update(num_items=True), "num_items must be a positive integer"),
+    "num_items negative": (lambda ix: ix.update(num_items=-3), "num_items must be a positive integer"),
+    "num_items too large": (lambda ix: ix.update(num_items=10**12), "but the shards hold 12"),
+    "shard entry not an object": (lambda ix: ix["shards"].__setitem__(0, "shard-000000.safetensors"), "an object"),
+    "shard num_items wrong type": (lambda ix: ix["shards"][0].update(num_items="5"), r"shards\[0\].num_items"),
+    "shard num_items zero": (lambda ix: ix["shards"][0].update(num_items=0), r"shards\[0\].num_items"),
+    "more items than stored": (
+        lambda ix: (ix["shards"][0].update(num_items=6), ix.update(num_items=13)),
+        "do not hold the 6 items",
+    ),
+    "parent path": (lambda ix: ix["shards"][0].update(file="../outside.safetensors"), "not a name inside"),
+    "absolute path": (lambda ix: ix["shards"][0].update(file="/etc/passwd"), "not a name inside"),
+    "file listed twice": (
+        lambda ix: ix["shards"][1].update(file=ix["shards"][0]["file"]),
+        "listed twice",
+    ),
+    "bad sha256": (lambda ix: ix["shards"][0].update(sha256="xyz"), "64 lowercase hex"),
+    "sha256 on some shards only": (
+        lambda ix: (ix["shards"][0].pop("sha256"), ix["shards"][0].pop("bytes")),
+        "some shards have a sha256",
+    ),
+    "meta not an object": (lambda ix: ix.update(meta=[1]), "meta must be an object"),
+    "vocab_size a string": (lambda ix: ix["meta"].update(vocab_size="1000"), "meta.vocab_size"),
+    "class names not strings": (lambda ix: ix["meta"].update(class_names=[1, 2, 3], num_classes=3), "class_names"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(INDEX_FAULTS))
+def test_damaged_index_is_a_clean_error(tmp_path: Path, fault: str) -> None:
+    root = _good_set(tmp_path)
+    edit, message = INDEX_FAULTS[fault]
+    _edit_index(root, edit)
+    if fault == "more items than stored":
+        _rehash(root)
+    with pytest.raises(DatasetError, match=message):
+        TokenShardDataset(root)
+
+
+def test_symlink_out_of_the_set_is_refused(tmp_path: Path) -> None:
+    root = _good_set(tmp_path)
+    outside = _good_set(tmp_path, "other") / "shard-000000.safetensors"
+    (root / "shard-000000.safetensors").unlink()
+    (root / "shard-000000.safetensors").symlink_to(outside)
+    with pytest.raises(DatasetError, match="points outside the set folder"):
+        TokenShardDataset(root)
+
+
+@pytest.mark.filterwarnings("ignore:.*no SHA-256 per shard")
+@pytest.mark.parametrize("hashed", [True, False], ids=["hashed", "legacy"])
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "flipped byte", "empty"])
+def test_damaged_shard_file_is_a_clean_error(tmp_path: Path, damage: str, hashed: bool) -> None:
+    root = _good_set(tmp_path)
+    if not hashed:
+        _edit_index(root, lambda ix: [(s.pop("sha256"), s.pop("bytes")) for s in ix["shards"]])
+    shard = root / "shard-000001.safetensors"
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) - 7]
+    elif damage == "random bytes":
+        data = bytearray(torch.randint(0, 256, (len(data),), generator=torch.Generator().manual_seed(0)).byte().numpy())
+    elif damage == "flipped byte":
+        data[-3] ^= 0x01  # inside the last token id: only the hash can tell
+    else:
+        data = bytearray()
+    shard.write_bytes(bytes(data))
+    if damage == "flipped byte" and not hashed:
+        with pytest.warns(UserWarning, match="no SHA-256"):
+            TokenShardDataset(root)  # undetectable without a hash: the documented limit of legacy sets
+        return
+    with pytest.raises(DatasetError, match="truncated|SHA-256|damaged"):
+        TokenShardDataset(root)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (torch.zeros(5, 8, dtype=torch.float32), "token ids are F32"),
+        (torch.zeros(5, 8, dtype=torch.uint8), "token ids are U8"),
+        (torch.zeros(5, 8, dtype=torch.int16), "token ids are I16"),
+        (torch.zeros(5, 7, dtype=torch.int32), r"tokens have shape \[5, 7\]"),
+        (torch.zeros(4, 8, dtype=torch.int32), "do not hold the 5 items"),
+    ],
+)
+def test_shard_dtypes_and_shapes_are_checked_not_cast(tmp_path: Path, tokens: torch.Tensor, message: str) -> None:
+    root = _good_set(tmp_path)
+    save_file(
+        {"tokens": tokens, "labels": torch.zeros(tokens.shape[0], dtype=torch.long)}, root / "shard-000000.safetensors"
+    )
+    _rehash(root)
+    with pytest.raises(DatasetError, match=message):
+        TokenShardDataset(root)
+
+
+def test_out_of_range_ids_fail_cleanly_inside_dataloader_workers(tmp_path: Path) -> None:
+    root = _good_set(tmp_path)
+    _edit_index(root, lambda ix: ix["meta"].update(vocab_size=10))  # stored ids go up to 999
+    ds = TokenShardDataset(root)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)
+    with pytest.raises(DatasetError, match=r"token ids outside \[0, 10\)"):
+        next(iter(loader))
+
+
+def test_hash_is_checked_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flexitok.data.shards as shards
+
+    root = _good_set(tmp_path)
+    calls: list[Path] = []
+    real = shards.file_sha256
+    monkeypatch.setattr(shards, "file_sha256", lambda p: calls.append(Path(p)) or real(p))
+    TokenShardDataset(root)
+    TokenShardDataset(root)
+    assert len(calls) == 3  # three shards, hashed by the first reader only
+
+
+def test_legacy_set_without_hashes_loads_with_a_warning() -> None:
+    fixture = Path(__file__).parent / "fixtures" / "train-regression" / "fmnist-tokens"
+    with pytest.warns(UserWarning, match="no SHA-256 per shard"):
+        ds = TokenShardDataset(fixture)
+    assert len(ds) == 256 and ds.num_classes == 10 and ds[0]["tokens"].shape == (32,)
+
+
+def test_writer_removes_temp_folders_of_killed_writers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / ".tok.tmp-stale", tmp_path / ".tok.tmp-live"
+    for folder, pid in ((stale, int(dead.stdout)), (live, os.getpid())):
+        folder.mkdir()
+        (folder / ".owner").write_text(f"{socket.gethostname()} {pid}\n")
+    _good_set(tmp_path)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir())[0] == "index.json"

@@ -95,6 +95,33 @@ def check_classes(class_names: Sequence[str] | None, num_classes: int | None) ->
     return None, num_classes
 
 
+# Token ids are stored as int32 (int64 is read too); narrower or float ids are refused, never cast.
+TOKEN_DTYPES = ("I32", "I64")
+LABEL_DTYPES = ("I32", "I64")
+
+
+def check_token_shard(fields: dict[str, tuple[str, tuple[int, ...]]], n_items: int, meta: dict[str, Any]) -> None:
+    """Schema of one token shard: ``tokens`` int32/int64 ``[n, n_tokens]`` and ``labels`` int ``[n]``."""
+    if set(fields) != {"tokens", "labels"}:
+        raise DatasetError(f"expected the fields tokens and labels, found {sorted(fields)}")
+    dtype, shape = fields["tokens"]
+    if dtype not in TOKEN_DTYPES:
+        raise DatasetError(f"token ids are {dtype}, expected an integer type of at least 32 bits ({TOKEN_DTYPES})")
+    n_tokens = meta.get("n_tokens")
+    if len(shape) != 2 or (n_tokens is not None and shape[1] != n_tokens):
+        raise DatasetError(f"tokens have shape {list(shape)}, expected [{n_items}, {n_tokens}]")
+    dtype, shape = fields["labels"]
+    if dtype not in LABEL_DTYPES or len(shape) != 1:
+        raise DatasetError(f"labels are {dtype} {list(shape)}, expected an integer vector [{n_items}]")
+
+
+def _check_meta(meta: dict[str, Any]) -> None:
+    for key in ("vocab_size", "n_tokens"):
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31):
+            raise DatasetError(f"meta.{key} must be an integer in [1, 2**31), got {value!r}")
+
+
 class TokenShardDataset(ShardDataset[TokenItem]):
     """Map-style reader of :func:`write_token_shards` output: ``{"tokens": LongTensor [N], "label": int}``
     (plus ``"caption"`` when captions were stored).
@@ -105,9 +132,14 @@ class TokenShardDataset(ShardDataset[TokenItem]):
 
     FORMAT = TOKEN_FORMAT
 
+    @staticmethod
+    def check_shard(fields: dict[str, tuple[str, tuple[int, ...]]], n_items: int, meta: dict[str, Any]) -> None:
+        check_token_shard(fields, n_items, meta)
+
     def __init__(self, root: str | Path, limit: int | None = None) -> None:
         super().__init__(root, limit=limit)
         try:
+            _check_meta(self.meta)
             names, n = check_classes(self.meta.get("class_names"), self.meta.get("num_classes"))
         except DatasetError as e:
             raise DatasetError(f"{self.reader.root}/index.json: {e}") from e
@@ -125,4 +157,11 @@ class TokenShardDataset(ShardDataset[TokenItem]):
         return int(n) if n is not None else None
 
     def _item(self, fields: dict[str, torch.Tensor]) -> TokenItem:
-        return {"tokens": fields["tokens"].long(), "label": int(fields["labels"])}
+        tokens, label = fields["tokens"].long(), int(fields["labels"])
+        vocab = self.meta.get("vocab_size")
+        if tokens.numel() and (int(tokens.min()) < 0 or (vocab is not None and int(tokens.max()) >= vocab)):
+            raise DatasetError(f"token ids outside [0, {vocab}): {tokens.min()}..{tokens.max()}")
+        n = self.meta["num_classes"]
+        if label < -1 or (n is not None and label >= n):
+            raise DatasetError(f"label {label} outside [-1, {n})")
+        return {"tokens": tokens, "label": label}
