@@ -254,3 +254,167 @@ def test_writer_removes_temp_folders_of_killed_writers(tmp_path: Path) -> None:
     _good_set(tmp_path)
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in (tmp_path / "tok").iterdir())[0] == "index.json"
+
+
+# -------------------------------------------------------------------------------- pretokenize at scale (#20)
+
+KILL_SCRIPT = """
+import os, signal, sys
+import torch
+from flexitok.data import DataConfig, build_dataset
+from flexitok.data.tokens import PretokenizeJob, pretokenize_dataset
+from flexitok.models.flextok import FlexTok
+
+torch.set_num_threads(1)
+model = FlexTok.from_pretrained(sys.argv[1])
+dataset = build_dataset(DataConfig(kind="folder", path=sys.argv[2], image_size=16))
+calls = []
+
+def tokenize(images):
+    calls.append(1)
+    if len(calls) == 3:  # shard 0 (batches 1-2) is on disk: die as a scheduler's kill -9 would
+        os.kill(os.getpid(), signal.SIGKILL)
+    return model.tokenize(images)
+
+pretokenize_dataset(tokenize, dataset, PretokenizeJob(sys.argv[3], shard_size=4, batch_size=3))
+"""
+
+
+def _folder_dataset(image_tree: Path) -> Any:
+    from flexitok.data import DataConfig, build_dataset
+
+    return build_dataset(DataConfig(kind="folder", path=str(image_tree), image_size=16))
+
+
+def _set_digest(root: Path) -> list[tuple[str, int, str]]:
+    index = json.loads((root / "index.json").read_text())
+    return [(s["file"], s["num_items"], s["sha256"]) for s in index["shards"]]
+
+
+@pytest.fixture(scope="module")
+def reference_set(tiny_tokenizer: Path, image_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted, single-process run: 12 images in shards of 4, batches of 3 (never across a shard)."""
+    from flexitok.data.tokens import PretokenizeJob, pretokenize_dataset
+
+    model = FlexTok.from_pretrained(tiny_tokenizer)
+    out = tmp_path_factory.mktemp("ref") / "tokens"
+    job = PretokenizeJob(out, shard_size=4, batch_size=3, class_names=["ant", "bee", "cow", "dog"])
+    assert pretokenize_dataset(model.tokenize, _folder_dataset(image_tree), job) == out
+    ds = TokenShardDataset(out)
+    assert len(ds) == 12 and [ds[i]["label"] for i in range(12)] == [i // 3 for i in range(12)]
+    return out
+
+
+def test_resume_after_an_injected_failure_gives_the_same_set(
+    tiny_tokenizer: Path, image_tree: Path, reference_set: Path, tmp_path: Path
+) -> None:
+    from flexitok.data.tokens import PretokenizeJob, pretokenize_dataset
+
+    model = FlexTok.from_pretrained(tiny_tokenizer)
+    calls: list[int] = []
+
+    def failing(images: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("injected failure")
+        return model.tokenize(images)
+
+    out = tmp_path / "tokens"
+    job = PretokenizeJob(out, shard_size=4, batch_size=3, class_names=["ant", "bee", "cow", "dog"])
+    with pytest.raises(RuntimeError, match="injected"):
+        pretokenize_dataset(failing, _folder_dataset(image_tree), job)
+    assert not out.exists() and (job.work_dir / "shard-000000.safetensors.json").is_file()
+    redone: list[int] = []
+    job.resume = True
+    pretokenize_dataset(lambda x: redone.append(x.shape[0]) or model.tokenize(x), _folder_dataset(image_tree), job)
+    assert sum(redone) == 8  # shard 0 was kept; shards 1 and 2 tokenized
+    assert _set_digest(out) == _set_digest(reference_set) and not job.work_dir.exists()
+    # Other settings than the interrupted run's: refused, not mixed.
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        pretokenize_dataset(failing, _folder_dataset(image_tree), PretokenizeJob(tmp_path / "t2", 4, batch_size=1))
+    bad = PretokenizeJob(tmp_path / "t2", shard_size=5, resume=True)
+    with pytest.raises(DatasetError, match="other settings"):
+        pretokenize_dataset(model.tokenize, _folder_dataset(image_tree), bad)
+
+
+def test_kill_9_then_resume_gives_the_same_set(
+    tiny_tokenizer: Path, image_tree: Path, reference_set: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "tokens"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(tiny_tokenizer), str(image_tree), str(out)], env=env, timeout=120
+    )
+    assert proc.returncode == -9
+    work = tmp_path / ".tokens.partial"
+    assert not out.exists() and sorted(p.name for p in work.glob("shard-*.safetensors")) == ["shard-000000.safetensors"]
+    args = ["pretokenize", "--model", str(tiny_tokenizer), "--data", "folder", "--data-path", str(image_tree)]
+    args += ["--shard-size", "4", "--batch-size", "3", "-o", str(out), "--device", "cpu"]
+    # The CLI records more meta (tokenizer, dtype) than the script did: --resume refuses the mismatch cleanly.
+    assert main([*args, "--resume"]) == 2 and work.is_dir() and not out.exists()
+    from flexitok.data.tokens import PretokenizeJob, pretokenize_dataset
+
+    model = FlexTok.from_pretrained(tiny_tokenizer)
+    job = PretokenizeJob(out, shard_size=4, batch_size=3, resume=True)
+    pretokenize_dataset(model.tokenize, _folder_dataset(image_tree), job)
+    assert _set_digest(out) == _set_digest(reference_set) and not work.exists()
+    assert len(TokenShardDataset(out)) == 12
+
+
+def test_ranks_write_disjoint_shares_of_one_identical_set(
+    tiny_tokenizer: Path, image_tree: Path, reference_set: Path, tmp_path: Path
+) -> None:
+    from flexitok.data.tokens import PretokenizeJob, pretokenize_dataset
+
+    model = FlexTok.from_pretrained(tiny_tokenizer)
+    out, seen = tmp_path / "tokens", {0: 0, 1: 0}
+    for rank in (1, 0):  # rank 1 first: rank 0 finds its shard done and only writes the index
+
+        def tok(x: torch.Tensor, rank: int = rank) -> torch.Tensor:
+            seen[rank] += x.shape[0]
+            return model.tokenize(x)
+
+        job = PretokenizeJob(out, shard_size=4, batch_size=3, rank=rank, world_size=2, resume=True, poll_seconds=0.01)
+        job.class_names = ["ant", "bee", "cow", "dog"]
+        assert pretokenize_dataset(tok, _folder_dataset(image_tree), job) == (out if rank == 0 else None)
+    assert seen == {0: 4, 1: 8}  # 3 shards: rank 0 takes [0, 1), rank 1 takes [1, 3)
+    assert _set_digest(out) == _set_digest(reference_set)
+
+
+def test_cli_torchrun_two_processes_and_workers_match_one_process(
+    tiny_tokenizer: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    base = ["pretokenize", "--model", str(tiny_tokenizer), "--data", "folder", "--data-path", str(image_tree)]
+    base += ["--shard-size", "4", "--batch-size", "3", "--device", "cpu", "--threads", "1"]
+    assert main([*base, "-o", str(tmp_path / "one")]) == 0
+    assert main([*base, "-o", str(tmp_path / "workers"), "--workers", "2"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flexitok"]
+    proc = subprocess.run(
+        [*cmd, *base, "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _set_digest(tmp_path / "two") == _set_digest(tmp_path / "one") == _set_digest(tmp_path / "workers")
+    one, two = TokenShardDataset(tmp_path / "one"), TokenShardDataset(tmp_path / "two")
+    assert one.meta == two.meta and one.class_names == ["ant", "bee", "cow", "dog"]
+
+
+def test_cli_pretokenize_webdataset_shards(tiny_tokenizer: Path, image_tree: Path, tmp_path: Path) -> None:
+    from flexitok.data.webdataset import write_folder_shards
+
+    tars, _ = write_folder_shards(image_tree / "train", tmp_path / "wds", shard_size=5)
+    assert len(tars) == 3
+    args = ["pretokenize", "--model", str(tiny_tokenizer), "--data", "webdataset", "--data-path", str(tmp_path / "wds")]
+    assert main([*args, "-o", str(tmp_path / "tok"), "--device", "cpu", "--batch-size", "2"]) == 0
+    ds = TokenShardDataset(tmp_path / "tok")
+    assert len(ds) == 12 and [s[1] for s in _set_digest(tmp_path / "tok")] == [5, 5, 2]
+    assert sorted(ds[i]["label"] for i in range(12)) == sorted(i // 3 for i in range(12))
+    # Resuming a finished set's leftovers is not needed; a second run without --overwrite is refused cleanly.
+    assert main([*args, "-o", str(tmp_path / "tok"), "--device", "cpu"]) == 2
