@@ -28,7 +28,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from flexitok.data.base import DatasetError
@@ -56,6 +55,47 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_ST_DTYPES = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+}
+
+
+def save_shard(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file whose bytes depend only on its contents (sorted header keys).
+
+    ``safetensors.torch.save_file`` orders the metadata keys differently from run to run, so two runs that
+    tokenize the same images would write different bytes (and hashes); shard sets are compared by hash.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {
+            "dtype": _ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
 
 
 def shard_entry(path: Path, num_items: int) -> dict[str, Any]:
@@ -185,7 +225,7 @@ class ShardWriter:
         metadata = {"format": self.fmt}
         if self._captions is not None:
             metadata["captions"] = json.dumps(self._captions)
-        save_file(tensors, str(self._tmp / name), metadata=metadata)
+        save_shard(tensors, self._tmp / name, metadata)
         self._shards.append(shard_entry(self._tmp / name, self._buffered))
         self._num_items += self._buffered
         self._buffers = {}

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from flexitok.data.base import DatasetError
-from flexitok.data.shards import ShardDataset, ShardWriter, file_sha256, shard_entry, write_index
+from flexitok.data.shards import ShardDataset, ShardWriter, file_sha256, save_shard, shard_entry, write_index
 from flexitok.io.checkpoint import replace_dir
 
 logger = logging.getLogger(__name__)
@@ -424,7 +423,7 @@ def _write_shard(
         metadata["captions"] = json.dumps([c for cs in captions if cs is not None for c in cs])
     path = work / _shard_name(i)
     tmp = work / f".{path.name}.tmp-{os.getpid()}"
-    save_file({"tokens": ids.to(torch.int32).contiguous(), "labels": lab.contiguous()}, str(tmp), metadata=metadata)
+    save_shard({"tokens": ids.to(torch.int32), "labels": lab}, tmp, metadata)
     os.replace(tmp, path)  # a kill leaves either no shard or a whole one; the marker below says it is finished
     entry = shard_entry(path, int(ids.shape[0]))
     _write_json(work / f"{path.name}.json", {**entry, "n_tokens": int(ids.shape[1])})
