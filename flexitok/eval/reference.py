@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from flexitok.errors import DatasetError, InvalidInputError, OutputError
 from flexitok.eval.features import FeatureExtractor, extractor_name
-from flexitok.eval.metrics import gaussian_stats
+from flexitok.eval.metrics import frechet_distance_from_stats, gaussian_stats
 
-META_KEYS = ("extractor", "n", "data", "path", "split", "seed", "balanced")
+META_KEYS = ("extractor", "n", "data", "path", "split", "seed", "balanced", "image_size")
 
 
 @dataclass
@@ -245,6 +245,7 @@ def save_reference(path: str | Path, ref: ReferenceStats) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
@@ -297,9 +298,10 @@ def load_reference(path: str | Path) -> ReferenceStats:
     )
 
 
-def check_extractor(ref: ReferenceStats, extractor: FeatureExtractor, source: str = "the reference") -> None:
-    """Refuse a reference computed with another extractor (or feature size) than ``extractor``."""
-    name = getattr(extractor, "name", None)
+def check_extractor(ref: ReferenceStats, extractor: FeatureExtractor | str, source: str = "the reference") -> None:
+    """Refuse a reference computed with another extractor (a name or spec, or an extractor: then its feature
+    size is checked too) than ``extractor``."""
+    name = extractor_name(extractor) if isinstance(extractor, str) else getattr(extractor, "name", None)
     if name is not None and name != ref.extractor:
         how = (
             " (an npz without metadata, e.g. ADM's, is taken as Inception statistics)" if ref.assumed_extractor else ""
@@ -308,7 +310,7 @@ def check_extractor(ref: ReferenceStats, extractor: FeatureExtractor, source: st
             f"{source} holds {ref.extractor} statistics{how} but the extractor is {name}; "
             f"pass --extractor {ref.extractor} or a reference made with --extractor {name}"
         )
-    if ref.mu.size and ref.dim != extractor.dim:
+    if not isinstance(extractor, str) and ref.mu.size and ref.dim != extractor.dim:
         raise InvalidInputError(f"{source} has {ref.dim}-d statistics, the extractor gives {extractor.dim}-d features")
 
 
@@ -319,15 +321,22 @@ def images_to_tensor(images: np.ndarray) -> Tensor:
 
 @torch.no_grad()
 def npz_image_features(
-    extractor: FeatureExtractor, images: np.ndarray, batch_size: int = 64, progress: bool = True, logits: bool = False
+    extractor: FeatureExtractor,
+    images: np.ndarray | Iterable[np.ndarray],
+    batch_size: int = 64,
+    progress: bool = True,
+    logits: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Features ``[N, D]`` (and, with ``logits`` and an extractor that has them, logits ``[N, C]``) of uint8
-    images ``[N, H, W, 3]`` (an ADM ``arr_0``), ``batch_size`` at a time."""
+    images ``[N, H, W, 3]`` (an ADM ``arr_0``, or an iterable of such batches), ``batch_size`` at a time."""
     feats, outs = [], []
     dev = _device_of(extractor)
     both = logits and hasattr(extractor, "features_and_logits")
-    for s in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, unit="batch"):
-        x = images_to_tensor(images[s : s + batch_size]).to(dev)
+    if isinstance(images, np.ndarray):
+        arr = images
+        images = (arr[s : s + batch_size] for s in range(0, len(arr), batch_size))
+    for batch in tqdm(images, desc="features", disable=not progress, unit="batch"):
+        x = images_to_tensor(batch).to(dev)
         if both:
             f, lg = extractor.features_and_logits(x)  # type: ignore[attr-defined]
             outs.append(lg.float().cpu())
@@ -348,3 +357,11 @@ def complete_reference(ref: ReferenceStats, extractor: FeatureExtractor, batch_s
         ref.mu, ref.sigma = mu.numpy(), sigma.numpy()
     ref.features = feats.numpy()
     return ref
+
+
+def distance_to_reference(feats: Tensor, ref: ReferenceStats) -> float:
+    """Frechet distance between the Gaussian of ``feats [N, D]`` and the reference statistics."""
+    if feats.ndim != 2 or feats.shape[1] != ref.dim:
+        raise InvalidInputError(f"features {tuple(feats.shape)} do not match the {ref.dim}-d reference")
+    mu, sigma = gaussian_stats(feats)
+    return frechet_distance_from_stats(mu, sigma, torch.from_numpy(ref.mu), torch.from_numpy(ref.sigma))
