@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Writes results.json, results.md, metrics_vs_k.png and examples.png into --out.",
     )
     add_model_args(p)
-    add_data_args(p)
+    add_data_args(p, split=None)
+    p.add_argument("--split", default="test", help="dataset split: any split folder that exists (default test)")
     p.add_argument("-n", "--n-images", type=positive_int, default=256, help="images to evaluate (default 256)")
     p.add_argument(
         "--tokens",

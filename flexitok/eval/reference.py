@@ -316,7 +316,7 @@ def check_extractor(ref: ReferenceStats, extractor: FeatureExtractor | str, sour
 
 def images_to_tensor(images: np.ndarray) -> Tensor:
     """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 @torch.no_grad()
