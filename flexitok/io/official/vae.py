@@ -6,6 +6,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +17,58 @@ from flexitok.io.official.options import option
 from flexitok.models.vae import sd_style_vae_config
 
 
-def infer_vae_config(tensors: dict[str, Tensor], norm_num_groups: int | None = None) -> dict[str, Any]:
-    """Rebuild a diffusers AutoencoderKL config from ``vae.vae.*`` weights.
+def _vae_prefix(tensors: Mapping[str, Any]) -> str:
+    """The key prefix of the AutoencoderKL weights: ``vae.vae.`` inside an official checkpoint, none in a bare
+    diffusers ``diffusion_pytorch_model.safetensors``."""
+    for prefix in ("vae.vae.", ""):
+        if f"{prefix}encoder.conv_in.weight" in tensors:
+            return prefix
+    raise CheckpointError("the checkpoint holds no VAE weights (no vae.vae.encoder.conv_in.weight)")
 
-    Everything but ``norm_num_groups`` (GroupNorm has no group count in its weights) is read off the tensors;
-    that one defaults to the diffusers default 32, or the largest count that divides every block width when
-    32 does not. Pass the VAE's ``config.json`` when it is available.
+
+def _indices(tensors: Mapping[str, Any], prefix: str) -> list[int]:
+    """The sorted numeric indices right after ``prefix`` (e.g. the blocks of ``...down_blocks.``)."""
+    pat = re.compile(rf"{re.escape(prefix)}(\d+)\.")
+    return sorted({int(m.group(1)) for k in tensors if (m := pat.match(k))})
+
+
+def infer_vae_config(tensors: Mapping[str, Any], norm_num_groups: int | None = None) -> dict[str, Any]:
+    """Rebuild a diffusers AutoencoderKL config from its weights (``vae.vae.*`` keys of an official checkpoint, or
+    the bare keys of a diffusers state dict). Values only need ``.shape`` (meta tensors or safetensors slices do).
+
+    Read off the tensors: in/out channels, block widths and count, resnets per block, latent channels, whether
+    the mid-blocks have attention and whether the quant convs exist. The GroupNorm group count is not in the
+    weights (a GroupNorm weight has one entry per channel): it defaults to the diffusers default 32, or the largest
+    count dividing every block width when 32 does not; pass the VAE's ``config.json`` value when available.
     """
-    p = "vae.vae."
-    if f"{p}encoder.conv_in.weight" not in tensors:
-        raise CheckpointError("the checkpoint holds no VAE weights (vae.vae.*)")
-    blocks = sorted(
-        {int(m.group(1)) for k in tensors if (m := re.match(rf"{re.escape(p)}encoder\.down_blocks\.(\d+)\.", k))}
-    )
-    channels = [int(tensors[f"{p}encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in blocks]
-    layers = len({k.split(".")[5] for k in tensors if k.startswith(f"{p}encoder.down_blocks.0.resnets.")})
+    p = _vae_prefix(tensors)
+
+    def shape(key: str) -> tuple[int, ...]:
+        if p + key not in tensors:
+            raise CheckpointError(f"the VAE weights lack {p + key}: not a diffusers AutoencoderKL state dict")
+        return tuple(tensors[p + key].shape)
+
+    blocks = _indices(tensors, f"{p}encoder.down_blocks.")
+    if blocks != list(range(len(blocks))) or not blocks:
+        raise CheckpointError(f"the VAE's encoder down blocks are numbered {blocks}, expected 0..n-1")
+    channels = [shape(f"encoder.down_blocks.{i}.resnets.0.conv1.weight")[0] for i in blocks]
+    # Resnet indices sit right after "resnets." (the encoder has layers_per_block per block, the decoder one more).
+    layers = len(_indices(tensors, f"{p}encoder.down_blocks.0.resnets."))
+    up_layers = len(_indices(tensors, f"{p}decoder.up_blocks.0.resnets."))
+    if up_layers != layers + 1:
+        raise CheckpointError(
+            f"the VAE encoder has {layers} resnets per block but its decoder {up_layers} (expected {layers + 1})"
+        )
     if norm_num_groups is None:
         norm_num_groups = math.gcd(32, *channels)
     return {
-        "in_channels": int(tensors[f"{p}encoder.conv_in.weight"].shape[1]),
-        "out_channels": int(tensors[f"{p}decoder.conv_out.weight"].shape[0]),
+        "in_channels": shape("encoder.conv_in.weight")[1],
+        "out_channels": shape("decoder.conv_out.weight")[0],
         "down_block_types": ["DownEncoderBlock2D"] * len(blocks),
         "up_block_types": ["UpDecoderBlock2D"] * len(blocks),
         "block_out_channels": channels,
         "layers_per_block": layers,
-        "latent_channels": int(tensors[f"{p}decoder.conv_in.weight"].shape[1]),
+        "latent_channels": shape("decoder.conv_in.weight")[1],
         "norm_num_groups": norm_num_groups,
         "mid_block_add_attention": any(k.startswith(f"{p}encoder.mid_block.attentions.") for k in tensors),
         "use_quant_conv": f"{p}quant_conv.weight" in tensors,
