@@ -10,7 +10,7 @@ clear error. State-dict keys are renamed with an explicit table (:func:`official
 from __future__ import annotations
 
 from flexitok.io.official.config import config_from_official
-from flexitok.io.official.export import export_official, official_metadata
+from flexitok.io.official.export import export_official, official_metadata, official_state_dict
 from flexitok.io.official.keys import convert_state_dict, official_key_map
 from flexitok.io.official.load import load_official
 from flexitok.io.official.metadata import KNOWN_TARGETS, parse_metadata, read_safetensors_header
@@ -32,6 +32,7 @@ __all__ = [
     "official_base_vae_config",
     "official_key_map",
     "official_metadata",
+    "official_state_dict",
     "option",
     "parse_metadata",
     "read_safetensors_header",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
 from flexitok.config import FlexTokConfig, TransformerConfig
@@ -14,6 +12,8 @@ from flexitok.errors import CheckpointError
 from flexitok.io.official.keys import _rename, official_key_map
 from flexitok.io.official.metadata import _P, parse_metadata
 from flexitok.models.vae import DiffusersVAE
+from flexitok.utils.files import atomic_write, atomic_write_json
+from flexitok.utils.weights import write_safetensors_streaming
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -133,39 +133,11 @@ def official_metadata(config: FlexTokConfig) -> dict[str, str]:
     return {k: (v if isinstance(v, str) else str(v)) for k, v in cfg.items()}
 
 
-_ST_DTYPES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
-}  # fmt: skip
-
-
-def _write_safetensors_streaming(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file one tensor at a time (``safetensors.torch.save_file`` first copies every tensor
-    into bytes, doubling the memory of a paper-size model)."""
-    header: dict[str, Any] = {"__metadata__": metadata}
-    offset = 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # 8-byte aligned data, as safetensors writes it
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for t in tensors.values():
-            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # one tensor's copy at a time
-
-
-def export_official(model: FlexTok, directory: str | Path) -> Path:
-    """Write ``model`` as an official-format checkpoint: ``model.safetensors`` (+ ``vae/config.json``)."""
-    from flexitok.io.checkpoint import atomic_write, atomic_write_json
-
-    directory = Path(directory)
+def official_state_dict(model: FlexTok) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """-> (the official header metadata, ``model``'s tensors under their official names). The tensors are the
+    model's own (views, no copies), so this works on a model built on the meta device too."""
     meta = official_metadata(model.config)
-    cfg = parse_metadata(meta)
-    ours_to_official = [(dst, src) for src, dst in official_key_map(cfg)]
+    ours_to_official = [(dst, src) for src, dst in official_key_map(parse_metadata(meta))]
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         new = _rename(key, ours_to_official)
@@ -173,9 +145,17 @@ def export_official(model: FlexTok, directory: str | Path) -> Path:
             raise CheckpointError(f"flexitok weight {key!r} has no official counterpart")
         if key == "decoder.register_posemb":
             value = value.t().reshape(1, 1, value.shape[1], value.shape[0])
-        # No copies of contiguous CPU weights: a paper-size model is written with little extra memory.
-        out[new] = value.detach().to("cpu").contiguous()
-    atomic_write(directory / "model.safetensors", lambda p: _write_safetensors_streaming(p, out, meta))
+        out[new] = value
+    return meta, out
+
+
+def export_official(model: FlexTok, directory: str | Path) -> Path:
+    """Write ``model`` as an official-format checkpoint: ``model.safetensors`` (+ ``vae/config.json``).
+
+    The weights are streamed out one tensor at a time (no copy of the model is built)."""
+    directory = Path(directory)
+    meta, out = official_state_dict(model)
+    atomic_write(directory / "model.safetensors", lambda p: write_safetensors_streaming(p, out, meta))
     assert isinstance(model.vae, DiffusersVAE)  # official_metadata refused other VAEs
     atomic_write_json(directory / "vae" / "config.json", dict(model.vae.vae.config))
     return directory

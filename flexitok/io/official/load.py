@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from flexitok.errors import CheckpointError
@@ -15,44 +14,43 @@ from flexitok.io.official.config import config_from_official
 from flexitok.io.official.keys import _dropped, _rename, _to_ours, official_key_map
 from flexitok.io.official.metadata import parse_metadata, read_safetensors_header
 from flexitok.io.official.vae import resolve_vae_config
-from flexitok.utils.weights import state_dict_problems
+from flexitok.utils.weights import WeightsFile, parameters_on_meta, state_dict_problems
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
 
 
 def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
-    """Copy the checkpoint into ``model`` one tensor at a time (peak memory: the model plus one tensor), after
-    checking names and shapes as strictly as :func:`flexitok.io.checkpoint.load_state_dict_strict`."""
+    """Read the checkpoint into ``model`` (built by :func:`parameters_on_meta`) one tensor at a time, each
+    straight into the model's dtype, after checking names and shapes as strictly as
+    :func:`flexitok.utils.weights.load_state_dict_strict`: loading needs about the weights' bytes."""
     rules = official_key_map(cfg)
     own = model.state_dict()
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names: dict[str, str] = {}
-            shapes: dict[str, tuple[int, ...]] = {}
-            unknown = []
-            for key in f.keys():
-                if _dropped(key, cfg):
-                    continue
-                new = _rename(key, rules)
-                if new is None:
-                    unknown.append(key)
-                    continue
-                names[new] = key
-                shape = tuple(f.get_slice(key).get_shape())
-                # The official decoder register table is [1, 1, D, N]; ours is [N, D] (see _to_ours).
-                shapes[new] = shape[-1:] + shape[-2:-1] if new == "decoder.register_posemb" else shape
-            problems = []
-            if unknown:
-                problems.append(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
-            problems += state_dict_problems({k: tuple(v.shape) for k, v in own.items()}, shapes)
-            if problems:
-                raise CheckpointError(f"official checkpoint {path} does not match the model: " + "; ".join(problems))
-            with torch.no_grad():
-                for new, key in names.items():
-                    own[new].copy_(_to_ours(new, f.get_tensor(key)))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read {path}: the file is truncated or not a safetensors checkpoint ({e})") from e
+    with WeightsFile(path) as f:
+        names: dict[str, str] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        unknown = []
+        for key, shape in f.header.shapes.items():
+            if _dropped(key, cfg):
+                continue
+            new = _rename(key, rules)
+            if new is None:
+                unknown.append(key)
+                continue
+            names[new] = key
+            # The official decoder register table is [1, 1, D, N]; ours is [N, D] (see _to_ours).
+            shapes[new] = shape[-1:] + shape[-2:-1] if new == "decoder.register_posemb" else shape
+        problems = []
+        if unknown:
+            problems.append(f"{len(unknown)} official keys have no flexitok counterpart (e.g. {unknown[:5]})")
+        problems += state_dict_problems({k: tuple(v.shape) for k, v in own.items()}, shapes)
+        if problems:
+            raise CheckpointError(f"official checkpoint {path} does not match the model: " + "; ".join(problems))
+        state = {
+            new: _to_ours(new, f.read_tensor(key, dtype=own[new].dtype)).contiguous() for new, key in names.items()
+        }
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True, assign=True)
 
 
 def load_official(
@@ -68,8 +66,8 @@ def load_official(
     ``config.json``), else from ``<checkpoint dir>/<hf_hub_path>/config.json``, else the hub, else the weights
     (the official base SD-VAE when ``hf_hub_path`` is unset). ``image_size`` sets the native size (the
     ``detokenize`` default); ``mup_base_width`` is needed only for muP readout heads. ``dtype`` (default float32)
-    builds the model in that dtype; weights are copied in one tensor at a time, so loading needs little more
-    memory than the model itself.
+    builds the model in that dtype; the model is built without weights and each tensor is read into it
+    in that dtype, so loading needs about the weights' bytes in that dtype.
     """
     from flexitok.models.flextok import FlexTok
 
@@ -95,9 +93,10 @@ def load_official(
     config = config_from_official(cfg, vcfg, image_size, mup_base_width)
     config.vae.pretrained = None  # the weights come from the checkpoint itself
     default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or torch.float32)  # allocate the weights once, in the target dtype
+    torch.set_default_dtype(dtype or torch.float32)  # buffers computed in the target dtype, as before
     try:
-        model = FlexTok(config)
+        with parameters_on_meta():  # no memory and no random init for weights the checkpoint overwrites
+            model = FlexTok(config)
     finally:
         torch.set_default_dtype(default)
     _stream_load(model, path, cfg)
