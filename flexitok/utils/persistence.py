@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from flexitok.errors import CheckpointError, InvalidInputError
@@ -50,9 +49,9 @@ from flexitok.utils.hub import download_repo, is_repo_id
 from flexitok.utils.weights import (
     WeightsFile,
     WeightsHeader,
-    load_state_dict_strict,
-    safetensors_ready,
+    parameters_on_meta,
     state_dict_problems,
+    write_safetensors_streaming,
 )
 
 FORMAT = "flexitok"
@@ -250,7 +249,7 @@ class PretrainedModel(nn.Module):
         config_from_json(type(config), json.loads(json.dumps(payload)), source)  # what we write must load
         body = {"format": FORMAT, "version": FORMAT_VERSION, "model": self.model_type, "config": payload}
         data = (json.dumps(body, indent=2) + "\n").encode()
-        tensors = safetensors_ready(self.state_dict())
+        tensors = self.state_dict()  # written one tensor at a time below: no full copy of the model
         for k, v in tensors.items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise CheckpointError(f"refusing to save {directory}: weight {k!r} has NaN or infinite values")
@@ -269,8 +268,8 @@ class PretrainedModel(nn.Module):
 
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_bytes(data)
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=meta)
-            # save_file leaves 0600; give the weights the umask's permissions, like config.json.
+            write_safetensors_streaming(tmp / WEIGHTS_NAME, tensors, meta)
+            # Give the weights the umask's permissions, like config.json.
             os.chmod(tmp / WEIGHTS_NAME, (tmp / CONFIG_NAME).stat().st_mode & 0o777)
             for name in KEPT_FILES:
                 try:
@@ -298,15 +297,22 @@ class PretrainedModel(nn.Module):
         """
         dt = resolve_dtype(dtype)
         path = cls._resolve(name_or_path, revision)
-        model = cls._load_local(path, max_parameters)
+        # The weights are read one tensor at a time straight into dt on device (no full-size float32 copy).
+        model = cls._load_local(path, max_parameters, dt, device)
         if dt is not None:
-            model = model.to(dtype=dt)
+            model = model.to(dtype=dt)  # what is left: buffers the checkpoint does not hold
         if device is not None:
             model = model.to(device)
         return model.eval()
 
     @classmethod
-    def _load_local(cls: type[M], path: Path, max_parameters: int) -> M:
+    def _load_local(
+        cls: type[M],
+        path: Path,
+        max_parameters: int,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> M:
         if path.is_dir() and (path / CONFIG_NAME).is_file():
             for attempt in range(_TORN_RETRIES):
                 try:
@@ -320,6 +326,8 @@ class PretrainedModel(nn.Module):
                         max_parameters=max_parameters,
                         config_sha256=_sha256(raw),
                         source=str(path / CONFIG_NAME),
+                        dtype=dtype,
+                        device=device,
                     )
                 except _TornFolderError:
                     if attempt == _TORN_RETRIES - 1:
@@ -327,7 +335,7 @@ class PretrainedModel(nn.Module):
                     time.sleep(0.05 * (attempt + 1))
         for fmt in cls._formats():
             if fmt.detect(path):
-                return typing.cast(M, fmt.load(path))
+                return typing.cast(M, fmt.load(path, **({"dtype": dtype} if dtype is not None else {})))
         if path.is_dir() and (path / CONFIG_NAME).is_file():
             cls.read_config(path / CONFIG_NAME, max_parameters)  # raises the precise error about config.json
         what = "folder" if path.is_dir() else "file"
@@ -413,8 +421,15 @@ class PretrainedModel(nn.Module):
         max_parameters: int = MAX_PARAMETERS,
         config_sha256: str | None = None,
         source: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
     ) -> M:
-        """Build ``cls(config)`` and load ``weights`` into it, with the checks of the module docs (CPU, eval)."""
+        """Build ``cls(config)`` and load ``weights`` into it, with the checks of the module docs (eval mode).
+
+        The model is built with its parameters on the meta device (:func:`parameters_on_meta`), and each
+        tensor is read from the file into its final dtype (``dtype`` for floating-point weights, else the
+        model's) and ``device`` (default CPU): loading needs about the weights' bytes in that dtype.
+        """
         source = source or str(weights)
         size = cls._check_size(config, source, max_parameters)
         # One open file for the header checks and the data: a concurrent save may replace the path meanwhile.
@@ -433,15 +448,20 @@ class PretrainedModel(nn.Module):
                     f"{header.numel:.3g}"
                 )
             try:
-                model = typing.cast(Callable[[Any], M], cls)(config)
+                with parameters_on_meta():
+                    model = typing.cast(Callable[[Any], M], cls)(config)
             except (ValueError, TypeError, RuntimeError) as e:
                 raise CheckpointError(f"{source}: cannot build a {cls.__name__} from this config ({e})") from None
             cls._check_header(model, header, weights)
-            tensors = f.tensors()
-        for k, v in tensors.items():
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
-        load_state_dict_strict(model, tensors, f"checkpoint {weights}")
+            own = model.state_dict()
+            tensors: dict[str, Tensor] = {}
+            for k in header.shapes:
+                v = f.read_tensor(k, dtype=dtype if own[k].is_floating_point() and dtype else own[k].dtype)
+                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
+                tensors[k] = v.to(device) if device is not None else v
+        with torch.no_grad():
+            model.load_state_dict(tensors, strict=True, assign=True)  # the checked tensors become the weights
         return model.eval()
 
     @staticmethod
