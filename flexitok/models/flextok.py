@@ -6,6 +6,7 @@ import copy
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, overload
@@ -26,6 +27,10 @@ from flexitok.utils.limits import MAX_IMAGE_SIDE
 from flexitok.utils.persistence import PretrainedModel
 
 TokensLike = Tensor | Sequence[Tensor]
+# Above its position tables a model runs with stretched tables (outside the trained regime); beyond this many times
+# the tables per side it is refused: the cost grows with the square of the patch count (a 32x32 model asked for
+# 4096x4096 is 16,384 times its patches: terabytes of attention, or hours of decoding).
+MAX_TABLE_STRETCH = 4
 ImageSize = int | tuple[int, int]
 ImageSizeLike = ImageSize | Sequence[ImageSize]
 
@@ -43,6 +48,27 @@ def _as_size(x: object) -> tuple[int, int]:
     if _is_pair(x):
         return (int(x[0]), int(x[1]))  # type: ignore[index]
     raise InvalidInputError(f"an image size must be an int or an (H, W) pair, got {x!r}")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a call on ``device`` can still allocate (free device memory plus what torch's CUDA cache holds
+    unused; on the CPU the kernel's ``MemAvailable``), or None where unknown (then nothing is refused)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
 
 
 class FlexTok(PretrainedModel):
@@ -165,13 +191,66 @@ class FlexTok(PretrainedModel):
         d = self.config.vae.downsample
         return d * ps[0], d * ps[1]
 
+    def max_image_size(self, part: str = "encoder") -> tuple[int, int]:
+        """The largest ``(H, W)`` the encoder (``tokenize``) or decoder (``detokenize``) takes: its position tables
+        stretched :data:`MAX_TABLE_STRETCH` times per side (at most :data:`~flexitok.utils.limits.MAX_IMAGE_SIDE`)."""
+        mh, mw = self.size_multiple(part)
+        posemb = self.encoder.posemb if part == "encoder" else self.decoder.posemb
+        if len(posemb.sizes) == 1:  # a 1-D table is not stretched: its patch count is the limit
+            n = posemb.sizes[0]
+            side = min(MAX_IMAGE_SIDE // max(mh, mw), math.isqrt(n))
+            return side * mh, side * mw
+        th, tw = posemb.sizes
+        cap_h, cap_w = MAX_IMAGE_SIDE // mh * mh, MAX_IMAGE_SIDE // mw * mw
+        return min(MAX_TABLE_STRETCH * th * mh, cap_h), min(MAX_TABLE_STRETCH * tw * mw, cap_w)
+
+    def estimate_call_bytes(self, part: str, size: tuple[int, int], batch: int, guided: bool = True) -> int:
+        """A rough upper bound of the memory one ``tokenize`` (``part="encoder"``) or ``detokenize`` (``"decoder"``)
+        of ``batch`` images of ``size`` needs at its peak: the VAE's full-resolution activations and the
+        transformer's, whose attention is counted as ``[rows, heads, L, L]`` scores on the CPU (SDPA's fused CUDA
+        kernels do not materialize them; their mask still is ``[L, L]``). ``guided``: the decoder runs a
+        conditional and an unconditional row per image."""
+        h, w = size
+        mh, mw = self.size_multiple(part)
+        cfg = self.config.encoder if part == "encoder" else self.config.decoder
+        t = cfg.transformer
+        seq = (h // mh) * (w // mw) + self.n_registers + 2
+        rows = batch * (2 if part == "decoder" and guided else 1)
+        elem = torch.finfo(self.dtype).bits // 8
+        heads = max(1, t.dim // t.head_dim)
+        hidden = t.mlp_hidden or int(t.dim * t.mlp_ratio)
+        attention = rows * heads * seq * seq * elem if self.device.type != "cuda" else seq * seq
+        activations = 2 * rows * seq * (4 * t.dim + hidden) * elem
+        vae_width = 3
+        if self.config.vae.kind == "diffusers":
+            channels = (self.config.vae.diffusers_config or {}).get("block_out_channels") or [128]
+            vae_width = int(max(channels))
+        vae = 3 * batch * h * w * vae_width * elem
+        return attention + activations + vae
+
+    def check_call_memory(self, part: str, size: tuple[int, int], batch: int, guided: bool = True) -> None:
+        """Refuse (``InvalidInputError``) a call whose :meth:`estimate_call_bytes` exceeds the memory available
+        on the model's device, before anything is allocated."""
+        need = self.estimate_call_bytes(part, size, batch, guided)
+        have = available_memory(self.device)
+        if have is None or need <= have:
+            return
+        what = "tokenize" if part == "encoder" else "detokenize"
+        lh, lw = self.max_image_size(part)
+        raise InvalidInputError(
+            f"{what} of {batch} image(s) of {size[0]}x{size[1]} would need about {need / 2**30:.1f} GiB, but about "
+            f"{have / 2**30:.1f} GiB is available on {self.device}; use smaller batches or images (this model "
+            f"takes up to {lh}x{lw})"
+        )
+
     def check_image_size(self, size: tuple[int, int], part: str = "encoder") -> None:
         """Check that ``(H, W)`` works for the encoder (``tokenize``) or the decoder (``detokenize``).
 
         Any size works whose sides are multiples of :meth:`size_multiple` (like the official code, a smaller
         patch grid uses the top-left corner of the position table). A grid larger than the table is outside the
         trained regime: the table is stretched by bilinear interpolation and an
-        :class:`~flexitok.errors.OutsideTrainedRegimeWarning` is issued.
+        :class:`~flexitok.errors.OutsideTrainedRegimeWarning` is issued; beyond :meth:`max_image_size`
+        (:data:`MAX_TABLE_STRETCH` times the tables per side) the size is refused.
         """
         h, w = (int(x) for x in size)
         if max(h, w) > MAX_IMAGE_SIDE:
@@ -184,6 +263,15 @@ class FlexTok(PretrainedModel):
             )
         grid = (h // mh, w // mw)
         posemb = self.encoder.posemb if part == "encoder" else self.decoder.posemb
+        if len(posemb.sizes) == 2 and (
+            grid[0] > MAX_TABLE_STRETCH * posemb.sizes[0] or grid[1] > MAX_TABLE_STRETCH * posemb.sizes[1]
+        ):
+            lh, lw = self.max_image_size(part)
+            raise InvalidInputError(
+                f"image size {h}x{w} is too large for this model's {part}: its position tables cover "
+                f"{posemb.sizes[0] * mh}x{posemb.sizes[1] * mw} pixels and it takes images up to {MAX_TABLE_STRETCH} "
+                f"times that per side ({lh}x{lw}); resize first, or fine-tune at the larger size (docs/training.md)"
+            )
         if part == "encoder" and self.config.encoder.flatten_patches:
             if grid[0] * grid[1] > posemb.sizes[0]:
                 raise InvalidInputError(
@@ -280,6 +368,8 @@ class FlexTok(PretrainedModel):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(items):
             groups.setdefault((img.shape[-2], img.shape[-1]), []).append(i)
+        for (h, w), idx in groups.items():  # every group checked before any runs
+            self.check_call_memory("encoder", (h, w), len(idx))
         out = torch.empty(len(items), self.encoder.n_registers, dtype=torch.long, device=self.device)
         for idx in groups.values():
             out[idx] = self._tokenize_batch(torch.stack([items[i] for i in idx]), sample, generator)
@@ -300,6 +390,7 @@ class FlexTok(PretrainedModel):
         return items
 
     def _tokenize_batch(self, images: Tensor, sample: bool | None, generator: torch.Generator | None) -> Tensor:
+        self.check_call_memory("encoder", (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0]))
         images = images.to(self.device, self.dtype)
         _, ids = self.latents_to_codes(self.vae.encode(images, generator=generator, sample=sample))
         return ids
@@ -435,6 +526,9 @@ class FlexTok(PretrainedModel):
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
         sizes = self._decode_sizes(image_size, b)
+        guided = decode.guidance_scale != 1.0
+        for size, count in Counter(sizes).items():
+            self.check_call_memory("decoder", size, count, guided)
         if noise is None:
             starts = self.initial_noise_list(b, generator if generator is not None else decode.generator(), sizes)
         else:
