@@ -38,7 +38,7 @@ def test_sizes_beyond_the_stretched_tables_are_refused_at_once(model, monkeypatc
     with pytest.raises(InvalidInputError, match=r"1024x1024 is too large for this model's decoder"):
         model.detokenize(torch.zeros(1, 16, dtype=torch.long), ONE_STEP, image_size=1024)
     with pytest.raises(InvalidInputError, match=r"132x128 is too large"):
-        model.detokenize([torch.zeros(4, dtype=torch.long)] * 2, ONE_STEP, image_size=[(32, 32), (132, 128)])
+        model.detokenize_list([torch.zeros(4, dtype=torch.long)] * 2, ONE_STEP, image_size=[(32, 32), (132, 128)])
     with pytest.raises(InvalidInputError, match="too large"):
         model.initial_noise(1, image_size=(32, 512))  # one side is enough
     assert time.monotonic() - t0 < 5

@@ -24,7 +24,6 @@ from flexitok.demo.queue import WorkQueue
 from flexitok.demo.upload import BodyReader, human_size
 from flexitok.errors import FlexiTokError, InvalidInputError
 from flexitok.eval.metrics import psnr
-from flexitok.eval.reconstruction import default_ks
 from flexitok.io.images import ImageTooLargeError, is_image_file, load_image, load_pil
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.utils.limits import MAX_SEED, check_seed
@@ -148,7 +147,7 @@ class DemoService:
             "model": m.spec.name,
             "models": self.names,
             "n_registers": tok.n_registers,
-            "strip_ks": default_ks(tok.n_registers),
+            "strip_ks": tok.default_ks(),
             "image_size": [h, w],
             "vocab_size": tok.vocab_size,
             "bits_per_token": math.ceil(math.log2(tok.vocab_size)),
@@ -191,7 +190,7 @@ class DemoService:
     async def strip(self, image_id: str, seed: int) -> dict[str, Any]:
         entry = self._entry(image_id)
         seed = check_seed_param(seed)
-        ks = default_ks(self.served[entry.model].spec.model.n_registers)
+        ks = self.served[entry.model].spec.model.default_ks()
         return {"ks": ks, "reconstructions": await self.work.run(self._reconstruct_all, image_id, entry, ks, seed)}
 
     async def generate(self, request: Request) -> dict[str, Any]:

@@ -9,12 +9,12 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, overload
 
 import torch
 from torch import Tensor
 
 from flexitok.config import FlexTokConfig, TransformerConfig
+from flexitok.config import default_ks as k_ladder
 from flexitok.errors import CheckpointError, InvalidInputError, OutsideTrainedRegimeWarning
 from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
@@ -107,6 +107,10 @@ class FlexTok(PretrainedModel):
     def n_registers(self) -> int:
         """Register positions of the decoder: the longest token sequence ``detokenize`` takes."""
         return self.config.n_registers
+
+    def default_ks(self) -> list[int]:
+        """The coarse-to-fine ladder of token counts for this model: 1, 2, 4, ..., :attr:`n_registers`."""
+        return k_ladder(self.n_registers)
 
     @property
     def n_tokens(self) -> int:
@@ -441,62 +445,6 @@ class FlexTok(PretrainedModel):
             out.append(torch.randn((1, c, h, w), generator=generator, device=gen_device)[0].to(self.device))
         return out
 
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[False] = ...,
-        image_size: ImageSize | None = ...,
-    ) -> Tensor: ...
-
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[True],
-        image_size: ImageSize | None = ...,
-    ) -> tuple[Tensor, Tensor]: ...
-
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[False] = ...,
-        image_size: list[ImageSize],
-    ) -> list[Tensor]: ...
-
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[True],
-        image_size: list[ImageSize],
-    ) -> tuple[list[Tensor], list[Tensor]]: ...
-
     @torch.no_grad()
     def detokenize(
         self,
@@ -507,9 +455,8 @@ class FlexTok(PretrainedModel):
         generator: torch.Generator | None = None,
         keep_k: int | Sequence[int] | Tensor | None = None,
         progress: bool = False,
-        return_latents: bool = False,
-        image_size: ImageSize | list[ImageSize] | None = None,
-    ) -> Tensor | list[Tensor] | tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
+        image_size: ImageSize | None = None,
+    ) -> Tensor:
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
         ``tokens``: ``LongTensor [B, K]`` (K <= N) or a list of 1D tensors of different lengths. Each image is
@@ -518,10 +465,70 @@ class FlexTok(PretrainedModel):
         (or a list of ``[C, h, w]``) when given, else drawn from ``generator``, else from a CPU generator seeded with
         ``decode.seed``.
 
-        ``image_size``: the output size in pixels, ``(H, W)`` or an int for all images; default the model's
-        native size (:attr:`image_size`). A list with one entry per image returns a list of ``[3, H_i, W_i]``
-        images (and of ``[C, h_i, w_i]`` latents); the images are computed one batch per size.
+        ``image_size``: the output size in pixels, ``(H, W)`` or an int, for all images; default the model's
+        native size (:attr:`image_size`). For one size per image use :meth:`detokenize_list`; for the decoder's
+        latents as well, :meth:`detokenize_with_latents`.
         """
+        images, _ = self._detokenize(tokens, decode, noise, generator, keep_k, progress, self._one_size(image_size))
+        return torch.stack(images)
+
+    @torch.no_grad()
+    def detokenize_with_latents(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None = None,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        progress: bool = False,
+        image_size: ImageSize | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`detokenize` that also returns the sampled latents: (images ``[B, 3, H, W]``, latents
+        ``[B, C, h, w]``, the decoder's output that the VAE decodes into the images)."""
+        images, latents = self._detokenize(
+            tokens, decode, noise, generator, keep_k, progress, self._one_size(image_size)
+        )
+        return torch.stack(images), torch.stack(latents)
+
+    @torch.no_grad()
+    def detokenize_list(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None = None,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        progress: bool = False,
+        image_size: ImageSizeLike | None = None,
+    ) -> list[Tensor]:
+        """:meth:`detokenize` with one size per image: ``image_size`` is a list with an ``(H, W)`` (or int) per
+        token sequence (or one size for all) -> a list of ``[3, H_i, W_i]`` images, computed one batch per size."""
+        images, _ = self._detokenize(tokens, decode, noise, generator, keep_k, progress, image_size)
+        return images
+
+    @staticmethod
+    def _one_size(image_size: object) -> ImageSize | None:
+        if image_size is None or (isinstance(image_size, int) and not isinstance(image_size, bool)):
+            return image_size
+        if _is_pair(image_size):
+            return _as_size(image_size)
+        if isinstance(image_size, (list, tuple)) and all(_is_pair(s) or isinstance(s, int) for s in image_size):
+            raise InvalidInputError("image_size must be one size for all images; for one per image use detokenize_list")
+        return _as_size(image_size)  # raises with the shape it got
+
+    def _detokenize(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None,
+        noise: Tensor | Sequence[Tensor] | None,
+        generator: torch.Generator | None,
+        keep_k: int | Sequence[int] | Tensor | None,
+        progress: bool,
+        image_size: ImageSizeLike | None,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """-> (images ``[3, H_i, W_i]``, latents ``[C, h_i, w_i]``), one per token sequence."""
         decode = decode or DecodeConfig()
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
@@ -552,9 +559,7 @@ class FlexTok(PretrainedModel):
             decoded = self.vae.decode(lat)
             for j, i in enumerate(idx):
                 latents[i], images[i] = lat[j], decoded[j]
-        if isinstance(image_size, list):
-            return (images, latents) if return_latents else images
-        return (torch.stack(images), torch.stack(latents)) if return_latents else torch.stack(images)
+        return images, latents
 
     def _check_noise(self, noise: Tensor | Sequence[Tensor], sizes: list[tuple[int, int]]) -> list[Tensor]:
         c = self.config.vae.latent_channels
