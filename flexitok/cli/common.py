@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flexitok.config import default_ks
 from flexitok.data import DATA_KINDS
 from flexitok.errors import InvalidInputError
-from flexitok.eval.reconstruction import default_ks
 from flexitok.io.images import SizeRule, fit_within, is_image_file
 from flexitok.sampling.ar import ARSamplingConfig, GuidanceScheduleKind
 from flexitok.sampling.decode import SAMPLERS, DecodeConfig

@@ -107,10 +107,9 @@ def coarse_to_fine_grid(model, tokens: torch.Tensor, images: torch.Tensor, decod
     differ only in k.
     """
     from flexitok.eval.metrics import psnr
-    from flexitok.eval.reconstruction import default_ks
     from flexitok.io.images import save_grid
 
-    ks = default_ks(model.n_registers)
+    ks = model.default_ks()
     noise = model.initial_noise(len(images), decode.generator())
     columns, scores = [], []
     for k in ks:

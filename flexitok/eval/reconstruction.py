@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
+from flexitok.config import default_ks
 from flexitok.errors import InvalidInputError
 from flexitok.eval.features import FeatureExtractor, build_extractor
 from flexitok.eval.metrics import frechet_distance, psnr, ssim
@@ -22,15 +23,6 @@ from flexitok.eval.plots import image_grid, plot_metrics_vs_k
 from flexitok.eval.reference import ReferenceStats, distance_to_reference
 from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.sampling.decode import DecodeConfig
-
-
-def default_ks(n_registers: int) -> list[int]:
-    """1, 2, 4, ... up to ``n_registers`` (always included)."""
-    ks, k = [], 1
-    while k < n_registers:
-        ks.append(k)
-        k *= 2
-    return ks + [n_registers]
 
 
 def _collate_images(items: list[dict[str, Any]]) -> torch.Tensor:
