@@ -24,7 +24,7 @@ from flexitok.cli.common import (
 )
 from flexitok.codec.token_files import TokenFile, check_token_path, write_token_file
 from flexitok.models.generator import DEFAULT_GENERATOR
-from flexitok.pipelines import DEFAULT_TOKENIZER, GenerationPipeline
+from flexitok.pipelines import DEFAULT_TOKENIZER, GenerationPipeline, parse_classes
 from flexitok.utils.device import resolve_device
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     pipe = GenerationPipeline.from_pretrained(args.generator, args.tokenizer, device=device)
     n = args.num_samples
-    labels = _cycle(pipe.conditioning.parse_labels(args.classes), n) if args.classes is not None else None
+    labels = _cycle(parse_classes(args.classes, pipe.conditioning), n) if args.classes is not None else None
     prompts = _cycle(args.prompts, n) if args.prompts is not None else None
     k = args.tokens or pipe.generator.config.n_tokens
     result = pipe(

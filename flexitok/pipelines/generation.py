@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flexitok.errors import InvalidInputError
-from flexitok.models.conditioning import Conditioning
+from flexitok.models.conditioning import ConditionEmbedder
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import DEFAULT_GENERATOR, Generator
 from flexitok.sampling.ar import ARSamplingConfig, generate
@@ -79,7 +79,7 @@ class GenerationPipeline:
         return cls(gen, tok, text_encoder)
 
     @property
-    def conditioning(self) -> Conditioning:
+    def conditioning(self) -> ConditionEmbedder:
         return self.generator.conditioning
 
     @property
