@@ -153,3 +153,21 @@ def test_demo_backend_checks_requests_by_the_same_policy(models) -> None:
     with pytest.raises(InvalidInputError, match="too long"):
         text.check_request(2, None, "z" * (MAX_PROMPT_CHARS + 1))
     assert backend.generate(2, 0, 1, None).shape[0] == 3
+
+
+def test_the_bundled_generator_takes_fashion_mnist_class_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flexitok.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+    assert list(Generator.read_config(Generator._resolve("default", None) / "config.json").class_names) == list(
+        FASHION_MNIST_CLASSES
+    )
+    base = ["generate", "-n", "2", "--tokens", "2", "--steps", "2", "--device", "cpu", "--save-tokens"]
+    assert main([*base, str(tmp_path / "a.json"), "--class", "sneaker", "-o", str(tmp_path / "a.png")]) == 0
+    assert main([*base, str(tmp_path / "b.json"), "--class", "7", "-o", str(tmp_path / "b.png")]) == 0
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()  # Sneaker is class 7
+    capsys.readouterr()
+    assert main(["generate", "--class", "10", "-o", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert "class 10 is outside this generator's classes: classes are ids 0..9 or names (T-shirt/top, Trouser" in err
