@@ -16,7 +16,7 @@ from flexitok.eval.features import FeatureExtractor
 from flexitok.eval.metrics import frechet_distance
 from flexitok.eval.reference import reference_subset_features
 from flexitok.models.classifier import SmallCNN
-from flexitok.pipelines import GenerationPipeline
+from flexitok.pipelines import GenerationPipeline, dataset_inputs
 from flexitok.sampling.ar import ARSamplingConfig
 from flexitok.sampling.decode import DecodeConfig
 
@@ -75,7 +75,7 @@ def evaluate_generation(
     n = cfg.n_samples
     if labels is not None and len(labels) < n:
         raise InvalidInputError(f"{len(labels)} labels for {n} samples")
-    inputs, truth = pipeline.conditioning.dataset_inputs(n, labels, prompts)
+    inputs, truth = dataset_inputs(pipeline.conditioning, n, labels, prompts)
     bad = [k for k in cfg.token_counts if not 1 <= k <= c.n_tokens]
     if bad:
         raise InvalidInputError(f"token counts {bad} are outside 1..{c.n_tokens}")

@@ -68,6 +68,7 @@ MAX_CONFIG_BYTES = 4 << 20
 _TORN_RETRIES = 3
 
 M = TypeVar("M", bound="PretrainedModel")
+V = TypeVar("V")
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -133,6 +134,11 @@ class PretrainedModel(nn.Module):
     bundled_aliases: ClassVar[Mapping[str, str]] = {}
     config: Any
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Weights saved under older parameter names load everywhere (from_pretrained, training checkpoints).
+        self.register_load_state_dict_pre_hook(_upgrade_names_on_load)
+
     # ------------------------------------------------------------------ hooks for subclasses
     @classmethod
     def estimate_state_size(cls, config: Any) -> int:
@@ -157,6 +163,15 @@ class PretrainedModel(nn.Module):
         if blob.get("format") == FORMAT and blob.get("version") == 1 and "model" not in blob:
             return {**blob, "model": "tokenizer"}  # format version 1 existed for tokenizers only
         return blob
+
+    @classmethod
+    def upgrade_state_dict(cls, state: Mapping[str, V]) -> dict[str, V]:
+        """Map the parameter names of an older version of this model to the current ones (values untouched).
+
+        Applied to every weights file :meth:`from_pretrained` reads (before its header is checked) and to every
+        ``load_state_dict`` of the model; subclasses whose parameters moved override it.
+        """
+        return dict(state)
 
     # ------------------------------------------------------------------ foreign formats and names
     @classmethod
@@ -435,6 +450,9 @@ class PretrainedModel(nn.Module):
         # One open file for the header checks and the data: a concurrent save may replace the path meanwhile.
         with WeightsFile(weights) as f:
             header = f.header
+            header = WeightsHeader(
+                cls.upgrade_state_dict(header.shapes), cls.upgrade_state_dict(header.dtypes), header.metadata
+            )
             stored = header.metadata.get("config_sha256")
             if config_sha256 is not None and stored is not None and stored != config_sha256:
                 raise _TornFolderError(
@@ -455,10 +473,15 @@ class PretrainedModel(nn.Module):
             cls._check_header(model, header, weights)
             own = model.state_dict()
             tensors: dict[str, Tensor] = {}
-            for k in header.shapes:
-                v = f.read_tensor(k, dtype=dtype if own[k].is_floating_point() and dtype else own[k].dtype)
+            for k in f.header.shapes:  # the file's own names; renamed below
+                v = f.read_tensor(k, dtype=dtype)
                 if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                     raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
+                tensors[k] = v
+            tensors = cls.upgrade_state_dict(tensors)
+            for k, v in tensors.items():
+                if dtype is None and k in own and v.is_floating_point() and v.dtype != own[k].dtype:
+                    v = v.to(own[k].dtype)
                 tensors[k] = v.to(device) if device is not None else v
         with torch.no_grad():
             model.load_state_dict(tensors, strict=True, assign=True)  # the checked tensors become the weights
@@ -475,3 +498,12 @@ class PretrainedModel(nn.Module):
                 raise CheckpointError(
                     f"{weights}: tensor {k!r} is stored as {header.dtypes[k]}, the model has {v.dtype}"
                 )
+
+
+def _upgrade_names_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook of :class:`PretrainedModel`: rename this module's old keys in place."""
+    assert isinstance(module, PretrainedModel)
+    own = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
+    for new, old in module.upgrade_state_dict({k: k for k in own}).items():
+        if new != old and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
