@@ -29,8 +29,9 @@ COMMANDS: list[str] = [
 # ``register(targets)`` adds the parser named after its target. (``train`` keeps its targets in flexitok.cli.train.)
 VERBS: dict[str, tuple[str, dict[str, str]]] = {
     "eval": (
-        "measure quality: reconstruction vs tokens (tokenizer) or generated images (generator)",
-        {"tokenizer": "eval_tokenizer", "generator": "eval_generator"},
+        "measure quality: reconstruction vs tokens (tokenizer), generated images (generator), or write reference "
+        "statistics (reference)",
+        {"tokenizer": "eval_tokenizer", "generator": "eval_generator", "reference": "eval_reference"},
     ),
     "bench": (
         "measure speed and memory: tokenize/detokenize (tokenizer) or AR sampling (generator)",
