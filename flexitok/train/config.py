@@ -88,6 +88,7 @@ class VAETaskConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     eval_images: int = 8
+    eval_extractor: str | None = "efflite0"  # Frechet distance of reconstructions to originals (None: PSNR only)
 
     def __post_init__(self) -> None:
         if self.recon_loss not in ("l1", "l2"):

@@ -3,7 +3,7 @@
 Each target is a function ``(TargetArgs) -> int`` that reads its :class:`~flexitok.train.config.RunConfig` with
 :func:`~flexitok.train.config.load_run_config` (the one parser of every target). New targets register in
 :data:`flexitok.cli.train.TRAIN_TARGETS`; :func:`apply_target_args`, :func:`prepare_out_dir` and
-:func:`eval_split` are reusable.
+:func:`held_out` are reusable.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from flexitok.data import DataConfig, DatasetError, build_dataset
+from flexitok.data import DataConfig, build_dataset
 from flexitok.errors import CheckpointError
 from flexitok.train.checkpoint import resolve_last
 from flexitok.train.config import (
@@ -27,6 +27,7 @@ from flexitok.train.config import (
     config_to_dict,
     load_run_config,
 )
+from flexitok.train.heldout import held_out_data
 from flexitok.train.options import TrainConfig
 from flexitok.train.trainer import train
 
@@ -61,15 +62,13 @@ def prepare_out_dir(train_cfg: TrainConfig) -> None:
         raise CheckpointError(f"{out} already holds a checkpoint ({last.name}); pass --resume or change train.out_dir")
 
 
-def eval_split(data: DataConfig, eval_data: DataConfig | None, n: int) -> Any:
-    """The evaluation dataset: ``eval_data`` if given, else the test split of ``data`` without augmentation."""
-    if n <= 0:
-        return None
-    cfg = eval_data or dataclasses.replace(data, split="test", random_resized_crop=None, hflip=False, limit=n)
-    try:
-        return build_dataset(cfg)
-    except DatasetError:  # e.g. an image folder without a test split: evaluate on training images
-        return build_dataset(dataclasses.replace(cfg, split="train"))
+def held_out(data: DataConfig, eval_data: DataConfig | None, n: int, train_cfg: TrainConfig) -> tuple[DataConfig, Any]:
+    """(training data config, fixed evaluation set or None): :func:`flexitok.train.heldout.held_out_data`, with
+    the choice printed once at start."""
+    train_data, eval_ds = held_out_data(data, eval_data, n, train_cfg.eval_every > 0)
+    if eval_ds is not None and int(os.environ.get("RANK", "0")) == 0:
+        print(f"evaluation every {train_cfg.eval_every} steps on {eval_ds.description}", flush=True)
+    return train_data, eval_ds
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,6 +118,7 @@ def run_tokenizer(args: TargetArgs) -> int:
             "(e.g. <out_dir>/vae of `flexitok train vae`) or model.vae.diffusers_config"
         )
     prepare_out_dir(cfg.train)
+    train_data, eval_ds = held_out(cfg.data, cfg.eval_data, cfg.task.eval_images, cfg.train)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = FlexTok(cfg.model)
     if src is not None:
@@ -136,8 +136,7 @@ def run_tokenizer(args: TargetArgs) -> int:
 
         dataset = LatentCacheDataset(cfg.latents)
     else:
-        dataset = build_dataset(cfg.data)
-    eval_ds = eval_split(cfg.data, cfg.eval_data, cfg.task.eval_images) if cfg.train.eval_every else None
+        dataset = build_dataset(train_data)
     task = TokenizerTask(model, cfg.task, eval_dataset=eval_ds)
     path = train(task, dataset, cfg.train, run_config=config_to_dict(cfg))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -155,10 +154,10 @@ def run_vae(args: TargetArgs) -> int:
             f"data.image_size {cfg.data.image_size} is not divisible by the VAE downsampling {cfg.model.downsample}"
         )
     prepare_out_dir(cfg.train)
+    train_data, eval_ds = held_out(cfg.data, cfg.eval_data, cfg.task.eval_images, cfg.train)
     torch.manual_seed(cfg.train.seed)
     vae = build_autoencoder(cfg.model)
-    dataset = build_dataset(cfg.data)
-    eval_ds = eval_split(cfg.data, cfg.eval_data, cfg.task.eval_images) if cfg.train.eval_every else None
+    dataset = build_dataset(train_data)
     task = VAETask(vae, cfg.task, eval_dataset=eval_ds)
     path = train(task, dataset, cfg.train, run_config=config_to_dict(cfg))
     if int(os.environ.get("RANK", "0")) == 0:

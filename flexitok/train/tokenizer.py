@@ -25,6 +25,7 @@ from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
 from flexitok.models.flextok import FlexTok
 from flexitok.sampling.decode import DecodeConfig
+from flexitok.train.heldout import eval_extractor
 from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
 from flexitok.train.task import TrainTask
 
@@ -57,6 +58,8 @@ class TokenizerTaskConfig:
     eval_images: int = 8
     eval_ks: tuple[int, ...] | None = None  # None: 1, 2, 4, ..., N
     eval_decode: DecodeConfig = DecodeConfig(steps=20, guidance_scale=1.0, apg=False, seed=0)
+    # Frechet distance per k between the held-out images and their reconstructions (None: PSNR only).
+    eval_extractor: str | None = "efflite0"
 
     @property
     def repa_enabled(self) -> bool:
@@ -138,6 +141,7 @@ class TokenizerTask(TrainTask):
         super().__init__(model)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
+        self.extractor = eval_extractor(cfg.eval_extractor, eval_dataset, cfg.eval_images)
         self.model.vae.requires_grad_(False)  # stage 0 is frozen
         self.repa_encoder: Callable[[Tensor], Tensor] | None = None
         self.repa_layer: int | None = None
@@ -242,7 +246,8 @@ class TokenizerTask(TrainTask):
 
     # ------------------------------------------------------------------ evaluation / export
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        """Reconstruction grid PNG (rows: originals, then one row per k) and per-k PSNR."""
+        """Reconstruction grid PNG (rows: originals, then one row per k), per-k PSNR and (with an extractor)
+        per-k Frechet distance of the reconstructions' features to the originals' (``fd_k<k>``)."""
         assert isinstance(model, FlexTok)  # the task's model or its EMA copy
         if self.eval_dataset is None or self.cfg.eval_images <= 0:
             return {}
@@ -257,14 +262,17 @@ class TokenizerTask(TrainTask):
             n_images=n,
             batch_size=n,
             decode=cfg.eval_decode,
-            extractor=None,
+            extractor=self.extractor,
             n_examples=n,
             progress=False,
         )
         ex = res["examples"]
         rows = [ex["original"]] + [ex[k] for k in ks]
         save_grid(rows, out_dir / f"recon_step{step:08d}.png", pad=0)
-        return {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
+        metrics = {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
+        if self.extractor is not None:
+            metrics.update({f"fd_k{r['k']}": float(r[self.extractor.metric_name]) for r in res["rows"]})
+        return metrics
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Write the final (EMA) model with ``save_pretrained`` into ``<out_dir>/model``."""

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from flexitok.errors import InvalidInputError
-from flexitok.eval.metrics import psnr
+from flexitok.eval.metrics import frechet_distance, psnr
 from flexitok.io.checkpoint import replace_dir
 from flexitok.io.images import save_grid
 from flexitok.train.config import VAEModelConfig, VAETaskConfig
+from flexitok.train.heldout import eval_extractor
 from flexitok.train.task import ExtraOptimizer, TrainTask
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class VAETask(TrainTask):
         super().__init__(vae)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
+        self.extractor = eval_extractor(cfg.eval_extractor, eval_dataset, cfg.eval_images)
         self.perceptual: EfficientNetLite0FeatureMaps | None = None
         if cfg.perceptual_weight > 0:
             from flexitok.train.features import EfficientNetLite0FeatureMaps
@@ -167,7 +169,8 @@ class VAETask(TrainTask):
         return batch["image"]
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        """Grid PNG (originals / reconstructions from the posterior mode) and mean PSNR."""
+        """Grid PNG (originals / reconstructions from the posterior mode), mean PSNR and (with an extractor) the
+        Frechet distance of the reconstructions' features to the originals' (``fd``)."""
         from diffusers import AutoencoderKL
 
         assert isinstance(model, AutoencoderKL)  # the task's model or its EMA copy
@@ -180,7 +183,11 @@ class VAETask(TrainTask):
         recon = model.decode(posterior.mode()).sample.float().clamp(-1, 1)
         save_grid([images, recon], out_dir / f"vae_recon_step{step:08d}.png", pad=0)
         # A finite floor on the MSE keeps a perfect reconstruction loggable (126 dB instead of inf).
-        return {"psnr": float(psnr(recon, images, min_mse=1e-12).mean())}
+        metrics = {"psnr": float(psnr(recon, images, min_mse=1e-12).mean())}
+        if self.extractor is not None:
+            extractor = self.extractor.to(device) if isinstance(self.extractor, nn.Module) else self.extractor
+            metrics["fd"] = frechet_distance(extractor(recon).double().cpu(), extractor(images).double().cpu())
+        return metrics
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """``save_pretrained`` into ``<out_dir>/vae`` (written to a temp folder, then renamed into place)."""

@@ -1,0 +1,107 @@
+"""The fixed held-out images a training run evaluates on (``train.eval_every > 0``).
+
+:func:`held_out_data` decides, at start, what the run trains on and what it evaluates on:
+
+- ``eval_data`` given: the first ``n`` items of it;
+- else the held-out split of the same source when one exists (``OUT/val`` next to ``OUT/train``), or a fixed
+  set of ``n`` samples that the training data then excludes (:func:`flexitok.data.eval_source`);
+- neither possible: :class:`~flexitok.errors.ConfigError` before any model is built (not at the first
+  evaluation, hours into a run).
+
+The evaluation items are read once into memory (:class:`FixedEvalSet`), so a streaming (webdataset) source
+works like a folder: every evaluation sees the same ``n`` images, and ``len()`` is defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset, IterableDataset
+
+import flexitok.data as data_lib
+from flexitok.data import DataConfig, DatasetError, build_dataset
+from flexitok.errors import ConfigError, FeatureExtractorError
+from flexitok.eval.features import FeatureExtractor, build_extractor
+from flexitok.train.state import preserve_rng
+
+
+class FixedEvalSet(Dataset):
+    """A map-style dataset over a fixed in-memory list of items (``{"image": [3,H,W], ...}``)."""
+
+    def __init__(self, items: list[dict[str, Any]], description: str = "") -> None:
+        self.items = items
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+def first_items(dataset: Dataset, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` items of a map-style or iterable dataset (fewer when it holds fewer)."""
+    if isinstance(dataset, IterableDataset):
+        return list(itertools.islice(iter(dataset), n))
+    return [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
+
+
+def _plain(cfg: DataConfig) -> DataConfig:
+    """Evaluation images without augmentation (the same images at every evaluation)."""
+    return dataclasses.replace(cfg, random_resized_crop=None, hflip=False, channel_shuffle=0.0)
+
+
+def _sibling_split(cfg: DataConfig, n: int) -> tuple[DataConfig, DataConfig, str]:
+    """Stand-in for :func:`flexitok.data.eval_source` until the data layer provides it: the ``test`` split only."""
+    has_test = cfg.kind in ("fashion_mnist", "skimage") or (cfg.path is not None and (Path(cfg.path) / "test").is_dir())
+    if not has_test:
+        raise DatasetError(f"{cfg.path} has no held-out split (a test/ folder beside train/)")
+    return cfg, dataclasses.replace(cfg, split="test"), f"the held-out split 'test' of {cfg.path or cfg.kind}"
+
+
+def _eval_source(cfg: DataConfig, n: int) -> tuple[DataConfig, DataConfig, str]:
+    fn = getattr(data_lib, "eval_source", None)  # contract 1 of the data layer
+    return fn(cfg, n) if fn is not None else _sibling_split(cfg, n)
+
+
+def held_out_data(
+    data: DataConfig, eval_data: DataConfig | None, n: int, enabled: bool
+) -> tuple[DataConfig, FixedEvalSet | None]:
+    """(the training data config, the fixed evaluation set or None when evaluation is off).
+
+    ``enabled``: ``train.eval_every > 0``; ``n``: the task's ``eval_images`` (0 turns evaluation off).
+    Raises :class:`ConfigError` when evaluation is on but there is nothing to hold out.
+    """
+    if not enabled or n <= 0:
+        return data, None
+    if eval_data is not None:
+        train_cfg, eval_cfg, what = data, eval_data, f"eval_data ({eval_data.path or eval_data.kind})"
+    else:
+        try:
+            train_cfg, eval_cfg, what = _eval_source(data, n)
+        except DatasetError as e:
+            raise ConfigError(
+                f"train.eval_every > 0 needs images to evaluate on and none can be held out: {e}. Set eval_data, "
+                "add a val/ split beside train/, or set train.eval_every=0"
+            ) from None
+    with preserve_rng():  # reading the evaluation images must not shift the training run's random stream
+        items = first_items(build_dataset(_plain(eval_cfg)), n)
+    if not items:
+        raise ConfigError(f"train.eval_every > 0 but {what} holds no images")
+    return train_cfg, FixedEvalSet(items, f"{len(items)} images of {what}")
+
+
+def eval_extractor(name: str | None, eval_dataset: Dataset | None, n: int) -> FeatureExtractor | None:
+    """The feature network of the training-time Frechet distance, built at start (a missing ``eval`` extra is
+    reported then, not at the first evaluation): None when evaluation or the FD is off, or with < 2 images."""
+    if name is None or eval_dataset is None or n < 2:
+        return None
+    with preserve_rng():  # building a network must not shift the training run's random stream
+        try:
+            return build_extractor(name)
+        except FeatureExtractorError as e:
+            print(f"training-time evaluation: PSNR only, no Frechet distance ({e})", flush=True)
+            return None
