@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
 
 DEFAULT_MODEL = "default"
-SPLITS = ("train", "test")
 # Datasets with class labels (the scikit-image photos have none).
 LABELLED_DATA_KINDS = tuple(k for k in DATA_KINDS if k != "skimage")
 
@@ -304,4 +303,8 @@ def add_data_args(
         help="dataset location (image folder, webdataset shards; Fashion-MNIST defaults to the system copy)",
     )
     if split is not None:
-        parser.add_argument("--split", default=split, choices=list(SPLITS), help=f"dataset split (default {split})")
+        parser.add_argument(
+            "--split",
+            default=split,
+            help=f"dataset split: a split folder of --data-path (train, val, test, ...) (default {split})",
+        )
