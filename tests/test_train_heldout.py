@@ -18,7 +18,7 @@ from conftest import tiny_vae_config
 from PIL import Image
 
 from flexitok.cli.main import main
-from flexitok.data import DataConfig, write_folder_shards
+from flexitok.data import DataConfig, build_dataset, write_folder_shards
 from flexitok.errors import ConfigError
 from flexitok.train.heldout import FixedEvalSet, held_out_data
 
@@ -160,7 +160,7 @@ def test_paper_config_on_webdataset_evaluates_on_the_held_out_split(
 ) -> None:
     """The crash of issue 20.2 (a paper config on shards reaching its first evaluation), in the default tier."""
     _run_config("tokenizer-d12-d12.yaml", data_root, tmp_path / "run")
-    assert "evaluation every 1 steps on 2 images of the held-out split" in capsys.readouterr().out
+    assert "evaluation every 1 steps on 2 images: split 'test' of" in capsys.readouterr().out
 
 
 def test_generator_without_eval_path_holds_out_the_last_batches(tmp_path: Path, capsys) -> None:
@@ -189,3 +189,14 @@ def test_generator_classes_come_from_the_shards(override: str, match: str) -> No
     assert cfg.model.class_names[7] == "Sneaker"
     with pytest.raises(ConfigError, match=match):
         load_training_config(config, [f"data.path={TOKENS}", override])
+
+
+def test_a_source_without_a_held_out_split_gives_up_samples_it_never_trains_on(data_root: dict[str, Path]) -> None:
+    cfg = DataConfig(kind="folder", path=str(data_root["folder"] / "train"), image_size=16)  # 6 images, no splits
+    train_cfg, eval_ds = held_out_data(cfg, None, 2, enabled=True)
+    assert eval_ds is not None and len(eval_ds) == 2 and "held out" in eval_ds.description
+    train_ds = build_dataset(train_cfg)
+    assert len(train_ds) == 4  # type: ignore[arg-type]
+    train_images = [train_ds[i]["image"] for i in range(4)]
+    for item in eval_ds.items:
+        assert not any(torch.equal(item["image"], t) for t in train_images)

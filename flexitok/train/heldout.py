@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset
 
-import flexitok.data as data_lib
-from flexitok.data import DataConfig, DatasetError, build_dataset
+from flexitok.data import DataConfig, DatasetError, build_dataset, eval_source
 from flexitok.errors import ConfigError, FeatureExtractorError
 from flexitok.eval.features import FeatureExtractor, build_extractor
 from flexitok.train.state import preserve_rng
@@ -54,19 +52,6 @@ def _plain(cfg: DataConfig) -> DataConfig:
     return dataclasses.replace(cfg, random_resized_crop=None, hflip=False, channel_shuffle=0.0)
 
 
-def _sibling_split(cfg: DataConfig, n: int) -> tuple[DataConfig, DataConfig, str]:
-    """Stand-in for :func:`flexitok.data.eval_source` until the data layer provides it: the ``test`` split only."""
-    has_test = cfg.kind in ("fashion_mnist", "skimage") or (cfg.path is not None and (Path(cfg.path) / "test").is_dir())
-    if not has_test:
-        raise DatasetError(f"{cfg.path} has no held-out split (a test/ folder beside train/)")
-    return cfg, dataclasses.replace(cfg, split="test"), f"the held-out split 'test' of {cfg.path or cfg.kind}"
-
-
-def _eval_source(cfg: DataConfig, n: int) -> tuple[DataConfig, DataConfig, str]:
-    fn = getattr(data_lib, "eval_source", None)  # contract 1 of the data layer
-    return fn(cfg, n) if fn is not None else _sibling_split(cfg, n)
-
-
 def held_out_data(
     data: DataConfig, eval_data: DataConfig | None, n: int, enabled: bool
 ) -> tuple[DataConfig, FixedEvalSet | None]:
@@ -81,7 +66,7 @@ def held_out_data(
         train_cfg, eval_cfg, what = data, eval_data, f"eval_data ({eval_data.path or eval_data.kind})"
     else:
         try:
-            train_cfg, eval_cfg, what = _eval_source(data, n)
+            train_cfg, eval_cfg, what = eval_source(data, n)
         except DatasetError as e:
             raise ConfigError(
                 f"train.eval_every > 0 needs images to evaluate on and none can be held out: {e}. Set eval_data, "
@@ -91,7 +76,7 @@ def held_out_data(
         items = first_items(build_dataset(_plain(eval_cfg)), n)
     if not items:
         raise ConfigError(f"train.eval_every > 0 but {what} holds no images")
-    return train_cfg, FixedEvalSet(items, f"{len(items)} images of {what}")
+    return train_cfg, FixedEvalSet(items, f"{len(items)} images: {what}")
 
 
 def eval_extractor(name: str | None, eval_dataset: Dataset | None, n: int) -> FeatureExtractor | None:
