@@ -17,22 +17,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from flexitok.data.tokens import TokenShardDataset
 from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.models.generator import Generator, GeneratorConfig, generator_preset
 from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder
-from flexitok.train.config import RunConfig, config_to_dict, load_run_config
+from flexitok.train.config import RunConfig, load_run_config
 from flexitok.train.options import TrainConfig
+from flexitok.train.run import TrainTarget
 from flexitok.train.task import TrainTask
-
-if TYPE_CHECKING:
-    from flexitok.train.run import TargetArgs
 
 EXPORT_DIR = "generator"  # save_pretrained folder written under the run's out_dir
 EVAL_BATCH = 64  # held-out batch size of the periodic evaluation
@@ -76,8 +75,6 @@ class GeneratorTrainConfig(RunConfig):
     @classmethod
     def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
         """The model section defaults to what the token shards recorded (vocab size, token count, classes)."""
-        from flexitok.data.tokens import TokenShardDataset
-
         data = tree.get("data")
         if not isinstance(data, dict) or "path" not in data:
             raise ConfigError("data.path (token shards from `flexitok pretokenize`) is required")
@@ -85,9 +82,6 @@ class GeneratorTrainConfig(RunConfig):
         if not isinstance(model, dict):
             raise ConfigError(f"model must be a mapping of GeneratorConfig fields, got {model!r}")
         return {**tree, "model": model_config_from_dict(model, TokenShardDataset(data["path"]).meta)}
-
-
-GeneratorTrainingConfig = GeneratorTrainConfig  # the 0.1.0 name
 
 
 def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None = None) -> GeneratorConfig:
@@ -208,8 +202,6 @@ def _held_out_tokens(dataset: Dataset, cfg: GeneratorTrainConfig) -> tuple[Datas
     """(training set, held-out set or None): ``data.eval_path`` when given; else, with ``train.eval_every > 0``,
     the last ``eval_batches`` batches of the shards, never trained on. Printed at start; refused when the
     shards are too small to give up that many."""
-    from flexitok.data.tokens import TokenShardDataset
-
     if cfg.train.eval_every <= 0:
         return dataset, None
     if cfg.data.eval_path:
@@ -230,13 +222,8 @@ def _held_out_tokens(dataset: Dataset, cfg: GeneratorTrainConfig) -> tuple[Datas
     return dataset, eval_ds
 
 
-def run_training(cfg: GeneratorTrainConfig, resume: bool = False) -> Path:
-    """Train a generator with the generic trainer. The final (EMA, when on) weights are exported as a
-    ``Generator.save_pretrained`` folder at ``<out_dir>/generator``; returns that folder."""
-    from flexitok.data.tokens import TokenShardDataset
-    from flexitok.train.run import prepare_out_dir
-    from flexitok.train.trainer import train
-
+def build(cfg: GeneratorTrainConfig) -> tuple[TrainTask, Dataset]:
+    """The generator target: an AR :class:`Generator` on token shards (``data.path``)."""
     dataset = TokenShardDataset(cfg.data.path, limit=cfg.data.limit)
     meta = dataset.meta
     if "vocab_size" in meta and int(meta["vocab_size"]) != cfg.model.vocab_size:
@@ -247,21 +234,15 @@ def run_training(cfg: GeneratorTrainConfig, resume: bool = False) -> Path:
     if "n_tokens" in meta and int(meta["n_tokens"]) < cfg.model.n_tokens:
         raise InvalidInputError(f"model.n_tokens={cfg.model.n_tokens} but the shards hold {meta['n_tokens']} tokens")
     train_ds, eval_ds = _held_out_tokens(dataset, cfg)
-    cfg.train.resume = cfg.train.resume or resume
-    prepare_out_dir(cfg.train)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = GeneratorTask(Generator(cfg.model), cfg.task, eval_dataset=eval_ds)
-    train(task, train_ds, cfg.train, run_config=config_to_dict(cfg))
-    return Path(cfg.train.out_dir) / EXPORT_DIR
+    return GeneratorTask(Generator(cfg.model), cfg.task, eval_dataset=eval_ds), train_ds
 
 
-def main(args: TargetArgs) -> int:
-    """``flexitok train generator --config FILE [--resume] [section.key=value ...]``."""
-    from flexitok.train.run import apply_target_args
-
-    cfg = load_training_config(args.config, args.overrides)
-    apply_target_args(cfg.train, args)
-    out = run_training(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"generator: {out}")
-    return 0
+TARGET = TrainTarget(
+    name="generator",
+    help="train an autoregressive generator on token shards",
+    config_class=GeneratorTrainConfig,
+    build=build,
+    exported=lambda cfg: Path(cfg.train.out_dir) / EXPORT_DIR,
+    export_label="generator",
+)

@@ -47,7 +47,7 @@ def first_items(dataset: Dataset, n: int) -> list[dict[str, Any]]:
     return [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
 
 
-def _plain(cfg: DataConfig) -> DataConfig:
+def plain_images(cfg: DataConfig) -> DataConfig:
     """Evaluation images without augmentation (the same images at every evaluation)."""
     return dataclasses.replace(cfg, random_resized_crop=None, hflip=False, channel_shuffle=0.0)
 
@@ -73,7 +73,7 @@ def held_out_data(
                 "add a val/ split beside train/, or set train.eval_every=0"
             ) from None
     with preserve_rng():  # reading the evaluation images must not shift the training run's random stream
-        items = first_items(build_dataset(_plain(eval_cfg)), n)
+        items = first_items(build_dataset(plain_images(eval_cfg)), n)
     if not items:
         raise ConfigError(f"train.eval_every > 0 but {what} holds no images")
     return train_cfg, FixedEvalSet(items, f"{len(items)} images: {what}")
