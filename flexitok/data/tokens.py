@@ -90,7 +90,7 @@ def check_classes(class_names: Sequence[str] | None, num_classes: int | None) ->
     """Validate a (class names, class count) pair; the count defaults to the number of names."""
     names: list[str] | None = None
     if class_names is not None:
-        if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
+        if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
             raise DatasetError(f"class_names must be a list of strings, got {class_names!r:.200}")
         names = list(class_names) or None
         if names is not None and len(set(names)) != len(names):
