@@ -220,3 +220,14 @@ def test_eval_tokenizer_reference_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert main([*base, "--extractor", "inception"]) == 2
     assert "holds efflite0 statistics" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_tokenizer_on_a_seeded_random_subset_of_a_val_like_split(tree: Path, tmp_path: Path) -> None:
+    from flexitok import FlexTok, tiny_config
+
+    FlexTok(tiny_config(image_size=16, n_registers=4, dim=32, depth=1)).save_pretrained(tmp_path / "tok")
+    args = ["eval", "tokenizer", "--model", str(tmp_path / "tok"), "--data", "folder", "--data-path", str(tree)]
+    args += ["--split", "train", "-n", "6", "--subset-seed", "3", "--extractor", "none", "--tokens", "1,4"]
+    assert main([*args, "--steps", "1", "--examples", "0", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert result["n_images"] == 6 and result["split"] == "train" and [r["k"] for r in result["rows"]] == [1, 4]

@@ -15,6 +15,7 @@ depend on the chunk size, the number of ranks or interruptions.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -89,7 +90,8 @@ def dist_context() -> DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        # Rank 0 merges and scores a cell (minutes at 50k samples) while the others wait at the next barrier.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
     if dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size())
     return DistContext()
