@@ -174,7 +174,8 @@ def generate_samples(
     out = Path(out)
     if job.n < 1 or job.chunk_size < 1:
         raise InvalidInputError(f"need n >= 1 and chunk_size >= 1, got {job.n} and {job.chunk_size}")
-    desc = job.describe(pipe)
+    _inputs(pipe, 0, 1)  # refuse an unsupported generator before anything is written
+    desc = json.loads(json.dumps(job.describe(pipe)))  # as read back from job.json (tuples become lists)
     _prepare(out, desc, resume, ctx)
     n_chunks = math.ceil(job.n / job.chunk_size)
     mine = [c for c in range(n_chunks) if c % ctx.world_size == ctx.rank]
