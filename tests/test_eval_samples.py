@@ -231,3 +231,14 @@ def test_eval_tokenizer_on_a_seeded_random_subset_of_a_val_like_split(tree: Path
     assert main([*args, "--steps", "1", "--examples", "0", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
     result = json.loads((tmp_path / "o" / "results.json").read_text())
     assert result["n_images"] == 6 and result["split"] == "train" and [r["k"] for r in result["rows"]] == [1, 4]
+
+
+def test_one_extractor_flag_for_every_eval_command() -> None:
+    from flexitok.cli.main import build_parser
+
+    parser = build_parser()
+    spec = ["--extractor", "inception:/w.pth"]
+    for argv in (["tokenizer", "--out", "o"], ["generator"], ["reference", "-o", "r.npz"]):
+        assert parser.parse_args(["eval", *argv, *spec]).extractor == "inception:/w.pth"
+    # The old eval generator name is a hidden alias of the same option.
+    assert parser.parse_args(["eval", "generator", "--features", "inception"]).extractor == "inception"
