@@ -155,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if path is not None:
         info(f"wrote token shards to {path}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 
