@@ -270,3 +270,11 @@ def test_truncated_and_missing_shards_are_counted_not_fatal(tmp_path: Path) -> N
     assert ds.skipped["truncated shard"] == 12 - len(labels) and ds.skipped["unreadable shard"] == 1
     with pytest.raises(DatasetError, match=r"unreadable shard 1, truncated shard 5; shards .*shard-000000.tar"):
         list(strict)
+
+
+def test_skip_ratio_error_reaches_the_main_process_from_a_loader_worker(tmp_path: Path) -> None:
+    members = [(f"{i}.png", _png(i)) for i in range(4)] + [("9.jpg", b"broken")]
+    shard = _tar(tmp_path / "w.tar", members)
+    loader = DataLoader(WebDatasetShards(str(shard), ImageTransform(8)), batch_size=2, num_workers=1)
+    with deadline(120), pytest.raises(DatasetError, match=r"1 of 5 samples skipped \(20\.0%"):
+        list(loader)

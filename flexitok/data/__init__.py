@@ -155,10 +155,17 @@ class HeldOut(Dataset):
         self.dataset = dataset
         self.class_names: list[str] = list(getattr(dataset, "class_names", []))
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.class_names)
+
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> ImageItem:
+        n = len(self.indices)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
         item: ImageItem = self.dataset[self.indices[index]]
         return item
 
