@@ -180,14 +180,22 @@ def test_shards_cli_writes_every_split_with_class_names_and_file_names(
         index = json.loads((out / split / "shardindex.json").read_text())
         assert index["class_names"] == sorted(CLASSES)
         records = []
+        where = {}
         for entry in index["shardlist"]:
             with tarfile.open(out / split / entry["url"]) as tar:
                 for m in tar.getmembers():
                     if m.name.endswith(".json"):
                         records.append(json.loads(tar.extractfile(m).read()))  # type: ignore[union-attr]
+                        where[(entry["url"], m.name.split(".")[0])] = records[-1]["file"]
         # Every original file once, with the label of its class folder in the shared mapping.
         files = sorted(str(p.relative_to(tree)) for p in (tree / split).rglob("*.*"))
         assert sorted(r["file"] for r in records) == files
+        # ... also listed beside the index, with the shard and key that hold it.
+        assert index["samples"] == "samples.jsonl"
+        lines = [json.loads(x) for x in (out / split / "samples.jsonl").read_text().splitlines()]
+        assert sorted(r["file"] for r in lines) == files
+        assert {(r["shard"], r["key"]): r["file"] for r in lines} == where
+        assert sorted((r["file"], r["label"]) for r in lines) == sorted((r["file"], r["label"]) for r in records)
         assert all(sorted(CLASSES)[r["label"]] == r["file"].split("/")[1] for r in records)
 
 
