@@ -204,6 +204,7 @@ def _jpeg(seed: int) -> bytes:
         ("image_size", 1.5),
         ("image_size", True),
         ("image_size", "32"),
+        ("image_size", 100_000),
         ("channel_shuffle", math.nan),
         ("channel_shuffle", 2.0),
         ("max_skip_ratio", -0.1),

@@ -26,6 +26,7 @@ from flexitok.data.splits import EVAL_SPLITS, available_splits, check_split_name
 from flexitok.data.tokens import TokenShardDataset, write_token_shards
 from flexitok.data.transforms import ImageTransform
 from flexitok.data.webdataset import WebDatasetShards, write_folder_shards, write_webdataset_shards
+from flexitok.utils.limits import MAX_IMAGE_SIDE
 
 DataKind = Literal["fashion_mnist", "folder", "webdataset", "skimage"]
 DATA_KINDS: tuple[str, ...] = ("fashion_mnist", "folder", "webdataset", "skimage")
@@ -78,7 +79,7 @@ class DataConfig:
         if self.path is not None and (not isinstance(self.path, str) or not self.path):
             raise DatasetError(f"data.path must be a non-empty string, got {self.path!r}")
         check_split_name(self.split)
-        self.image_size = _int_field("image_size", self.image_size, 1)
+        self.image_size = _int_field("image_size", self.image_size, 1, MAX_IMAGE_SIDE)
         if self.random_resized_crop is not None:
             try:
                 lo, hi = (float(v) for v in self.random_resized_crop)
@@ -116,11 +117,13 @@ class DataConfig:
 _MAX_INT = 2**62  # far beyond any real size; keeps values inside torch's int64
 
 
-def _int_field(name: str, value: object, lo: int) -> int:
+def _int_field(name: str, value: object, lo: int, hi: int = _MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DatasetError(f"data.{name} must be an integer, got {value!r}")
-    if not lo <= value <= _MAX_INT:
-        raise DatasetError(f"data.{name} must be an integer in [{lo}, 2**62], got {value}")
+    if not lo <= value <= hi:
+        raise DatasetError(
+            f"data.{name} must be an integer in [{lo}, {hi if hi != _MAX_INT else '2**62'}], got {value}"
+        )
     return value
 
 
