@@ -240,7 +240,10 @@ class WebDatasetShards(IterableDataset):
             left -= take
             if left == 0:
                 break
-        total = sum(known.values()) if known is not None else None
+        if known is not None:
+            total: int | None = sum(known.values())
+        else:  # counted: the total is known only when every shard was counted
+            total = sum(self._sizes.values()) if len(self._sizes) == len(self.shards) else None
         if not self.holdout_only and (left > 0 or (total is not None and total <= self.holdout)):
             raise DatasetError(
                 f"cannot hold out {self.holdout} samples of {len(self.shards)} shard(s) "
