@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from flexitok.data.base import DatasetError, ImageItem, index_generator
 from flexitok.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FashionMNIST
-from flexitok.data.folder import IMAGE_EXTENSIONS, ImageFolder
+from flexitok.data.folder import IMAGE_EXTENSIONS, ImageFolder, list_images
 from flexitok.data.latents import LatentCacheDataset, write_latent_cache
 from flexitok.data.skimage_photos import SkimagePhotos
 from flexitok.data.splits import EVAL_SPLITS, available_splits, check_split_name, root_class_names, split_dir
@@ -268,7 +268,14 @@ def eval_source(cfg: DataConfig, n: int) -> tuple[DataConfig, DataConfig, str]:
         raise DatasetError(f"data.holdout is already set ({cfg.holdout}); give the evaluation data explicitly")
     train_cfg = dataclasses.replace(cfg, holdout=n, holdout_only=False)
     eval_cfg = dataclasses.replace(cfg, **plain)  # type: ignore[arg-type]
-    build_dataset(train_cfg)  # refuses now (not at the first evaluation) when the split is too small
+    # Refuse now (not at the first evaluation) when the split is too small; a folder is counted without
+    # verifying every image (the run's own build does that once).
+    if cfg.kind == "folder":
+        found = len(list_images(split_dir(cfg.path, cfg.split, cfg.kind)))
+        if found <= n:
+            raise DatasetError(f"cannot hold out {n} of {found} samples and still train on the rest")
+    else:
+        build_dataset(train_cfg)
     how = "the first samples of the last shard(s)" if cfg.kind == "webdataset" else "a seeded random choice"
     return (
         train_cfg,
