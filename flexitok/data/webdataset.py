@@ -390,7 +390,7 @@ class WebDatasetShards(IterableDataset):
         produced = 0
         drawn = skipped = since_last = 0
         start_skipped = self.num_skipped
-        start_lost = self.skipped["truncated shard"]
+        start_lost = self._lost()
         for sample in samples:
             if cap is not None and produced >= cap:
                 break
@@ -409,15 +409,19 @@ class WebDatasetShards(IterableDataset):
                         f"{self._shard_names()}"
                     )
                 if drawn >= MIN_DRAWS_FOR_SKIP_RATIO:
-                    lost = self.skipped["truncated shard"] - start_lost
+                    lost = self._lost() - start_lost
                     self._check_skip_ratio(skipped + lost, drawn + lost)
                 continue
             item["skipped"] = since_last
             since_last = 0
             produced += 1
             yield item
-        lost = self.skipped["truncated shard"] - start_lost
+        lost = self._lost() - start_lost
         self._end_of_epoch(reader, readers, drawn + lost, skipped + lost, start_skipped)
+
+    def _lost(self) -> int:
+        """Samples lost to broken shards: those a shard lacks against its index, plus one per read error."""
+        return self.skipped["truncated shard"] + self.skipped["unreadable shard"]
 
     def _check_skip_ratio(self, skipped: int, drawn: int) -> None:
         if drawn and skipped / drawn > self.max_skip_ratio:
