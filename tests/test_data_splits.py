@@ -207,3 +207,15 @@ def test_shards_cli_refuses_an_empty_split_before_writing(tmp_path: Path, capsys
     assert main(["shards", str(tmp_path / "src"), str(tmp_path / "out"), "--no-progress"]) == 2
     assert "no images under" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_explicit_shard_files_are_read_as_given_for_any_split(tmp_path: Path, tree: Path) -> None:
+    from flexitok.cli.main import main
+
+    assert main(["shards", str(tree), str(tmp_path / "s"), "--shard-size", "4", "--no-progress"]) == 0
+    one = str(tmp_path / "s" / "val" / "shard-000000.tar")  # what pretokenize does per input tar
+    ds = build_dataset(DataConfig("webdataset", path=one, split="val", image_size=8, shuffle_buffer=10))
+    assert len(list(ds)) == 4 and not ds.shuffle_shards and ds.shuffle_buffer == 0  # type: ignore[call-overload,attr-defined]
+    cfg = DataConfig("webdataset", path=str(tmp_path / "s" / "train" / "*.tar"), image_size=8)
+    _, eval_cfg, how = eval_source(cfg, 3)
+    assert eval_cfg.holdout_only and "held out" in how  # a pattern has no sibling split: hold out samples

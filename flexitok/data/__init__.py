@@ -191,16 +191,9 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     elif cfg.kind == "webdataset":
         if cfg.path is None:
             raise DatasetError("dataset kind 'webdataset' needs DataConfig.path")
-        shards: str | Path
-        if Path(cfg.path).is_dir():
-            shards = split_dir(cfg.path, cfg.split, cfg.kind)
-        elif cfg.split != "train":
-            raise DatasetError(
-                f"split {cfg.split!r} not found: shards given as a file list or pattern ({cfg.path}) are split "
-                "'train' only; point data.path at a folder with one shard folder per split"
-            )
-        else:
-            shards = cfg.path
+        # A folder is resolved to its split folder; explicit shard files (a path, glob or comma list) are read as
+        # given, the split then only choosing training or evaluation reading (no shuffling for non-train splits).
+        shards: str | Path = split_dir(cfg.path, cfg.split, cfg.kind) if Path(cfg.path).is_dir() else cfg.path
         return WebDatasetShards(
             shards,
             transform=transform,
@@ -229,7 +222,7 @@ def source_splits(cfg: DataConfig) -> list[str]:
     if cfg.path is None:
         raise DatasetError(f"dataset kind {cfg.kind!r} needs DataConfig.path")
     if not Path(cfg.path).is_dir():
-        return ["train"]  # a shard pattern or list: one split
+        return [cfg.split]  # explicit shard files: the split they were given as
     return available_splits(Path(cfg.path))
 
 
