@@ -251,6 +251,17 @@ class FlexTokConfig:
         return dataclasses.asdict(self)
 
 
+def default_ks(n_tokens: int) -> list[int]:
+    """The coarse-to-fine ladder of token counts: 1, 2, 4, ... up to ``n_tokens`` (always included). The strip of
+    the demo, ``--tokens all`` of the CLI and the default of the reconstruction evaluation
+    (:meth:`flexitok.FlexTok.default_ks` for a model)."""
+    ks, k = [], 1
+    while k < n_tokens:
+        ks.append(k)
+        k *= 2
+    return ks + [n_tokens]
+
+
 def _paper_preset(enc_depth: int, dec_depth: int) -> FlexTokConfig:
     # The paper's sizes: width = 64 x depth, head_dim 64, 256 registers, 256x256 images, 16-channel SD3-style VAE.
     return FlexTokConfig(

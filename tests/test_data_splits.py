@@ -80,6 +80,15 @@ def test_one_class_mapping_shared_by_all_splits(tmp_path: Path) -> None:
     assert labels == [1, 2, 3, 4]
 
 
+def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"train": 1, "val": 1}, classes=CLASSES[:2])
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    _image(0, "RGB", (8, 8)).save(tmp_path / "train" / ".ipynb_checkpoints" / "x.png")
+    _image(0, "RGB", (8, 8)).save(tmp_path / "train" / CLASSES[0] / "._x.png")  # macOS resource fork name
+    ds = build_dataset(DataConfig("folder", path=str(tmp_path), image_size=8))
+    assert ds.class_names == list(CLASSES[:2]) and len(ds) == 2  # type: ignore[arg-type,attr-defined]
+
+
 def test_root_without_split_folders_is_train_only(tmp_path: Path) -> None:
     make_tree(tmp_path / "flat", {"": 1})  # flat/<class>/*: no split folders
     root = tmp_path / "flat"
@@ -153,3 +162,40 @@ def test_eval_source_on_shards_with_and_without_val(tmp_path: Path, tree: Path) 
     assert not keys & {tuple(x["image"].flatten()[:32].tolist()) for x in rest}
     with pytest.raises(DatasetError, match="cannot hold out"):
         eval_source(only, 4 * len(CLASSES))
+
+
+def test_shards_cli_writes_every_split_with_class_names_and_file_names(
+    tmp_path: Path, tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tarfile
+
+    from flexitok.cli.main import main
+
+    out = tmp_path / "out"
+    assert main(["shards", str(tree), str(out), "--shard-size", "8", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"train: 20 samples in 3 shard(s), 5 classes -> {out / 'train'}" in printed
+    assert f"val: 10 samples in 2 shard(s), 5 classes -> {out / 'val'}" in printed
+    for split in ("train", "val"):
+        index = json.loads((out / split / "shardindex.json").read_text())
+        assert index["class_names"] == sorted(CLASSES)
+        records = []
+        for entry in index["shardlist"]:
+            with tarfile.open(out / split / entry["url"]) as tar:
+                for m in tar.getmembers():
+                    if m.name.endswith(".json"):
+                        records.append(json.loads(tar.extractfile(m).read()))  # type: ignore[union-attr]
+        # Every original file once, with the label of its class folder in the shared mapping.
+        files = sorted(str(p.relative_to(tree)) for p in (tree / split).rglob("*.*"))
+        assert sorted(r["file"] for r in records) == files
+        assert all(sorted(CLASSES)[r["label"]] == r["file"].split("/")[1] for r in records)
+
+
+def test_shards_cli_refuses_an_empty_split_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flexitok.cli.main import main
+
+    make_tree(tmp_path / "src", {"train": 1})
+    (tmp_path / "src" / "val" / "n01440764").mkdir(parents=True)  # a split folder without images
+    assert main(["shards", str(tmp_path / "src"), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "no images under" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -131,6 +131,7 @@ def test_skips_are_counted_per_reason_reported_and_carried(
         "bad .cls": 1,
         "label out of range": 2,
         "unreadable shard": 0,
+        "truncated shard": 0,
     }
     assert ds.skipped == expected
     (batch,) = batches
@@ -241,3 +242,31 @@ def test_data_config_combinations_are_validated(kwargs: dict[str, Any], match: s
     kwargs = {"kind": "webdataset", **kwargs}
     with pytest.raises(DatasetError, match=match):
         DataConfig(**kwargs)
+
+
+def test_held_out_set_is_read_whole_on_every_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    imgs = [Image.open(io.BytesIO(_png(i))) for i in range(12)]
+    write_webdataset_shards(zip(imgs, range(12), strict=True), tmp_path, shard_size=4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # an evaluation on rank 1 of 2 still sees the whole held-out set
+    held = build_dataset(DataConfig("webdataset", path=str(tmp_path), image_size=8, holdout=6, holdout_only=True))
+    assert held.num_held_out == 6  # type: ignore[attr-defined]
+    labels = [int(b) for batch in DataLoader(held, batch_size=4, num_workers=2) for b in batch["label"]]
+    assert sorted(labels) == [4, 5, 8, 9, 10, 11]
+    assert not hasattr(held, "__len__")
+
+
+def test_truncated_and_missing_shards_are_counted_not_fatal(tmp_path: Path) -> None:
+    imgs = [Image.open(io.BytesIO(_png(i, size=32))) for i in range(12)]
+    shards = write_webdataset_shards(zip(imgs, range(12), strict=True), tmp_path, shard_size=4)
+    ds = WebDatasetShards(str(tmp_path), ImageTransform(8), max_skip_ratio=1.0)
+    strict = WebDatasetShards(str(tmp_path), ImageTransform(8))
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])  # cut on a block boundary: the tar just ends early
+    shards[2].unlink()  # deleted mid-run
+    labels = [int(it["label"]) for it in ds]
+    assert labels[:4] == [0, 1, 2, 3] and 4 in labels and not {7, 8, 9, 10, 11} & set(labels)
+    # The shard index says how many samples each shard holds: what did not come is counted, not silently lost.
+    assert ds.skipped["truncated shard"] == 12 - len(labels) and ds.skipped["unreadable shard"] == 1
+    with pytest.raises(DatasetError, match=r"unreadable shard 1, truncated shard 5; shards .*shard-000000.tar"):
+        list(strict)

@@ -86,7 +86,7 @@ def test_generate_cli_writes_a_grid_and_tokens(workdir: Path) -> None:
 def test_generate_cli_rejects_bad_requests(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["generate", "--generator", str(workdir / "run" / "generator"), "--tokenizer", str(workdir / "tok")]
     assert main([*base, "--class", "11", "-o", str(workdir / "x.png")]) == 2
-    assert "outside 0..9" in capsys.readouterr().err
+    assert "class 11 is outside this generator's classes: classes are ids 0..9" in capsys.readouterr().err
     assert main([*base, "--class", "1", "--tokens", "9", "-o", str(workdir / "x.png")]) == 2
     assert "1..8" in capsys.readouterr().err
     assert main([*base, "--prompt", "a sneaker", "-o", str(workdir / "x.png")]) == 2

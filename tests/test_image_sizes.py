@@ -54,7 +54,7 @@ def test_sizes_that_do_not_fit_the_patch_grid_are_refused(model):
     with pytest.raises(InvalidInputError, match="image 1 of the list"):
         model.tokenize([_images(1, 32, 32, 0)[0], torch.zeros(32, 32)])
     with pytest.raises(InvalidInputError, match="image_size has 1 entries for 2"):
-        model.detokenize(torch.zeros(2, 4, dtype=torch.long), DecodeConfig(steps=1), image_size=[(32, 32)])
+        model.detokenize_list(torch.zeros(2, 4, dtype=torch.long), DecodeConfig(steps=1), image_size=[(32, 32)])
     with pytest.raises(InvalidInputError, match="multiples of 16"):
         model.detokenize(torch.zeros(1, 4, dtype=torch.long), DecodeConfig(steps=1), image_size=(24, 32))
 
@@ -72,7 +72,9 @@ def test_detokenize_image_size_one_for_all_and_per_image(model):
     sizes = [(32, 48), (64, 64), (32, 48)]
     noise = model.initial_noise_list(3, torch.Generator().manual_seed(4), sizes)
     assert [tuple(n.shape) for n in noise] == [(16, 4, 6), (16, 8, 8), (16, 4, 6)]
-    mixed = model.detokenize(tokens[:, :8], DecodeConfig(steps=2, guidance_scale=3.0), image_size=sizes, noise=noise)
+    mixed = model.detokenize_list(
+        tokens[:, :8], DecodeConfig(steps=2, guidance_scale=3.0), image_size=sizes, noise=noise
+    )
     assert isinstance(mixed, list) and [tuple(m.shape) for m in mixed] == [(3, 32, 48), (3, 64, 64), (3, 32, 48)]
     for i in range(3):
         alone = model.detokenize(
@@ -80,7 +82,7 @@ def test_detokenize_image_size_one_for_all_and_per_image(model):
         )
         assert torch.allclose(mixed[i], alone[0], atol=1e-5)
     # Drawing the noise inside detokenize follows the same per-image order as initial_noise_list.
-    drawn = model.detokenize(
+    drawn = model.detokenize_list(
         tokens[:, :8],
         DecodeConfig(steps=2, guidance_scale=3.0),
         image_size=sizes,
@@ -88,7 +90,9 @@ def test_detokenize_image_size_one_for_all_and_per_image(model):
     )
     assert all(torch.equal(a, b) for a, b in zip(drawn, mixed, strict=True))
     with pytest.raises(InvalidInputError, match="noise must have shape"):
-        model.detokenize(tokens, DecodeConfig(steps=1), image_size=sizes, noise=torch.zeros(3, 16, 4, 6))
+        model.detokenize_list(tokens, DecodeConfig(steps=1), image_size=sizes, noise=torch.zeros(3, 16, 4, 6))
+    with pytest.raises(InvalidInputError, match="one size for all images; for one per image use detokenize_list"):
+        model.detokenize(tokens, DecodeConfig(steps=1), image_size=sizes)  # type: ignore[arg-type]
 
 
 def test_autoencode_keeps_the_input_size(model):

@@ -53,14 +53,14 @@ def test_tokens_beyond_keep_k_are_ignored(model, images):
 
 
 def test_batched_cfg_equals_separate_passes(model, images):
-    from flexitok.sampling.flow import euler_sample
+    from flexitok.sampling.flow import sample_flow
 
     ids = model.tokenize(images)
     cond = model.decoder.condition(model.fsq.ids_to_codes(ids), torch.full((3,), 8))
     null = model.decoder.null_condition(3)
     noise = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
-        fused = euler_sample(model.decoder, noise, cond, null, DecodeConfig(steps=2, guidance_scale=3.0, apg=False))
+        fused = sample_flow(model.decoder, noise, cond, null, DecodeConfig(steps=2, guidance_scale=3.0, apg=False))
         x = noise
         for t in (1.0, 0.5):
             tt = torch.full((3,), t)

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from flexitok import DecodeConfig, FlexTok, preset
 from flexitok.io.official import export_official, load_official, parse_metadata
-from flexitok.io.official_options import check_options
+from flexitok.io.official.options import check_options
 from tests.conftest import tiny_vae_config
 
 # bfloat16 keeps the largest preset (2.46B parameters) at about 5 GB; the format and the key map do not depend on
@@ -45,8 +45,10 @@ def test_paper_preset_official_round_trip_is_bit_identical(name, tmp_path):
     noise = model.initial_noise(1, torch.Generator().manual_seed(2))
     tokens = model.tokenize(images)
     # One decode step with guidance: the conditional and the null-condition passes of the decoder.
-    decode = dict(noise=noise, keep_k=[100], return_latents=True)
-    images_a, latents_a = model.detokenize(tokens, DecodeConfig(steps=1, guidance_scale=7.5, apg=True), **decode)
+    decode = dict(noise=noise, keep_k=[100])
+    images_a, latents_a = model.detokenize_with_latents(
+        tokens, DecodeConfig(steps=1, guidance_scale=7.5, apg=True), **decode
+    )
     export_official(model, tmp_path)
     del model
     gc.collect()
@@ -63,5 +65,7 @@ def test_paper_preset_official_round_trip_is_bit_identical(name, tmp_path):
     assert loaded.config.decoder.transformer == cfg.decoder.transformer
     assert sum(p.numel() for p in loaded.parameters()) == n_params
     assert torch.equal(loaded.tokenize(images), tokens)
-    images_b, latents_b = loaded.detokenize(tokens, DecodeConfig(steps=1, guidance_scale=7.5, apg=True), **decode)
+    images_b, latents_b = loaded.detokenize_with_latents(
+        tokens, DecodeConfig(steps=1, guidance_scale=7.5, apg=True), **decode
+    )
     assert torch.equal(latents_b, latents_a) and torch.equal(images_b, images_a)

@@ -9,7 +9,7 @@ import torch
 
 from flexitok.errors import InvalidInputError
 from flexitok.sampling.decode import DecodeConfig as D
-from flexitok.sampling.flow import decoder_passes, euler_sample, evaluation_times, sample_flow, timestep_grid
+from flexitok.sampling.flow import decoder_passes, evaluation_times, sample_flow, timestep_grid
 from flexitok.sampling.guidance import APG, cfg_combine
 
 
@@ -42,7 +42,6 @@ def test_default_sampler_is_the_official_euler_loop():
         cfg = D(steps=6, guidance_scale=3.0, apg=apg)
         assert cfg.official
         assert torch.equal(sample_flow(_Recorder(), noise, cond, null, cfg), ref)
-        assert torch.equal(euler_sample(_Recorder(), noise, cond, null, cfg), ref)
 
 
 @pytest.mark.parametrize("sampler, order", [("euler", 1), ("heun", 2), ("midpoint", 2)])

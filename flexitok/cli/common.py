@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flexitok.config import default_ks
 from flexitok.data import DATA_KINDS
 from flexitok.errors import InvalidInputError
-from flexitok.eval.reconstruction import default_ks
 from flexitok.io.images import SizeRule, fit_within, is_image_file
 from flexitok.sampling.ar import ARSamplingConfig, GuidanceScheduleKind
 from flexitok.sampling.decode import SAMPLERS, DecodeConfig
@@ -34,6 +34,41 @@ LABELLED_DATA_KINDS = tuple(k for k in DATA_KINDS if k != "skimage")
 def info(message: str) -> None:
     """Print a one-line status message to stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+class ConversionNotes:
+    """Collects how input images were converted; one summary line at the end unless ``verbose`` (one per image).
+
+    Converting is normal (photos are rarely at the model's size), so a line per image would drown the output of
+    a folder-sized call.
+    """
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+        self.converted = 0
+        self.kinds: dict[str, int] = {}
+
+    def add(self, path: str | Path, note: str) -> None:
+        if not note:
+            return
+        self.converted += 1
+        for part in note.split("; "):
+            kind = part.split(" ")[0]  # "resized", "converted", "center-cropped", "applied", "used"
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if self.verbose:
+            info(f"{path}: {note}")
+
+    def summary(self, total: int) -> None:
+        if self.verbose or not self.converted:
+            return
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items()))
+        info(f"converted {self.converted} of {total} images to the model's input ({kinds}); --verbose lists each")
+
+
+def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="print how each input image was converted (default: a summary)"
+    )
 
 
 def add_model_args(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:

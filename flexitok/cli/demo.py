@@ -4,6 +4,7 @@ once; optional generation panel)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 from pathlib import Path
 
@@ -63,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-queue", type=int, default=16, help="requests that may wait for a worker (default 16; beyond: 503)"
     )
     p.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest time a request body may take to arrive (default 30; slower: 408). Bodies are read before a "
+        "request waits for a worker, so slow clients never hold one",
+    )
+    p.add_argument(
         "--samples",
         default=None,
         metavar="FOLDER",
@@ -93,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--max-megapixels must lie in (0, 1000], got {args.max_megapixels}")
     if not 0 <= args.max_queue <= 10000:
         raise InvalidInputError(f"--max-queue must lie in 0..10000, got {args.max_queue}")
+    if not 0 < args.upload_timeout <= 3600:
+        raise InvalidInputError(f"--upload-timeout must lie in (0, 3600] seconds, got {args.upload_timeout}")
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port must lie in 0..65535, got {args.port}")
     names = args.model or default_models()
@@ -135,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=None if args.max_megapixels is None else max(1, int(args.max_megapixels * 1e6)),
         workers=args.workers,
         max_queue=args.max_queue,
+        upload_timeout_s=args.upload_timeout,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         info(f"warning: serving on {args.host}: anyone who can reach this machine can use the demo")
@@ -142,8 +154,20 @@ def run(args: argparse.Namespace) -> int:
     if args.port == 0:
         args.port = free_port(args.host)
     info(f"flexitok demo: open http://{args.host}:{args.port}/ (Ctrl+C to stop)")
+    quiet_log_lines()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def quiet_log_lines() -> None:
+    """Show the demo's one-line notes (a client that went away mid-upload) on stderr, without tracebacks."""
+    log = logging.getLogger("flexitok.demo")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("flexitok demo: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

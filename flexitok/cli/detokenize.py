@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         chunk = tokens[start : start + args.batch_size]
         chunk_sizes = sizes[start : start + args.batch_size]
         noise = model.initial_noise_list(len(chunk), generator, chunk_sizes)
-        images = model.detokenize([t.to(device) for t in chunk], decode, noise=noise, image_size=chunk_sizes)
+        images = model.detokenize_list([t.to(device) for t in chunk], decode, noise=noise, image_size=chunk_sizes)
         for image, path in zip(images, outputs[start : start + len(chunk)], strict=True):
             save_image(image, path)
         bar.update(len(chunk))

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 seqs, decode, noise=torch.stack([noise[i] for i, _ in chunk]), image_size=sizes[0]
             )
         else:
-            images = model.detokenize(
+            images = model.detokenize_list(
                 seqs, decode, noise=[noise[i] for i, _ in chunk], image_size=[sizes[i] for i, _ in chunk]
             )
         for job, image in zip(chunk, images, strict=True):

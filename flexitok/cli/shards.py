@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexitok.data.folder import IMAGE_EXTENSIONS
+    from flexitok.data.folder import IMAGE_EXTENSIONS, list_images
     from flexitok.data.splits import list_splits, root_class_names, write_classes_file
     from flexitok.data.webdataset import write_folder_shards
 
@@ -51,9 +51,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"image folder {src} does not exist or is not a directory")
     splits = list_splits(src)
     jobs = [(s, src / s, out / s) for s in splits] if splits else [("", src, out)]
-    for _, _, dest in jobs:
+    for _, folder, dest in jobs:
         if dest.exists() and any(dest.glob("*.tar")):
             raise InvalidInputError(f"{dest} already holds shards; choose an empty output folder")
+        if not list_images(folder):  # checked for every split before any is written
+            raise InvalidInputError(f"no images under {folder}")
     # One class mapping for every split (the sorted union of their class folders), so val class 3 is train class 3.
     class_names = root_class_names(src, IMAGE_EXTENSIONS) if splits else None
     for split, folder, dest in jobs:

@@ -22,8 +22,15 @@ _LOAD_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.
 
 
 def list_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (recursive, case-insensitive extension match), sorted for determinism."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """All image files under ``root`` (recursive, case-insensitive extension match), sorted for determinism.
+    Hidden files and folders (``.ipynb_checkpoints/``, ``._x.jpg``) are not images of the dataset."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
 
 
 def is_readable_image(path: Path) -> bool:

@@ -71,7 +71,10 @@ def split_dir(path: str | None, split: str, kind: str) -> Path:
 
 
 def _has_image(folder: Path, extensions: frozenset[str]) -> bool:
-    return any(p.suffix.lower() in extensions and p.is_file() for p in folder.rglob("*"))
+    return any(
+        p.suffix.lower() in extensions and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+        for p in folder.rglob("*")
+    )
 
 
 def class_folders(split_root: Path, extensions: frozenset[str]) -> list[str]:

@@ -138,6 +138,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "bad .cls",
     "label out of range",
     "unreadable shard",
+    "truncated shard",
 )
 # A stream that draws this many samples in a row without yielding one stops (it would spin forever otherwise).
 MAX_SAMPLES_WITHOUT_YIELD = 1000
@@ -209,6 +210,8 @@ class WebDatasetShards(IterableDataset):
         self.class_names: list[str] = shard_class_names(self.shards) or []
         self.holdout, self.holdout_only = int(holdout), bool(holdout_only)
         self._held = self._held_out_counts() if self.holdout > 0 else {}
+        known = shard_sizes(self.shards)
+        self._index_sizes: dict[str, int] = {str(p): n for p, n in known.items()} if known is not None else {}
         if self.holdout_only:
             self.shards = [p for p in self.shards if self._held.get(str(p), 0) > 0]
             self.shuffle_shards, self.shuffle_buffer, self.resampled = False, 0, False
@@ -263,7 +266,15 @@ class WebDatasetShards(IterableDataset):
     def _rank_world(self) -> tuple[int, int]:
         if self.rank is not None and self.world_size is not None:
             return self.rank, self.world_size
+        if self.holdout_only:  # a fixed evaluation set: every rank reads all of it (DataLoader workers share it)
+            return 0, 1
         return _rank_world()
+
+    @property
+    def num_held_out(self) -> int:
+        """Samples held out (``holdout``; all of them read with ``holdout_only``, fewer if some fail to decode).
+        Deliberately not ``__len__``: callers test ``hasattr(ds, "__len__")`` to tell streams from datasets."""
+        return sum(self._held.values())
 
     def _epoch_samples_per_reader(self, readers_per_rank: int, world: int) -> int | None:
         if not self.resampled:
@@ -288,7 +299,7 @@ class WebDatasetShards(IterableDataset):
         else:
             if self.shuffle_shards:
                 random.Random(_mix(self.seed, self.epoch, 1)).shuffle(urls)
-            if readers > len(urls) and reader == 0:
+            if readers > len(urls) and reader == 0 and not self.holdout_only:
                 warnings.warn(
                     f"{len(urls)} shard(s) for {readers} readers: some readers get no data; write more shards",
                     stacklevel=2,
@@ -314,16 +325,23 @@ class WebDatasetShards(IterableDataset):
         for shard in source:
             url = shard["url"]
             held = self._held.get(url, 0)
-            got = 0
+            got = seen = 0
             samples = wds.tariterators.tarfile_samples(iter([{"url": url}]), handler=self._count_shard_error)
-            for pos, sample in enumerate(samples):
-                if self.holdout_only:
-                    if pos >= held:
-                        break
-                elif pos < held:
-                    continue
-                got += 1
-                yield sample
+            try:
+                for pos, sample in enumerate(samples):
+                    seen = pos + 1
+                    if self.holdout_only:
+                        if pos >= held:
+                            break
+                    elif pos < held:
+                        continue
+                    got += 1
+                    yield sample
+            finally:
+                samples.close()  # a generator: closes the shard file now
+            expected = self._index_sizes.get(url)
+            if expected is not None and seen < expected and not (self.holdout_only and seen >= held):
+                self.skipped["truncated shard"] += expected - seen  # fewer samples than the shard index says
             empty_draws = 0 if got else empty_draws + 1
             if self.resampled and empty_draws >= max_empty:
                 raise DatasetError(
@@ -367,6 +385,7 @@ class WebDatasetShards(IterableDataset):
         produced = 0
         drawn = skipped = since_last = 0
         start_skipped = self.num_skipped
+        start_lost = self.skipped["truncated shard"]
         for sample in samples:
             if cap is not None and produced >= cap:
                 break
@@ -385,13 +404,15 @@ class WebDatasetShards(IterableDataset):
                         f"{self._shard_names()}"
                     )
                 if drawn >= MIN_DRAWS_FOR_SKIP_RATIO:
-                    self._check_skip_ratio(skipped, drawn)
+                    lost = self.skipped["truncated shard"] - start_lost
+                    self._check_skip_ratio(skipped + lost, drawn + lost)
                 continue
             item["skipped"] = since_last
             since_last = 0
             produced += 1
             yield item
-        self._end_of_epoch(reader, readers, drawn, skipped, start_skipped)
+        lost = self.skipped["truncated shard"] - start_lost
+        self._end_of_epoch(reader, readers, drawn + lost, skipped + lost, start_skipped)
 
     def _check_skip_ratio(self, skipped: int, drawn: int) -> None:
         if drawn and skipped / drawn > self.max_skip_ratio:

@@ -1,5 +1,11 @@
-"""The local web demo (``flexitok demo``): FastAPI app + a static HTML/JS page. Needs ``pip install 'flexitok[demo]'``."""
+"""The local web demo (``flexitok demo``): FastAPI app + a static HTML/JS page. Needs ``pip install 'flexitok[demo]'``.
 
-from flexitok.demo.app import DemoConfig, DemoModel, GeneratorBackend, create_app
+``config`` (what is served, limits), ``service`` (the work behind the routes), ``queue`` (admission of heavy
+work), ``upload`` (request bodies read within bounds), ``app`` (the routes), ``generation`` (the generation panel).
+"""
 
-__all__ = ["DemoConfig", "DemoModel", "GeneratorBackend", "create_app"]
+from flexitok.demo.app import create_app
+from flexitok.demo.config import DemoConfig, DemoModel, GeneratorBackend
+from flexitok.demo.service import DemoService
+
+__all__ = ["DemoConfig", "DemoModel", "DemoService", "GeneratorBackend", "create_app"]

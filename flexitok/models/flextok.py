@@ -6,14 +6,15 @@ import copy
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, overload
 
 import torch
 from torch import Tensor
 
 from flexitok.config import FlexTokConfig, TransformerConfig
+from flexitok.config import default_ks as k_ladder
 from flexitok.errors import CheckpointError, InvalidInputError, OutsideTrainedRegimeWarning
 from flexitok.models.decoder import FlexTokDecoder
 from flexitok.models.encoder import FlexTokEncoder
@@ -26,6 +27,10 @@ from flexitok.utils.limits import MAX_IMAGE_SIDE
 from flexitok.utils.persistence import PretrainedModel
 
 TokensLike = Tensor | Sequence[Tensor]
+# Above its position tables a model runs with stretched tables (outside the trained regime); beyond this many times
+# the tables per side it is refused: the cost grows with the square of the patch count (a 32x32 model asked for
+# 4096x4096 is 16,384 times its patches: terabytes of attention, or hours of decoding).
+MAX_TABLE_STRETCH = 4
 ImageSize = int | tuple[int, int]
 ImageSizeLike = ImageSize | Sequence[ImageSize]
 
@@ -43,6 +48,27 @@ def _as_size(x: object) -> tuple[int, int]:
     if _is_pair(x):
         return (int(x[0]), int(x[1]))  # type: ignore[index]
     raise InvalidInputError(f"an image size must be an int or an (H, W) pair, got {x!r}")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a call on ``device`` can still allocate (free device memory plus what torch's CUDA cache holds
+    unused; on the CPU the kernel's ``MemAvailable``), or None where unknown (then nothing is refused)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
 
 
 class FlexTok(PretrainedModel):
@@ -81,6 +107,10 @@ class FlexTok(PretrainedModel):
     def n_registers(self) -> int:
         """Register positions of the decoder: the longest token sequence ``detokenize`` takes."""
         return self.config.n_registers
+
+    def default_ks(self) -> list[int]:
+        """The coarse-to-fine ladder of token counts for this model: 1, 2, 4, ..., :attr:`n_registers`."""
+        return k_ladder(self.n_registers)
 
     @property
     def n_tokens(self) -> int:
@@ -165,13 +195,66 @@ class FlexTok(PretrainedModel):
         d = self.config.vae.downsample
         return d * ps[0], d * ps[1]
 
+    def max_image_size(self, part: str = "encoder") -> tuple[int, int]:
+        """The largest ``(H, W)`` the encoder (``tokenize``) or decoder (``detokenize``) takes: its position tables
+        stretched :data:`MAX_TABLE_STRETCH` times per side (at most :data:`~flexitok.utils.limits.MAX_IMAGE_SIDE`)."""
+        mh, mw = self.size_multiple(part)
+        posemb = self.encoder.posemb if part == "encoder" else self.decoder.posemb
+        if len(posemb.sizes) == 1:  # a 1-D table is not stretched: its patch count is the limit
+            n = posemb.sizes[0]
+            side = min(MAX_IMAGE_SIDE // max(mh, mw), math.isqrt(n))
+            return side * mh, side * mw
+        th, tw = posemb.sizes
+        cap_h, cap_w = MAX_IMAGE_SIDE // mh * mh, MAX_IMAGE_SIDE // mw * mw
+        return min(MAX_TABLE_STRETCH * th * mh, cap_h), min(MAX_TABLE_STRETCH * tw * mw, cap_w)
+
+    def estimate_call_bytes(self, part: str, size: tuple[int, int], batch: int, guided: bool = True) -> int:
+        """A rough upper bound of the memory one ``tokenize`` (``part="encoder"``) or ``detokenize`` (``"decoder"``)
+        of ``batch`` images of ``size`` needs at its peak: the VAE's full-resolution activations and the
+        transformer's, whose attention is counted as ``[rows, heads, L, L]`` scores on the CPU (SDPA's fused CUDA
+        kernels do not materialize them; their mask still is ``[L, L]``). ``guided``: the decoder runs a
+        conditional and an unconditional row per image."""
+        h, w = size
+        mh, mw = self.size_multiple(part)
+        cfg = self.config.encoder if part == "encoder" else self.config.decoder
+        t = cfg.transformer
+        seq = (h // mh) * (w // mw) + self.n_registers + 2
+        rows = batch * (2 if part == "decoder" and guided else 1)
+        elem = torch.finfo(self.dtype).bits // 8
+        heads = max(1, t.dim // t.head_dim)
+        hidden = t.mlp_hidden or int(t.dim * t.mlp_ratio)
+        attention = rows * heads * seq * seq * elem if self.device.type != "cuda" else seq * seq
+        activations = 2 * rows * seq * (4 * t.dim + hidden) * elem
+        vae_width = 3
+        if self.config.vae.kind == "diffusers":
+            channels = (self.config.vae.diffusers_config or {}).get("block_out_channels") or [128]
+            vae_width = int(max(channels))
+        vae = 3 * batch * h * w * vae_width * elem
+        return attention + activations + vae
+
+    def check_call_memory(self, part: str, size: tuple[int, int], batch: int, guided: bool = True) -> None:
+        """Refuse (``InvalidInputError``) a call whose :meth:`estimate_call_bytes` exceeds the memory available
+        on the model's device, before anything is allocated."""
+        need = self.estimate_call_bytes(part, size, batch, guided)
+        have = available_memory(self.device)
+        if have is None or need <= have:
+            return
+        what = "tokenize" if part == "encoder" else "detokenize"
+        lh, lw = self.max_image_size(part)
+        raise InvalidInputError(
+            f"{what} of {batch} image(s) of {size[0]}x{size[1]} would need about {need / 2**30:.1f} GiB, but about "
+            f"{have / 2**30:.1f} GiB is available on {self.device}; use smaller batches or images (this model "
+            f"takes up to {lh}x{lw})"
+        )
+
     def check_image_size(self, size: tuple[int, int], part: str = "encoder") -> None:
         """Check that ``(H, W)`` works for the encoder (``tokenize``) or the decoder (``detokenize``).
 
         Any size works whose sides are multiples of :meth:`size_multiple` (like the official code, a smaller
         patch grid uses the top-left corner of the position table). A grid larger than the table is outside the
         trained regime: the table is stretched by bilinear interpolation and an
-        :class:`~flexitok.errors.OutsideTrainedRegimeWarning` is issued.
+        :class:`~flexitok.errors.OutsideTrainedRegimeWarning` is issued; beyond :meth:`max_image_size`
+        (:data:`MAX_TABLE_STRETCH` times the tables per side) the size is refused.
         """
         h, w = (int(x) for x in size)
         if max(h, w) > MAX_IMAGE_SIDE:
@@ -184,6 +267,15 @@ class FlexTok(PretrainedModel):
             )
         grid = (h // mh, w // mw)
         posemb = self.encoder.posemb if part == "encoder" else self.decoder.posemb
+        if len(posemb.sizes) == 2 and (
+            grid[0] > MAX_TABLE_STRETCH * posemb.sizes[0] or grid[1] > MAX_TABLE_STRETCH * posemb.sizes[1]
+        ):
+            lh, lw = self.max_image_size(part)
+            raise InvalidInputError(
+                f"image size {h}x{w} is too large for this model's {part}: its position tables cover "
+                f"{posemb.sizes[0] * mh}x{posemb.sizes[1] * mw} pixels and it takes images up to {MAX_TABLE_STRETCH} "
+                f"times that per side ({lh}x{lw}); resize first, or fine-tune at the larger size (docs/training.md)"
+            )
         if part == "encoder" and self.config.encoder.flatten_patches:
             if grid[0] * grid[1] > posemb.sizes[0]:
                 raise InvalidInputError(
@@ -280,6 +372,8 @@ class FlexTok(PretrainedModel):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(items):
             groups.setdefault((img.shape[-2], img.shape[-1]), []).append(i)
+        for (h, w), idx in groups.items():  # every group checked before any runs
+            self.check_call_memory("encoder", (h, w), len(idx))
         out = torch.empty(len(items), self.encoder.n_registers, dtype=torch.long, device=self.device)
         for idx in groups.values():
             out[idx] = self._tokenize_batch(torch.stack([items[i] for i in idx]), sample, generator)
@@ -300,6 +394,7 @@ class FlexTok(PretrainedModel):
         return items
 
     def _tokenize_batch(self, images: Tensor, sample: bool | None, generator: torch.Generator | None) -> Tensor:
+        self.check_call_memory("encoder", (int(images.shape[-2]), int(images.shape[-1])), int(images.shape[0]))
         images = images.to(self.device, self.dtype)
         _, ids = self.latents_to_codes(self.vae.encode(images, generator=generator, sample=sample))
         return ids
@@ -350,62 +445,6 @@ class FlexTok(PretrainedModel):
             out.append(torch.randn((1, c, h, w), generator=generator, device=gen_device)[0].to(self.device))
         return out
 
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[False] = ...,
-        image_size: ImageSize | None = ...,
-    ) -> Tensor: ...
-
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[True],
-        image_size: ImageSize | None = ...,
-    ) -> tuple[Tensor, Tensor]: ...
-
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[False] = ...,
-        image_size: list[ImageSize],
-    ) -> list[Tensor]: ...
-
-    @overload
-    def detokenize(
-        self,
-        tokens: TokensLike,
-        decode: DecodeConfig | None = ...,
-        *,
-        noise: Tensor | Sequence[Tensor] | None = ...,
-        generator: torch.Generator | None = ...,
-        keep_k: int | Sequence[int] | Tensor | None = ...,
-        progress: bool = ...,
-        return_latents: Literal[True],
-        image_size: list[ImageSize],
-    ) -> tuple[list[Tensor], list[Tensor]]: ...
-
     @torch.no_grad()
     def detokenize(
         self,
@@ -416,9 +455,8 @@ class FlexTok(PretrainedModel):
         generator: torch.Generator | None = None,
         keep_k: int | Sequence[int] | Tensor | None = None,
         progress: bool = False,
-        return_latents: bool = False,
-        image_size: ImageSize | list[ImageSize] | None = None,
-    ) -> Tensor | list[Tensor] | tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
+        image_size: ImageSize | None = None,
+    ) -> Tensor:
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
         ``tokens``: ``LongTensor [B, K]`` (K <= N) or a list of 1D tensors of different lengths. Each image is
@@ -427,14 +465,77 @@ class FlexTok(PretrainedModel):
         (or a list of ``[C, h, w]``) when given, else drawn from ``generator``, else from a CPU generator seeded with
         ``decode.seed``.
 
-        ``image_size``: the output size in pixels, ``(H, W)`` or an int for all images; default the model's
-        native size (:attr:`image_size`). A list with one entry per image returns a list of ``[3, H_i, W_i]``
-        images (and of ``[C, h_i, w_i]`` latents); the images are computed one batch per size.
+        ``image_size``: the output size in pixels, ``(H, W)`` or an int, for all images; default the model's
+        native size (:attr:`image_size`). For one size per image use :meth:`detokenize_list`; for the decoder's
+        latents as well, :meth:`detokenize_with_latents`.
         """
+        images, _ = self._detokenize(tokens, decode, noise, generator, keep_k, progress, self._one_size(image_size))
+        return torch.stack(images)
+
+    @torch.no_grad()
+    def detokenize_with_latents(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None = None,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        progress: bool = False,
+        image_size: ImageSize | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`detokenize` that also returns the sampled latents: (images ``[B, 3, H, W]``, latents
+        ``[B, C, h, w]``, the decoder's output that the VAE decodes into the images)."""
+        images, latents = self._detokenize(
+            tokens, decode, noise, generator, keep_k, progress, self._one_size(image_size)
+        )
+        return torch.stack(images), torch.stack(latents)
+
+    @torch.no_grad()
+    def detokenize_list(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None = None,
+        *,
+        noise: Tensor | Sequence[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        keep_k: int | Sequence[int] | Tensor | None = None,
+        progress: bool = False,
+        image_size: ImageSizeLike | None = None,
+    ) -> list[Tensor]:
+        """:meth:`detokenize` with one size per image: ``image_size`` is a list with an ``(H, W)`` (or int) per
+        token sequence (or one size for all) -> a list of ``[3, H_i, W_i]`` images, computed one batch per size."""
+        images, _ = self._detokenize(tokens, decode, noise, generator, keep_k, progress, image_size)
+        return images
+
+    @staticmethod
+    def _one_size(image_size: object) -> ImageSize | None:
+        if image_size is None or (isinstance(image_size, int) and not isinstance(image_size, bool)):
+            return image_size
+        if _is_pair(image_size):
+            return _as_size(image_size)
+        if isinstance(image_size, (list, tuple)) and all(_is_pair(s) or isinstance(s, int) for s in image_size):
+            raise InvalidInputError("image_size must be one size for all images; for one per image use detokenize_list")
+        return _as_size(image_size)  # raises with the shape it got
+
+    def _detokenize(
+        self,
+        tokens: TokensLike,
+        decode: DecodeConfig | None,
+        noise: Tensor | Sequence[Tensor] | None,
+        generator: torch.Generator | None,
+        keep_k: int | Sequence[int] | Tensor | None,
+        progress: bool,
+        image_size: ImageSizeLike | None,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """-> (images ``[3, H_i, W_i]``, latents ``[C, h_i, w_i]``), one per token sequence."""
         decode = decode or DecodeConfig()
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]
         sizes = self._decode_sizes(image_size, b)
+        guided = decode.guidance_scale != 1.0
+        for size, count in Counter(sizes).items():
+            self.check_call_memory("decoder", size, count, guided)
         if noise is None:
             starts = self.initial_noise_list(b, generator if generator is not None else decode.generator(), sizes)
         else:
@@ -458,9 +559,7 @@ class FlexTok(PretrainedModel):
             decoded = self.vae.decode(lat)
             for j, i in enumerate(idx):
                 latents[i], images[i] = lat[j], decoded[j]
-        if isinstance(image_size, list):
-            return (images, latents) if return_latents else images
-        return (torch.stack(images), torch.stack(latents)) if return_latents else torch.stack(images)
+        return images, latents
 
     def _check_noise(self, noise: Tensor | Sequence[Tensor], sizes: list[tuple[int, int]]) -> list[Tensor]:
         c = self.config.vae.latent_channels

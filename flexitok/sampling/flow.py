@@ -113,15 +113,3 @@ def sample_flow(
         else:
             x = x - dt * v
     return x
-
-
-def euler_sample(
-    velocity: VelocityFn,
-    noise: Tensor,
-    cond: Tensor,
-    null_cond: Tensor | None = None,
-    config: DecodeConfig | None = None,
-    progress: bool = False,
-) -> Tensor:
-    """The 0.1.0 name of :func:`sample_flow` (with the default config, the official Euler sampler)."""
-    return sample_flow(velocity, noise, cond, null_cond, config, progress)
