@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-v1
-OUT ?= out/demo
+OUT ?= out/quickstart
 
 .PHONY: run test test-slow lint format bench clean
 

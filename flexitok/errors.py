@@ -33,5 +33,11 @@ class TrainingError(FlexiTokError):
     """A training run cannot start or continue: its folder is in use, it diverged, or its settings changed."""
 
 
+class TrainingStopped(TrainingError):
+    """A run stopped on request (SIGTERM from a scheduler) after writing a checkpoint: rerun with ``--resume``."""
+
+    exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, try again
+
+
 class OutsideTrainedRegimeWarning(UserWarning):
     """The model is used outside what it was trained for (e.g. images larger than its position tables)."""

@@ -140,12 +140,105 @@ def test_no_import_cycles_between_subpackages() -> None:
     assert not cycles, f"import cycles between subpackages: {cycles}"
 
 
-def test_the_checker_sees_function_level_imports_and_skips_type_checking() -> None:
-    # quickstart imports the pipeline inside a function; sampling/ar.py names the generator only for annotations.
+def test_the_checker_sees_function_level_imports() -> None:
+    # quickstart imports the pipeline inside a function.
     quickstart = {name for name, _ in imports_of(PACKAGE / "cli" / "quickstart.py")}
     assert "flexitok.pipelines" in quickstart
-    assert "flexitok.models.generator" in (PACKAGE / "sampling" / "ar.py").read_text()
-    assert not any(name.startswith("flexitok.models") for name, _ in imports_of(PACKAGE / "sampling" / "ar.py"))
+
+
+# ------------------------------------------------------------------------------------------ module level
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    return ".".join(p for p in rel.parts if p != "__init__")
+
+
+def _resolve(base: str, names: list[str]) -> list[str]:
+    """``from base import a, b``: the submodules among a, b, else the package ``base`` itself."""
+    out = []
+    for n in names:
+        sub = f"{base}.{n}"
+        path = ROOT / Path(*sub.split("."))
+        out.append(sub if path.with_suffix(".py").exists() or (path / "__init__.py").exists() else base)
+    return out
+
+
+def module_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(flexitok module, line, at module level at run time) for every import in ``path``, TYPE_CHECKING blocks
+    included (as not at module level: they do not run)."""
+    package_parts = list(path.relative_to(ROOT).parent.parts)
+    tree = ast.parse(path.read_text(), str(path))
+    top = {id(n) for n in tree.body} | {
+        id(inner) for n in tree.body if isinstance(n, (ast.If, ast.Try)) for inner in ast.walk(n)
+    }
+    typing_only = _type_checking_nodes(tree)
+    found: list[tuple[str, int, bool]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno, id(node) in top and id(node) not in typing_only) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package_parts[: len(package_parts) - node.level + 1] + ([node.module] or []))
+            else:
+                base = node.module or ""
+            at_top = id(node) in top and id(node) not in typing_only
+            found += [(m, node.lineno, at_top) for m in _resolve(base, [a.name for a in node.names])]
+    return [f for f in found if f[0] == "flexitok" or f[0].startswith("flexitok.")]
+
+
+def test_no_import_cycles_between_modules_type_checking_included() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        src = module_name(path)
+        for dst, _, _ in module_imports(path):
+            # A package's __init__ re-exporting its own modules is not a cycle with them.
+            if dst != src and not src.startswith(dst + ".") and not dst.startswith(src + "."):
+                graph.setdefault(src, set()).add(dst)
+    cycles = []
+    for start in sorted(graph):
+        # Depth-first search for a path back to ``start``.
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, "import cycles between modules (TYPE_CHECKING imports count):\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_no_string_keyed_importlib_dispatch() -> None:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "importlib.import_module",
+                "import_module",
+                "__import__",
+            ):
+                arg = node.args[0] if node.args else None
+                # Only a literal third-party name is allowed (probing an optional dependency).
+                if not (isinstance(arg, ast.Constant) and not str(arg.value).startswith("flexitok")):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not bad, "import modules explicitly, not by a computed name:\n" + "\n".join(bad)
+
+
+def test_no_function_level_import_of_a_module_already_imported() -> None:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        found = module_imports(path)
+        at_top = {m for m, _, top in found if top}
+        typing_only = _type_checking_nodes(ast.parse(path.read_text()))
+        lines_typing = {n.lineno for n in ast.walk(ast.parse(path.read_text())) if id(n) in typing_only}
+        bad += [
+            f"{path.relative_to(ROOT)}:{line} {m}"
+            for m, line, top in found
+            if not top and m in at_top and line not in lines_typing
+        ]
+    assert not bad, "function-level imports of modules the file imports at the top already:\n" + "\n".join(bad)
 
 
 def _is_steps(name: str) -> bool:

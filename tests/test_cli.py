@@ -64,15 +64,25 @@ def _tokenize_json(images: list[Path], model_dir: Path, out: Path, capsys, *extr
     return json.loads(out.read_text())
 
 
+def test_tokenize_verbose_lists_each_conversion(images, model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "tokens.json"
+    rc, _, err = _run(["tokenize", *map(str, images), "--model", str(model_dir), "-o", str(out), "--verbose"], capsys)
+    assert rc == 0, err
+    assert "wide.png: center-cropped 56x40 to 40x40; resized 40x40 to 32x32" in err
+    assert "gray.png: converted L to RGB" in err
+    assert "square.png" not in err  # nothing to say when no conversion happened
+    assert "--verbose lists each" not in err
+
+
 def test_tokenize_json_matches_the_api(images, model_dir, model, tmp_path, capsys) -> None:
     out = tmp_path / "tokens.json"
     rc, _, err = _run(
         ["tokenize", *map(str, images), "--model", str(model_dir), "-o", str(out), "--batch-size", "2"], capsys
     )
     assert rc == 0, err
-    assert "wide.png: center-cropped 56x40 to 40x40; resized 40x40 to 32x32" in err
-    assert "gray.png: converted L to RGB" in err
-    assert "square.png" not in err  # nothing to say when no conversion happened
+    # Quiet by default: one summary line, no line per image.
+    assert "wide.png" not in err and "gray.png" not in err
+    assert f"converted 2 of {len(images)} images" in err and "--verbose" in err
     data = json.loads(out.read_text())
     assert data["files"] == [str(p) for p in images]
     assert data["image_size"] == [32, 32] and data["model"] == str(model_dir.resolve())

@@ -252,10 +252,12 @@ def test_webdataset_skips_bad_samples(tmp_path: Path) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    ds = WebDatasetShards(str(path), ImageTransform(size=8))
+    ds = WebDatasetShards(str(path), ImageTransform(size=8), max_skip_ratio=1.0)
     items = list(ds)
     assert [it["label"] for it in items] == [4]
-    assert ds.num_skipped == 2
+    assert ds.num_skipped == 2 and ds.skipped["no image"] == ds.skipped["undecodable image"] == 1
+    with pytest.raises(DatasetError, match=r"2 of 3 samples skipped .* no image 1, undecodable image 1"):
+        list(WebDatasetShards(str(path), ImageTransform(size=8)))  # default max_skip_ratio 0.01
     with pytest.raises(DatasetError, match="not found"):
         WebDatasetShards(str(tmp_path / "missing.tar"))
 

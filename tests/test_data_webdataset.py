@@ -112,16 +112,22 @@ def test_bad_samples_are_skipped_and_counted(tmp_path: Path) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    ds = WebDatasetShards(str(tmp_path / "a.tar"), ImageTransform(8))
-    assert [it["label"] for it in ds] == [2, -1] and ds.num_skipped == 1
+    ds = WebDatasetShards(str(tmp_path / "a.tar"), ImageTransform(8), max_skip_ratio=0.5)
+    items = list(ds)
+    assert [it["label"] for it in items] == [2, -1] and ds.num_skipped == 1
+    assert [it["skipped"] for it in items] == [0, 1]  # z.png comes after the skipped y.jpg
 
 
 def test_build_dataset_options(shard_dir: Path) -> None:
     cfg = DataConfig("webdataset", path=str(shard_dir), image_size=8, shuffle_buffer=5, resampled=True, epoch_size=7)
     ds = build_dataset(cfg)
     assert isinstance(ds, WebDatasetShards) and ds.shuffle_buffer == 5 and ds.resampled and ds.epoch_size == 7
-    test = build_dataset(DataConfig("webdataset", path=str(shard_dir), split="test", image_size=8, resampled=True))
+    with pytest.raises(DatasetError, match="split 'test' not found"):
+        build_dataset(DataConfig("webdataset", path=str(shard_dir), split="test", image_size=8))
+    held = DataConfig("webdataset", path=str(shard_dir), image_size=8, resampled=True, holdout=3, holdout_only=True)
+    test = build_dataset(held)
     assert test.shuffle_buffer == 0 and not test.resampled and not test.shuffle_shards
+    assert [it["label"] for it in test] == [42, 43, 44]  # the first samples of the last shard
     with pytest.raises(DatasetError, match="shuffle_buffer"):
         DataConfig("webdataset", shuffle_buffer=-1)
 
@@ -156,7 +162,7 @@ def test_write_folder_shards_keeps_bytes_and_labels(tmp_path: Path) -> None:
         exts = {n.rsplit(".", 1)[1] for n in tar.getnames()}
         first = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         img = Image.open(io.BytesIO(tar.extractfile(first).read()))  # type: ignore[union-attr]
-    assert exts == {"jpg", "cls"} and img.size == (6, 6)
+    assert exts == {"jpg", "cls", "json"} and img.size == (6, 6)
 
 
 def test_shards_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,7 +173,8 @@ def test_shards_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _folder(src / "test")
     assert main(["shards", str(src), str(tmp_path / "out"), "--shard-size", "4", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "train: 2 shard(s), skipped 1 unreadable" in printed
+    assert "train: 7 samples in 2 shard(s), 2 classes" in printed and "skipped 1 unreadable" in printed
+    assert "test: 7 samples in 2 shard(s), 2 classes" in printed
     ds = build_dataset(DataConfig("webdataset", path=str(tmp_path / "out"), split="test", image_size=8))
     assert len(list(ds)) == 7
     assert main(["shards", str(src), str(tmp_path / "out")]) == 2  # refuses to mix with existing shards

@@ -133,7 +133,7 @@ def test_cfg_batches_cond_and_uncond_together() -> None:
     null, null_valid = null_prefix
     both, both_valid = cfg_batch(prefix, valid, null, null_valid)
     assert both.shape == (6, m.prefix_len, m.config.dim) and both_valid.shape == (6, m.prefix_len)
-    torch.testing.assert_close(both[3:], m.class_emb.weight[-1].view(1, 1, -1).expand(3, 1, -1))
+    torch.testing.assert_close(both[3:], m.conditioning.table.weight[-1].view(1, 1, -1).expand(3, 1, -1))
     seen = []
     hook = m.head.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0]))
     generate(m, ARSamplingConfig(n_tokens=4, guidance_scale=3.0), ClassLabels(torch.tensor([0, 1, 2])))

@@ -13,7 +13,7 @@ from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, Transfo
 from flexitok.errors import CheckpointError, InvalidInputError
 from flexitok.io.checkpoint import read_safetensors, save_safetensors
 from flexitok.io.official import export_official, load_official, official_metadata, parse_metadata
-from flexitok.io.official_options import OFFICIAL_OPTIONS, check_options, class_name
+from flexitok.io.official.options import OFFICIAL_OPTIONS, check_options, class_name
 from tests.conftest import bilinear_align_corners, tiny_vae_config
 
 COMBOS = {
@@ -409,7 +409,7 @@ def test_docs_list_every_official_option():
     """docs/official-checkpoints.md embeds the generated option table and refusal list verbatim."""
     from pathlib import Path
 
-    from flexitok.io.official_options import options_markdown, refused_markdown
+    from flexitok.io.official.options import options_markdown, refused_markdown
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "official-checkpoints.md").read_text()
     assert "<!-- options:begin -->\n" + options_markdown() + "<!-- options:end -->" in doc

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from flexitok import DecodeConfig, FlexTok, preset
 from flexitok.io.official import export_official, load_official, parse_metadata
-from flexitok.io.official_options import check_options
+from flexitok.io.official.options import check_options
 from tests.conftest import tiny_vae_config
 
 # bfloat16 keeps the largest preset (2.46B parameters) at about 5 GB; the format and the key map do not depend on

@@ -17,6 +17,7 @@ from flexitok.cli.main import main
 from flexitok.errors import InvalidInputError
 from flexitok.models.conditioning import ClassLabels, TextFeatures, Unconditional
 from flexitok.models.generator import generator_preset
+from flexitok.pipelines import parse_classes, placeholder_condition
 from tests.conftest import tiny_model
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "generation.md"
@@ -104,18 +105,18 @@ def test_bad_requests_are_refused(pipe: GenerationPipeline) -> None:
 def test_each_conditioning_reads_its_own_inputs() -> None:
     tok = tiny_model()
     cls, txt, none = (_generator(tok, c) for c in ("class", "text", "none"))
-    assert cls.conditioning.parse_labels("B, 2,a") == [1, 2, 0]
-    with pytest.raises(InvalidInputError, match="unknown class 'x'; known names: a, b, c"):
-        cls.conditioning.parse_labels("x")
+    assert parse_classes("B, 2,a", cls.conditioning) == [1, 2, 0]
+    with pytest.raises(InvalidInputError, match=r"unknown class 'x'.*ids 0\.\.2 or names \(a, b, c\)"):
+        parse_classes("x", cls.conditioning)
     with pytest.raises(InvalidInputError, match="text-conditioned: pass prompts"):
-        txt.conditioning.parse_labels("1")
+        parse_classes("1", txt.conditioning)
     assert isinstance(cls.conditioning.from_batch({"label": [0, 2]}), ClassLabels)
     with pytest.raises(InvalidInputError, match="captions"):
         txt.conditioning.from_batch({"tokens": torch.zeros(2, 4)})
     assert none.conditioning.from_batch({"tokens": torch.zeros(2, 4)}) == Unconditional(2)
     # Prefix lengths and null prefixes per kind; an unconditional generator has nothing to guide.
     for gen, prefix_len in ((cls, 1), (txt, gen_text_len(txt)), (none, 1)):
-        cond = gen.conditioning.placeholder(2)
+        cond = placeholder_condition(gen.conditioning, 2)
         emb, valid = gen.prefix(cond)
         assert emb.shape == (2, prefix_len, gen.config.dim) and valid.shape == (2, prefix_len)
     assert none.null_prefix(2) is None and cls.null_prefix(2) is not None and txt.null_prefix(2) is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,19 @@ def trained_tensors(ckpt: Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+def recorded_names(target: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors under the names the expected hashes were recorded with (0.1.0's): the generator's condition
+    parameters and MLP weights have moved since (``Generator.upgrade_state_dict`` maps old names to new)."""
+    if target != "generator":
+        return tensors
+    from flexitok.models.generator import Generator
+
+    candidates = ["class_emb.weight", "text_proj.weight", "null_text", "sos"]
+    candidates += [re.sub(r"\.mlp\.fc[123]\.", f".mlp.{w}.", k) for k in tensors for w in ("w_gate", "w_up", "w_down")]
+    new_to_old = {new: old for old in candidates for new in Generator.upgrade_state_dict({old: 0}) if new != old}
+    return {new_to_old.get(k, k): v for k, v in tensors.items()}
+
+
 def run_case(name: str, out_root: Path) -> dict[str, Any]:
     from flexitok.cli.main import main
 
@@ -88,7 +102,7 @@ def run_case(name: str, out_root: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     metrics = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows if "loss" in r]
     last = (out / "last").resolve()
-    hashes = {name: tensors_hash(t) for name, t in trained_tensors(last).items()}
+    hashes = {name: tensors_hash(recorded_names(target, t)) for name, t in trained_tensors(last).items()}
     command = " ".join(["flexitok train", target, "--config", f"configs/{config}", *overrides])
     return {"command": command.replace(str(ROOT) + "/", ""), "metrics": metrics, "hashes": hashes}
 

@@ -112,6 +112,7 @@ def run_generator_benchmark(cfg: GeneratorBenchConfig) -> GeneratorBenchResult:
     """Time AR sampling with and without the KV cache (interleaved); see the module doc."""
     from flexitok.models.flextok import FlexTok
     from flexitok.models.generator import Generator, generator_preset
+    from flexitok.pipelines.conditions import placeholder_condition
     from flexitok.sampling.ar import ARSamplingConfig, generate
 
     if cfg.threads is not None:
@@ -129,7 +130,7 @@ def run_generator_benchmark(cfg: GeneratorBenchConfig) -> GeneratorBenchResult:
         raise InvalidInputError(f"tokens must be in 1..{gen.config.n_tokens}, got {k}")
     b = cfg.batch_size
     dev = gen.tok_emb.weight.device
-    condition = gen.conditioning.placeholder(b)  # stand-in labels / prompt features
+    condition = placeholder_condition(gen.conditioning, b)  # stand-in labels / prompt features
 
     def sample(use_cache: bool) -> torch.Tensor:
         scfg = ARSamplingConfig(

@@ -13,8 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
+    ConversionNotes,
     add_decode_args,
     add_model_args,
+    add_verbose_arg,
     collect_image_paths,
     decode_config,
     info,
@@ -63,6 +65,7 @@ def _register_encode(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--report", default=None, metavar="REPORT.md", help="write a Markdown report of k vs complexity")
     add_model_args(p)
+    add_verbose_arg(p)
     add_decode_args(p)
     p.set_defaults(func=run_encode)
 
@@ -110,10 +113,10 @@ def run_encode(args: argparse.Namespace) -> int:
 
     rows: list[ReportRow] = []
     total = 0
+    notes = ConversionNotes(args.verbose)
     for path, out in tqdm(list(zip(paths, outputs, strict=True)), desc="encoding", unit="img", disable=single or None):
         loaded = load_image(path, model.image_size)
-        if loaded.note:
-            info(f"{path}: {loaded.note}")
+        notes.add(path, loaded.note)
         image = loaded.tensor.to(device)
         tokens = model.tokenize(image[None])[0]
         if target is not None:
@@ -146,6 +149,7 @@ def run_encode(args: argparse.Namespace) -> int:
                     ftok_bytes=len(data),
                 )
             )
+    notes.summary(len(paths))
     if len(paths) > 1:
         print(f"{len(paths)} images, {total} bytes in total ({total / len(paths):.1f} bytes per image)")
     if args.report and target is not None:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
 
 DEFAULT_MODEL = "default"
-SPLITS = ("train", "test")
 # Datasets with class labels (the scikit-image photos have none).
 LABELLED_DATA_KINDS = tuple(k for k in DATA_KINDS if k != "skimage")
 
@@ -35,6 +34,41 @@ LABELLED_DATA_KINDS = tuple(k for k in DATA_KINDS if k != "skimage")
 def info(message: str) -> None:
     """Print a one-line status message to stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+class ConversionNotes:
+    """Collects how input images were converted; one summary line at the end unless ``verbose`` (one per image).
+
+    Converting is normal (photos are rarely at the model's size), so a line per image would drown the output of
+    a folder-sized call.
+    """
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+        self.converted = 0
+        self.kinds: dict[str, int] = {}
+
+    def add(self, path: str | Path, note: str) -> None:
+        if not note:
+            return
+        self.converted += 1
+        for part in note.split("; "):
+            kind = part.split(" ")[0]  # "resized", "converted", "center-cropped", "applied", "used"
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if self.verbose:
+            info(f"{path}: {note}")
+
+    def summary(self, total: int) -> None:
+        if self.verbose or not self.converted:
+            return
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items()))
+        info(f"converted {self.converted} of {total} images to the model's input ({kinds}); --verbose lists each")
+
+
+def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="print how each input image was converted (default: a summary)"
+    )
 
 
 def add_model_args(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
@@ -304,4 +338,8 @@ def add_data_args(
         help="dataset location (image folder, webdataset shards; Fashion-MNIST defaults to the system copy)",
     )
     if split is not None:
-        parser.add_argument("--split", default=split, choices=list(SPLITS), help=f"dataset split (default {split})")
+        parser.add_argument(
+            "--split",
+            default=split,
+            help=f"dataset split: a split folder of --data-path (train, val, test, ...) (default {split})",
+        )

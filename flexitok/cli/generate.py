@@ -10,6 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from flexitok.cli.common import (
@@ -24,8 +25,9 @@ from flexitok.cli.common import (
 )
 from flexitok.codec.token_files import TokenFile, check_token_path, write_token_file
 from flexitok.models.generator import DEFAULT_GENERATOR
-from flexitok.pipelines import DEFAULT_TOKENIZER, GenerationPipeline
+from flexitok.pipelines import DEFAULT_TOKENIZER, GenerationPipeline, parse_classes
 from flexitok.utils.device import resolve_device
+from flexitok.utils.limits import MAX_GRID_SAMPLES, MAX_SAMPLES_STREAMED, check_num_samples, check_prompts
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -46,7 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prompt", dest="prompts", action="append", default=None, help="text prompt (repeatable; cycled)"
     )
     p.add_argument("--tokens", type=positive_int, default=None, help="tokens per image, 1..N (default: all N)")
-    p.add_argument("-n", "--num-samples", type=positive_int, default=16, help="number of images (default 16)")
+    p.add_argument(
+        "-n",
+        "--num-samples",
+        type=positive_int,
+        default=16,
+        help=f"number of images (default 16; at most {MAX_GRID_SAMPLES} in a grid, {MAX_SAMPLES_STREAMED} as single "
+        "images, written as each batch is decoded)",
+    )
     p.add_argument("-o", "--output", required=True, help="grid image (e.g. grid.png) or a folder for single images")
     add_decode_args(
         p,
@@ -72,15 +81,19 @@ def _cycle(items: list, n: int) -> list:
 def run(args: argparse.Namespace) -> int:
     from flexitok.io.images import save_grid, save_image
 
+    out = Path(args.output)
+    grid = out.suffix.lower() in _IMAGE_SUFFIXES
+    # Cheap checks before any model is loaded: a grid is held in memory whole, single images are written as
+    # each batch is decoded.
+    n = check_num_samples(args.num_samples, MAX_GRID_SAMPLES if grid else MAX_SAMPLES_STREAMED, "-n")
+    prompts = _cycle(check_prompts(args.prompts), n) if args.prompts is not None else None
     if args.save_tokens:
         check_token_path(args.save_tokens)
     device = resolve_device(args.device)
     pipe = GenerationPipeline.from_pretrained(args.generator, args.tokenizer, device=device)
-    n = args.num_samples
-    labels = _cycle(pipe.conditioning.parse_labels(args.classes), n) if args.classes is not None else None
-    prompts = _cycle(args.prompts, n) if args.prompts is not None else None
+    labels = _cycle(parse_classes(args.classes, pipe.conditioning), n) if args.classes is not None else None
     k = args.tokens or pipe.generator.config.n_tokens
-    result = pipe(
+    batches = pipe.iter_batches(
         labels=labels,
         prompts=prompts,
         num_samples=n,
@@ -90,21 +103,25 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=True,
     )
-    images = result.images
-    out = Path(args.output)
-    if out.suffix.lower() in _IMAGE_SUFFIXES:
-        save_grid(_rows(images), out)
+    tokens: list[Tensor] = []
+    images: list[Tensor] = []  # grid only
+    if not grid:
+        out.mkdir(parents=True, exist_ok=True)
+    for batch in batches:
+        if grid:
+            images.append(batch.images)
+        else:
+            for i, img in enumerate(batch.images):
+                save_image(img, out / f"sample_{len(tokens) + i:04d}.png")
+        tokens += list(batch.tokens)
+    if grid:
+        save_grid(_rows(torch.cat(images)), out)
         info(f"wrote {n} samples ({k} tokens each) to {out}")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            save_image(img, out / f"sample_{i:04d}.png")
         info(f"wrote {n} images ({k} tokens each) to {out}/")
     if args.save_tokens:
         tok = pipe.tokenizer
-        meta = TokenFile(
-            list(result.tokens), model_reference(args.tokenizer), tok.image_size, tok.vocab_size, tok.n_registers
-        )
+        meta = TokenFile(tokens, model_reference(args.tokenizer), tok.image_size, tok.vocab_size, tok.n_registers)
         write_token_file(args.save_tokens, meta)
         info(f"wrote the tokens to {args.save_tokens}")
     return 0

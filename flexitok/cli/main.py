@@ -29,8 +29,9 @@ COMMANDS: list[str] = [
 # ``register(targets)`` adds the parser named after its target. (``train`` keeps its targets in flexitok.cli.train.)
 VERBS: dict[str, tuple[str, dict[str, str]]] = {
     "eval": (
-        "measure quality: reconstruction vs tokens (tokenizer) or generated images (generator)",
-        {"tokenizer": "eval_tokenizer", "generator": "eval_generator"},
+        "measure quality: reconstruction vs tokens (tokenizer), generated images (generator), or write reference "
+        "statistics (reference)",
+        {"tokenizer": "eval_tokenizer", "generator": "eval_generator", "reference": "eval_reference"},
     ),
     "bench": (
         "measure speed and memory: tokenize/detokenize (tokenizer) or AR sampling (generator)",
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FlexiTokError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2, or the error's own code (75: a training run stopped by SIGTERM)
     except OSError as e:
         # A path the system refuses (name too long, no permission, a full disk): the user's to fix, not a bug.
         where = f"{e.filename}: " if e.filename is not None else ""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from flexitok.cli.common import add_decode_args, decode_config, info
+from flexitok.cli.common import add_decode_args, collect_image_paths, decode_config, info
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.utils.device import resolve_device
 
@@ -55,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flexitok import FlexTok
-    from flexitok.cli.common import collect_image_paths
     from flexitok.codec.token_files import TokenFile, write_token_file
     from flexitok.io.images import load_images
 
@@ -125,7 +124,6 @@ def coarse_to_fine_grid(model, tokens: torch.Tensor, images: torch.Tensor, decod
 def _photo_grid(args: argparse.Namespace, decode: DecodeConfig, out: Path, device: torch.device) -> list[Step]:
     """The coarse-to-fine grid of held-out photos with the photo tokenizer (skipped when it is not installed)."""
     from flexitok import FlexTok
-    from flexitok.cli.common import collect_image_paths
     from flexitok.io.images import load_images
 
     name = args.photo_model

@@ -10,9 +10,11 @@ import torch
 from tqdm.auto import tqdm
 
 from flexitok.cli.common import (
+    ConversionNotes,
     add_batch_size_arg,
     add_image_size_args,
     add_model_args,
+    add_verbose_arg,
     collect_image_paths,
     image_size_rule,
     info,
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_batch_size_arg(p)
+    add_verbose_arg(p)
     p.set_defaults(func=run)
 
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[torch.Tensor] = []
     sizes: list[tuple[int, int]] = []
     done: list[str] = []
+    notes = ConversionNotes(args.verbose)
     bar = tqdm(total=len(paths), desc="tokenizing", unit="img", disable=len(paths) <= args.batch_size or None)
     for start in range(0, len(paths), args.batch_size):
         batch, names = [], []
@@ -78,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 info(f"skipped: {e}")
                 continue
-            if loaded.note:
-                info(f"{path}: {loaded.note}")
+            notes.add(path, loaded.note)
             batch.append(loaded.tensor)
             names.append(str(path))
         if batch:
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             done.extend(names)
         bar.update(len(paths[start : start + args.batch_size]))
     bar.close()
+    notes.summary(len(paths))
     if not rows:
         raise InvalidInputError("none of the inputs could be read as an image")
 

@@ -15,6 +15,7 @@ class ImageItem(TypedDict, total=False):
     image: torch.Tensor  # FloatTensor [3, S, S] in [-1, 1]
     label: int  # -1 when unknown
     caption: str
+    skipped: int  # webdataset: samples the reader skipped since its previous item (see WebDatasetShards)
 
 
 def index_generator(seed: int, index: int) -> torch.Generator:

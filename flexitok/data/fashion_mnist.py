@@ -131,6 +131,7 @@ class FashionMNIST(Dataset):
         self.transform = transform if transform is not None else ImageTransform(size=32)
         self.seed = seed
         self.classes = FASHION_MNIST_CLASSES
+        self.class_names: list[str] = list(FASHION_MNIST_CLASSES)
 
     def __len__(self) -> int:
         return len(self.labels)

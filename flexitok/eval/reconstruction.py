@@ -20,6 +20,7 @@ from flexitok.errors import InvalidInputError
 from flexitok.eval.features import FeatureExtractor, build_extractor
 from flexitok.eval.metrics import frechet_distance, psnr, ssim
 from flexitok.eval.plots import image_grid, plot_metrics_vs_k
+from flexitok.eval.reference import ReferenceStats, distance_to_reference
 from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.sampling.decode import DecodeConfig
 
@@ -39,6 +40,7 @@ def evaluate_reconstruction(
     extractor: FeatureExtractor | str | None = "efflite0",
     n_examples: int = 0,
     progress: bool = True,
+    reference: ReferenceStats | None = None,
 ) -> dict[str, Any]:
     """Tokenize the first ``n_images`` images once, decode them from the first k tokens for every k in ``ks``.
 
@@ -51,7 +53,8 @@ def evaluate_reconstruction(
 
     plus ``"examples"`` (``{"original": [E,3,H,W], k: [E,3,H,W]}``, clamped) when ``n_examples > 0``.
     PSNR/SSIM are per-image values averaged; the FD compares reconstruction and original features (rFD),
-    NaN with fewer than two images. ``nonfinite`` counts reconstructions with NaN/inf pixels (then the
+    NaN with fewer than two images. With ``reference`` statistics (same extractor), a ``<FD name>-ref`` column
+    gives the distance of the reconstructions to them (rFID against dataset statistics). ``nonfinite`` counts reconstructions with NaN/inf pixels (then the
     metrics of that k are NaN and a warning is issued).
     """
     n_reg = int(model.n_registers)
@@ -115,6 +118,8 @@ def evaluate_reconstruction(
         if fd_name is not None:
             ok = seen >= 2 and nonfinite[k] == 0
             row[fd_name] = frechet_distance(torch.cat(feats_rec[k]), torch.cat(feats_ref)) if ok else float("nan")
+            if reference is not None:
+                row[f"{fd_name}-ref"] = distance_to_reference(torch.cat(feats_rec[k]), reference) if ok else math.nan
         row["nonfinite"] = nonfinite[k]
         rows.append(row)
     if any(nonfinite.values()):
@@ -126,7 +131,9 @@ def evaluate_reconstruction(
         "ks": ks,
         "n_images": seen,
         **decode.to_dict(),
-        "metrics": ["PSNR", "SSIM"] + ([fd_name] if fd_name else []),
+        "metrics": ["PSNR", "SSIM"]
+        + ([fd_name] if fd_name else [])
+        + ([f"{fd_name}-ref"] if fd_name and reference is not None else []),
         "rows": rows,
     }
     if n_examples > 0:

@@ -1,8 +1,9 @@
 """LlamaGen-style autoregressive transformer over FlexTok token ids.
 
 Decoder-only: pre-norm blocks with RMSNorm, SwiGLU MLPs, 1D rotary position embeddings and no biases. The
-sequence is ``[prefix | t_0 .. t_{K-1}]``; the prefix carries the condition, built by the generator's
-:class:`flexitok.models.conditioning.Conditioning` (``config.condition``: ``"class"``, ``"text"`` or ``"none"``).
+sequence is ``[prefix | t_0 .. t_{K-1}]``; the prefix carries the condition, built by the generator's condition
+embedder (:mod:`flexitok.models.conditioning`; ``config.condition``: ``"class"``, ``"text"`` or ``"none"``), a
+submodule that owns the condition parameters.
 
 The output at the last prefix position predicts ``t_0``; the output at ``t_j`` predicts ``t_{j+1}``. Incremental
 decoding uses :class:`KVCache` (pre-allocated keys/values and a key-validity mask per layer).
@@ -12,19 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flexitok.errors import InvalidInputError
-from flexitok.models.conditioning import CONDITIONINGS, Condition, Conditioning, conditioning_class
+from flexitok.models.conditioning import (
+    EMBEDDERS,
+    LEGACY_PARAMETER_NAMES,
+    Condition,
+    ConditionEmbedder,
+    build_embedder,
+    embedder_class,
+)
 from flexitok.models.text_encoder import DEFAULT_TEXT_ENCODER
+from flexitok.nn.mlp import GatedMLP
+from flexitok.nn.norm import RMSNorm
+from flexitok.nn.rope import apply_rope, rope_tables
 from flexitok.utils.persistence import PretrainedModel
 
 ConditionKind = Literal["class", "text", "none"]
+V = TypeVar("V")
 
 # Name of the bundled default generator (resolved under flexitok/assets/generators/<name>).
 DEFAULT_GENERATOR = "default"
@@ -59,8 +73,8 @@ class GeneratorConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.condition not in CONDITIONINGS:
-            conditioning_class(self.condition)  # raises ValueError naming the known kinds
+        if self.condition not in EMBEDDERS:
+            embedder_class(self.condition)  # raises ValueError naming the known kinds
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim={self.dim} is not a multiple of n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2 != 0:
@@ -85,7 +99,7 @@ class GeneratorConfig:
 
     @property
     def prefix_len(self) -> int:
-        return conditioning_class(self.condition).prefix_len(self)
+        return embedder_class(self.condition).prefix_len_of(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,34 +127,6 @@ def generator_preset(name: str, **overrides: Any) -> GeneratorConfig:
         base["mlp_multiple_of"] = 64
     base.update(overrides)
     return GeneratorConfig(**base)
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned gain (no bias). [..., D] -> [..., D]."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y.to(x.dtype) * self.weight
-
-
-def rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin tables for 1D rotary embeddings. positions [T] -> (cos, sin) each [T, head_dim / 2]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs (first half, second half). x [B, H, T, hd], cos/sin [T, hd/2] -> [B, H, T, hd]."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.to(x.dtype)
 
 
 class KVCache:
@@ -190,17 +176,13 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
-class SwiGLU(nn.Module):
-    """Gated SiLU MLP without biases. [B, T, D] -> [B, T, D]."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w_gate = nn.Linear(dim, hidden, bias=False)
-        self.w_up = nn.Linear(dim, hidden, bias=False)
-        self.w_down = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+def _mlp(dim: int, hidden: int) -> GatedMLP:
+    """A :class:`GatedMLP` with its layers in the order of the generator's former own SwiGLU (gate ``fc1``, up
+    ``fc3``, down ``fc2``): parameter order decides a seeded init and the float sum of the gradient norm, so a
+    training run reproduces its numbers bit for bit."""
+    mlp = GatedMLP(dim, hidden)
+    mlp._modules["fc2"] = mlp._modules.pop("fc2")
+    return mlp
 
 
 class Block(nn.Module):
@@ -211,7 +193,7 @@ class Block(nn.Module):
         self.norm1 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.dim, cfg.hidden)
+        self.mlp = _mlp(cfg.dim, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -232,19 +214,13 @@ class Generator(PretrainedModel):
     config_class = GeneratorConfig
     bundled_dir = "generators"
 
-    # Condition parameters, created by ``self.conditioning`` (only those of its kind exist).
-    class_emb: nn.Embedding
-    text_proj: nn.Linear
-    null_text: nn.Parameter
-    sos: nn.Parameter
-
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
         c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.dim)
-        self.conditioning: Conditioning = conditioning_class(c.condition)(c)
-        self.conditioning.add_parameters(self)
+        # Built right after the token embedding, as the 0.1.0 parameters were: a seeded init draws the same numbers.
+        self.conditioning: ConditionEmbedder = build_embedder(c)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
@@ -255,7 +231,7 @@ class Generator(PretrainedModel):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=std)
-        self.conditioning.reset_parameters(self, std)
+        self.conditioning.reset_parameters(std)
 
     @property
     def vocab_size(self) -> int:
@@ -291,11 +267,11 @@ class Generator(PretrainedModel):
         (whichever this generator's conditioning reads). ``null``: BoolTensor ``[B]``; True replaces that row's
         condition by the null condition (condition dropout).
         """
-        return self.conditioning.prefix(self, condition, null)
+        return self.conditioning(condition, null)
 
     def null_prefix(self, batch_size: int) -> tuple[Tensor, Tensor] | None:
         """The unconditional prefix for CFG (null class / null prompt), or None for an unconditional generator."""
-        return self.conditioning.null_prefix(self, batch_size)
+        return self.conditioning.null_prefix(batch_size)
 
     # ---------------------------------------------------------------- trunk
     def new_cache(self, batch_size: int, max_tokens: int | None = None) -> KVCache:
@@ -358,7 +334,7 @@ class Generator(PretrainedModel):
     def estimate_state_size(cls, config: GeneratorConfig) -> int:
         c, d = config, config.dim
         size = 2 * c.vocab_size * d + c.depth * (4 * d * d + 3 * d * c.hidden + 2 * d) + d
-        return size + conditioning_class(c.condition).parameter_estimate(c) + d
+        return size + embedder_class(c.condition).parameter_estimate(c)
 
     @classmethod
     def upgrade_config_json(cls, blob: dict[str, Any]) -> dict[str, Any]:
@@ -367,3 +343,17 @@ class Generator(PretrainedModel):
             config = {k: v for k, v in blob.items() if k != "kind"}
             return {"format": "flexitok", "version": 1, "model": "generator", "config": config}
         return super().upgrade_config_json(blob)
+
+    @classmethod
+    def upgrade_state_dict(cls, state: Mapping[str, V]) -> dict[str, V]:
+        # Before the condition embedders owned their parameters they sat on the generator (class_emb, sos, ...);
+        # before the blocks came from flexitok.nn, the MLP was the generator's own (w_gate, w_up, w_down).
+        return {_MLP_NAMES.sub(_new_mlp_name, LEGACY_PARAMETER_NAMES.get(k, k)): v for k, v in state.items()}
+
+
+_MLP_NAMES = re.compile(r"^(blocks\.\d+\.mlp\.)(w_gate|w_up|w_down)(\.weight)$")
+_MLP_RENAMES = {"w_gate": "fc1", "w_up": "fc3", "w_down": "fc2"}
+
+
+def _new_mlp_name(match: re.Match[str]) -> str:
+    return match.group(1) + _MLP_RENAMES[match.group(2)] + match.group(3)

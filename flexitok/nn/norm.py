@@ -19,6 +19,20 @@ class Fp32LayerNorm(nn.Module):
         return F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias), computed in float32. ``[..., D] -> [..., D]``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN modulation ``x * (1 + scale) + shift`` (all broadcastable to ``[B, S, D]``)."""
     return x * (1.0 + scale) + shift

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +24,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flexitok.errors import InvalidInputError
-from flexitok.models.conditioning import Conditioning
+from flexitok.models.conditioning import Condition, ConditionEmbedder
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import DEFAULT_GENERATOR, Generator
 from flexitok.sampling.ar import ARSamplingConfig, generate
 from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.limits import MAX_SAMPLES_PER_CALL, MAX_SAMPLES_STREAMED, check_num_samples, check_prompts
 
 # The bundled tokenizer paired with the bundled generators.
 DEFAULT_TOKENIZER = "default"
@@ -79,7 +80,7 @@ class GenerationPipeline:
         return cls(gen, tok, text_encoder)
 
     @property
-    def conditioning(self) -> Conditioning:
+    def conditioning(self) -> ConditionEmbedder:
         return self.generator.conditioning
 
     @property
@@ -95,11 +96,10 @@ class GenerationPipeline:
             self._text_encoder = TextEncoder(self.generator.config.text_encoder).to(self.device)
         return self._text_encoder
 
-    @torch.no_grad()
     def __call__(
         self,
-        labels: Sequence[int] | Tensor | None = None,
-        prompts: Sequence[str] | None = None,
+        labels: Sequence[int] | Tensor | int | None = None,
+        prompts: Sequence[str] | str | None = None,
         num_samples: int | None = None,
         n_tokens: int | None = None,
         sampling: ARSamplingConfig | None = None,
@@ -109,12 +109,54 @@ class GenerationPipeline:
     ) -> GenerationOutput:
         """Generate one image per class label, per prompt, or ``num_samples`` unconditional images.
 
-        ``n_tokens``: tokens per image (default: ``sampling.n_tokens``, else all the generator's tokens).
-        ``sampling``: the AR options (temperature, top-k/p, CFG scale and schedule, KV cache; default
-        :class:`ARSamplingConfig`, no CFG). ``decode``: the decoder's (steps, guidance, APG) and the base seed of the
-        rows. ``batch_size`` rows run at a time (default: all at once); the tokens do not depend on it, the images
-        at most in the last bits of the decoder's float sums.
+        ``labels``: class ids (a list, a ``LongTensor [B]`` or one int); ``prompts``: a list of strings, or one
+        string (one prompt). ``n_tokens``: tokens per image (default: ``sampling.n_tokens``, else all the
+        generator's tokens). ``sampling``: the AR options (temperature, top-k/p, CFG scale and schedule, KV cache;
+        default :class:`ARSamplingConfig`, no CFG). ``decode``: the decoder's (steps, guidance, APG) and the base
+        seed of the rows. ``batch_size`` rows run at a time (default: all at once); the tokens do not depend on it,
+        the images at most in the last bits of the decoder's float sums. Every image is returned at once, so a call
+        makes at most :data:`~flexitok.utils.limits.MAX_SAMPLES_PER_CALL`; :meth:`iter_batches` streams more.
         """
+        batches = list(
+            self._batches(
+                labels, prompts, num_samples, n_tokens, sampling, decode, batch_size, progress, MAX_SAMPLES_PER_CALL
+            )
+        )
+        return GenerationOutput(
+            images=torch.cat([b.images for b in batches]), tokens=torch.cat([b.tokens for b in batches])
+        )
+
+    def iter_batches(
+        self,
+        labels: Sequence[int] | Tensor | int | None = None,
+        prompts: Sequence[str] | str | None = None,
+        num_samples: int | None = None,
+        n_tokens: int | None = None,
+        sampling: ARSamplingConfig | None = None,
+        decode: DecodeConfig | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[GenerationOutput]:
+        """Like calling the pipeline, but yields each batch's output as soon as it is decoded (rows in order,
+        seeded the same), so a caller can write images as they come; up to
+        :data:`~flexitok.utils.limits.MAX_SAMPLES_STREAMED` samples. The inputs are checked here, before the
+        first batch runs."""
+        return self._batches(
+            labels, prompts, num_samples, n_tokens, sampling, decode, batch_size, progress, MAX_SAMPLES_STREAMED
+        )
+
+    def _batches(
+        self,
+        labels: Sequence[int] | Tensor | int | None,
+        prompts: Sequence[str] | str | None,
+        num_samples: int | None,
+        n_tokens: int | None,
+        sampling: ARSamplingConfig | None,
+        decode: DecodeConfig | None,
+        batch_size: int | None,
+        progress: bool,
+        limit: int,
+    ) -> Iterator[GenerationOutput]:
         gen = self.generator
         decode = decode or DecodeConfig()
         sampling = sampling or ARSamplingConfig()
@@ -123,32 +165,67 @@ class GenerationPipeline:
         if not 1 <= k <= gen.config.n_tokens:
             raise InvalidInputError(f"the number of tokens must be in 1..{gen.config.n_tokens}, got {k}")
         sampling = dataclasses.replace(sampling, n_tokens=k)
-        given = len(prompts) if prompts is not None else len(labels) if labels is not None else None
+        if labels is not None and prompts is not None:
+            raise InvalidInputError("give class labels or prompts, not both")
+        if prompts is not None:
+            prompts = check_prompts(prompts)
+        rows = _one_label(labels)
+        given = len(prompts) if prompts is not None else len(rows) if rows is not None else None
         if given is not None and num_samples is not None and given != num_samples:
             raise InvalidInputError(f"{given} conditions for {num_samples} samples")
         n = given if given is not None else num_samples
-        if n is None or n < 1:
+        if n is None:
             raise InvalidInputError("give class labels, prompts or a number of samples (at least one)")
+        n = check_num_samples(n, limit)
         if batch_size is not None and batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         step = batch_size or n
-        tokens_all, images_all = [], []
+        # The first batch's condition is built here, so wrong inputs fail before the caller iterates.
+        first = self._condition(rows, prompts, 0, min(step, n))
+        return self._run(first, rows, prompts, n, step, sampling, decode, progress)
+
+    def _condition(self, labels: Sequence[int] | Tensor | None, prompts: list[str] | None, s: int, e: int) -> Condition:
+        # Prompts are encoded batch by batch: the text features of a row are padded like its batch.
+        return self.conditioning.from_inputs(
+            labels=None if labels is None else labels[s:e],
+            prompts=None if prompts is None else prompts[s:e],
+            num_samples=e - s if labels is None and prompts is None else None,
+            text_encoder=self.text_encoder if prompts is not None else None,
+        )
+
+    @torch.no_grad()
+    def _run(
+        self,
+        first: Condition,
+        labels: Sequence[int] | Tensor | None,
+        prompts: list[str] | None,
+        n: int,
+        step: int,
+        sampling: ARSamplingConfig,
+        decode: DecodeConfig,
+        progress: bool,
+    ) -> Iterator[GenerationOutput]:
         seed, dev = decode.seed, self.device
         bar = tqdm(range(0, n, step), desc="generate", unit="batch", disable=not progress, total=math.ceil(n / step))
         for s in bar:
             e = min(s + step, n)
-            # Prompts are encoded batch by batch: the text features of a row are padded like its batch.
-            cond = self.conditioning.from_inputs(
-                labels=None if labels is None else labels[s:e],
-                prompts=None if prompts is None else list(prompts[s:e]),
-                num_samples=e - s if labels is None and prompts is None else None,
-                text_encoder=self.text_encoder if prompts is not None else None,
-            )
+            cond = first if s == 0 else self._condition(labels, prompts, s, e)
             gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(s, e)]
-            tokens = generate(gen, sampling, cond, generator=gens)
+            tokens = generate(self.generator, sampling, cond, generator=gens)
             noise_gens = [torch.Generator(device=dev).manual_seed(seed + NOISE_SEED_OFFSET + i) for i in range(s, e)]
             noise = torch.cat([self.tokenizer.initial_noise(1, g) for g in noise_gens])
             images = self.tokenizer.detokenize(tokens, decode, noise=noise)
-            tokens_all.append(tokens.cpu())
-            images_all.append(images.clamp(-1, 1).cpu())
-        return GenerationOutput(images=torch.cat(images_all), tokens=torch.cat(tokens_all))
+            yield GenerationOutput(images=images.clamp(-1, 1).cpu(), tokens=tokens.cpu())
+
+
+def _one_label(labels: Sequence[int] | Tensor | int | None) -> Sequence[int] | Tensor | None:
+    """Class ids as rows: one id (an int or a 0-d tensor) is one row; a string is not a list of ids."""
+    if labels is None:
+        return None
+    if isinstance(labels, Tensor):
+        return labels.view(1) if labels.dim() == 0 else labels
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        return [labels]
+    if isinstance(labels, Sequence) and not isinstance(labels, (str, bytes)):
+        return labels
+    raise InvalidInputError(f"labels must be class ids (a list, a LongTensor or one int), got {labels!r:.40}")

@@ -1,4 +1,5 @@
-"""Autoregressive token sampling for :class:`flexitok.models.generator.Generator`.
+"""Autoregressive token sampling for any model with the :class:`ARModel` interface (e.g.
+:class:`flexitok.models.generator.Generator`, which this layer does not import).
 
 Batched decoding with an optional KV cache, temperature / top-k / top-p filtering, classifier-free guidance with
 the conditional and unconditional rows in ONE batch (``[cond; uncond]``, 2B rows) and a guidance schedule over
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -19,13 +20,35 @@ from torch import Tensor
 from flexitok.errors import InvalidInputError
 from flexitok.utils.limits import MAX_TEMPERATURE, MIN_TEMPERATURE, check_float, check_guidance, check_int
 
-if TYPE_CHECKING:  # sampling sits below models: the model classes are only annotations here
-    from flexitok.models.conditioning import Condition
-    from flexitok.models.generator import Generator
-
 GuidanceScheduleKind = Literal["constant", "linear", "cosine"]
 # A schedule maps (position i in [0, n), n) to the guidance scale used for token i.
 GuidanceSchedule = Callable[[int, int], float]
+
+
+class _TokenLimit(Protocol):
+    @property
+    def n_tokens(self) -> int: ...
+
+
+class ARModel(Protocol):
+    """What the sampler needs of an autoregressive model: the longest sequence it makes (``config.n_tokens``), the
+    prefix of a condition and the null prefix for guidance (``[B, P, D]`` embeddings, ``[B, P]`` validity), a
+    full forward pass and cached prefill/step decoding (logits ``[B, ..., V]``)."""
+
+    @property
+    def config(self) -> _TokenLimit: ...
+
+    def prefix(self, condition: Any, null: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+    def null_prefix(self, batch_size: int) -> tuple[Tensor, Tensor] | None: ...
+
+    def new_cache(self, batch_size: int, max_tokens: int | None = None) -> Any: ...
+
+    def prefill(self, prefix: Tensor, prefix_valid: Tensor, cache: Any) -> Tensor: ...
+
+    def step(self, tokens: Tensor, cache: Any, start: int) -> Tensor: ...
+
+    def __call__(self, tokens: Tensor, prefix: Tensor, prefix_valid: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -131,7 +154,7 @@ def guide(logits: Tensor, scale: float) -> Tensor:
 
 @torch.no_grad()
 def sample_tokens(
-    model: Generator,
+    model: ARModel,
     prefix: Tensor,
     prefix_valid: Tensor,
     cfg: ARSamplingConfig,
@@ -182,9 +205,9 @@ def sample_tokens(
 
 
 def generate(
-    model: Generator,
+    model: ARModel,
     cfg: ARSamplingConfig,
-    condition: Condition,
+    condition: Any,
     schedule: GuidanceSchedule | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:

@@ -9,7 +9,11 @@ Either way the folder goes through :mod:`flexitok.train.checkpoint` (atomic, has
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,32 @@ from flexitok.train.checkpoint import (
     write_states,
 )
 from flexitok.train.ema import EMA
-from flexitok.train.parallel import DistInfo, TaskModule, barrier
+from flexitok.train.parallel import DistInfo, TaskModule
 from flexitok.train.state import TrainState, rng_state, set_rng_state
 from flexitok.train.task import ExtraOptimizer, TrainTask
 
 _RESERVED = {"model", "aux", "ema", "optimizer", "scheduler", "trainer", "task"}
+
+
+def _safetensors_error() -> type[Exception]:
+    try:
+        from safetensors import SafetensorError
+
+        return SafetensorError
+    except ImportError:  # older safetensors: I/O errors surface as OSError
+        return OSError
+
+
+# What a failed write raises: OSError (ENOSPC, EFBIG, EIO, ...), torch.save's RuntimeError around it
+# ("PytorchStreamWriter failed writing file"), safetensors' own error type (and, under FSDP, DCP's exception).
+_WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, _safetensors_error())
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = e
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 class Checkpointer:
@@ -97,7 +122,11 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ save
     def save(self, state: TrainState) -> Path:
-        """Write ``checkpoints/step_<step>`` and point ``last`` at it; returns the folder."""
+        """Write ``checkpoints/step_<step>`` and point ``last`` at it; returns the folder.
+
+        A write that fails (disk full, a file-size limit, an I/O error) raises :class:`CheckpointError` on every
+        rank; the partial folder is removed and ``last`` still points at the previous, intact checkpoint.
+        """
         info = self.info
         rng = rng_state()
         rngs: list[Any] = [None] * info.world_size
@@ -107,19 +136,38 @@ class Checkpointer:
             rngs = [rng]
         state.rng = rngs
         path = self.ckpt_root / f"step_{state.step:08d}"
-        box = [new_temp_dir(path) if info.is_main else None]
+        box: list[Any] = [None, None]
+        if info.is_main:
+            try:
+                box[0] = new_temp_dir(path)
+            except _WRITE_ERRORS as e:
+                box[1] = self._write_failed(path, e)
         if info.enabled:
             dist.broadcast_object_list(box, src=0)
-        tmp: Path = box[0]  # type: ignore[assignment]
+        if box[1] is not None:
+            raise CheckpointError(box[1])
+        tmp: Path = box[0]
         try:
             if self.fsdp:
                 import torch.distributed.checkpoint as dcp
+                from torch.distributed.checkpoint.api import CheckpointException
 
-                dcp.save(self._sharded_state(), checkpoint_id=str(tmp / SHARDED))
+                sharded_errors: tuple[type[BaseException], ...] = (*_WRITE_ERRORS, CheckpointException)
+                try:
+                    dcp.save(self._sharded_state(), checkpoint_id=str(tmp / SHARDED))
+                except sharded_errors as e:
+                    error: str | None = self._write_failed(path, e)
+                else:
+                    error = None
+                self._raise_on_any_rank(error)
             tensors, objects = self._full_states(state)
+            error = None
             if info.is_main:
-                write_states(tmp, tensors, objects)
-            barrier(info)
+                try:
+                    write_states(tmp, tensors, objects)
+                except _WRITE_ERRORS as e:
+                    error = self._write_failed(path, e)
+            self._raise_on_any_rank(error)
             digests: dict[str, str] = {}
             if self.fsdp and info.enabled:  # hash the (large) shard files in parallel
                 files = checkpoint_files(tmp)
@@ -127,16 +175,48 @@ class Checkpointer:
                 parts: list[Any] = [None] * info.world_size
                 dist.all_gather_object(parts, mine)
                 digests = {k: v for part in parts for k, v in part.items()}
+            error = None
             if info.is_main:
-                finalize(tmp, path, meta={"step": state.step}, digests=digests)
-                update_last_link(self.out_dir / "last", path)
-                prune_checkpoints(self.ckpt_root, self.keep, protect=path)
-            barrier(info)
+                try:
+                    finalize(tmp, path, meta={"step": state.step}, digests=digests)
+                    update_last_link(self.out_dir / "last", path)
+                except _WRITE_ERRORS as e:
+                    error = self._write_failed(path, e)
+                else:
+                    prune_checkpoints(self.ckpt_root, self.keep, protect=path)
+            self._raise_on_any_rank(error)
         except BaseException:
             if info.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         return path
+
+    def _raise_on_any_rank(self, error: str | None) -> None:
+        """Collective: the first rank's error (or None) on every rank, raised as CheckpointError (no rank hangs)."""
+        if self.info.enabled:
+            errors: list[Any] = [None] * self.info.world_size
+            dist.all_gather_object(errors, error)
+            error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise CheckpointError(error)
+
+    def _write_failed(self, path: Path, e: BaseException) -> str:
+        """The message of a failed checkpoint write: what failed, and that the previous checkpoint is intact."""
+        code = next((x.errno for x in _causes(e) if isinstance(x, OSError) and x.errno), None)
+        if code is None:  # safetensors reports the OS error only in its message: "... (os error 28)"
+            found = re.search(r"os error (\d+)", str(e))
+            code = int(found.group(1)) if found else None
+        hint = {
+            errno.ENOSPC: "the disk is full: free space",
+            errno.EDQUOT: "the disk quota is exceeded: free space",
+            errno.EFBIG: "a file exceeds the file-size limit (ulimit -f): raise it",
+        }.get(code or -1, f"check the free space and the file-size limit (ulimit -f) for {self.ckpt_root}")
+        last = self.out_dir / "last"
+        previous = f"{last} -> {os.readlink(last)} is intact" if last.is_symlink() else "no earlier checkpoint exists"
+        return (
+            f"could not write checkpoint {path.name} ({type(e).__name__}: {e}); the partial folder was removed and "
+            f"{previous}; {hint}, then resume with --resume"
+        )
 
     # ------------------------------------------------------------------ verify / load
     def verify(self, path: Path) -> None:

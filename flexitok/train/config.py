@@ -17,17 +17,13 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from flexitok.config import PRESETS, FlexTokConfig, preset
-from flexitok.data import DataConfig
 from flexitok.errors import ConfigError, FlexiTokError
-from flexitok.train.options import TrainConfig
-from flexitok.train.tokenizer import TokenizerTaskConfig
 from flexitok.utils.config_json import plain_data
 
 T = TypeVar("T")
@@ -37,75 +33,15 @@ T = TypeVar("T")
 
 
 class RunConfig:
-    """Base of the run configs (``model``, ``data``, ``train``: :class:`TrainConfig`, ``task`` sections)."""
+    """Base of the run configs (``model``, ``data``, ``train``: :class:`~flexitok.train.options.TrainConfig`,
+    ``task`` sections). Each lives with its target: :class:`flexitok.train.tokenizer.TokenizerTrainConfig`,
+    :class:`flexitok.train.vae.VAETrainConfig`, :class:`flexitok.train.generator.GeneratorTrainConfig`,
+    :class:`flexitok.train.classifier.ClassifierTrainConfig`."""
 
     @classmethod
     def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
         """Complete the raw tree (YAML + overrides) before it is typed; default: unchanged."""
         return tree
-
-
-@dataclass
-class TokenizerTrainConfig(RunConfig):
-    """``flexitok train tokenizer``: model + data + optimisation + task options."""
-
-    model: FlexTokConfig = field(default_factory=lambda: preset("tiny"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task: TokenizerTaskConfig = field(default_factory=TokenizerTaskConfig)
-    eval_data: DataConfig | None = None  # reconstruction grids; None = data's test split
-    latents: str | None = None  # pre-computed latent cache folder (flexitok.data.latents); replaces data
-    init_from: str | None = None  # start from these FlexTok weights (fine-tuning) instead of random init
-
-
-@dataclass
-class VAEModelConfig:
-    """A diffusers ``AutoencoderKL``: built from these sizes, or fine-tuned from ``pretrained``.
-
-    Downsampling is ``2 ** (len(block_out_channels) - 1)``.
-    """
-
-    pretrained: str | None = None
-    latent_channels: int = 4
-    block_out_channels: tuple[int, ...] = (64, 128, 256)
-    layers_per_block: int = 1
-    norm_num_groups: int = 32
-    scaling_factor: float = 1.0
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-
-@dataclass
-class VAETaskConfig:
-    recon_loss: Literal["l1", "l2"] = "l1"
-    kl_weight: float = 1e-6
-    perceptual_weight: float = 0.0  # EfficientNet-Lite0 feature distance
-    gan_weight: float = 0.0  # 0 = no discriminator
-    gan_start: int = 0  # step at which the adversarial loss switches on
-    disc_lr: float = 1e-4
-    disc_channels: int = 64
-    disc_layers: int = 3
-    eval_images: int = 8
-
-    def __post_init__(self) -> None:
-        if self.recon_loss not in ("l1", "l2"):
-            raise ConfigError(f"task.recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
-        for name in ("kl_weight", "perceptual_weight", "gan_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"task.{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass
-class VAETrainConfig(RunConfig):
-    """``flexitok train vae``."""
-
-    model: VAEModelConfig = field(default_factory=VAEModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task: VAETaskConfig = field(default_factory=VAETaskConfig)
-    eval_data: DataConfig | None = None
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -266,7 +202,9 @@ def load_run_config(cls: type[T], path: str | Path | None, overrides: list[str] 
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not a text (UTF-8 YAML) file") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -338,7 +338,8 @@ def format_estimate(e: Estimate) -> str:
 
 
 def dry_run(config: str | None, overrides: list[str], world_size: int) -> str:
-    from flexitok.train.config import TokenizerTrainConfig, load_run_config
+    from flexitok.train.config import load_run_config
+    from flexitok.train.tokenizer import TokenizerTrainConfig
 
     if world_size < 1:
         raise ConfigError(f"--world-size must be >= 1, got {world_size}")

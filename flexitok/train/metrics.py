@@ -7,6 +7,7 @@ non-finite loss is remembered on the device too and checked at log and checkpoin
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from flexitok.errors import TrainingError
 from flexitok.train.parallel import DistInfo
+from flexitok.utils.files import atomic_write_bytes
 
 
 def as_float(v: Any) -> float:
@@ -62,32 +65,109 @@ class MetricsWindow:
         return not bool(flag.item())
 
     def summary(self, info: DistInfo) -> tuple[float, float, dict[str, float]]:
-        """(mean loss per update over all processes, images/s, this process's mean task logs); resets."""
-        loss_t = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=info.device) / self.updates
-        if info.enabled:
-            dist.all_reduce(loss_t)
-            loss_t /= info.world_size
+        """(mean loss per update, images/s, mean task logs per update); resets.
+
+        Under several processes the loss and every log term are averaged the same way: the mean per update on
+        each process, then the mean over the processes that logged it (one all-reduce of all terms together).
+        """
         images_per_s = self.images * info.world_size / max(time.perf_counter() - self.start, 1e-9)
-        logs = {k: as_float(v) / self.updates for k, v in self.logs_sum.items()}
+        if not info.enabled:
+            loss_t = torch.as_tensor(self.loss_sum, dtype=torch.float32, device=info.device) / self.updates
+            logs = {k: as_float(v) / self.updates for k, v in self.logs_sum.items()}
+            self.reset()
+            return float(loss_t), images_per_s, logs
+        keys_per_rank: list[Any] = [None] * info.world_size
+        dist.all_gather_object(keys_per_rank, sorted(self.logs_sum))
+        keys = sorted({k for ks in keys_per_rank for k in ks})  # a term some process did not log this window
+        sums = [self.loss_sum, *(self.logs_sum.get(k, 0.0) for k in keys)]
+        mine = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=info.device).reshape(()) for v in sums])
+        logged = torch.tensor([True, *(k in self.logs_sum for k in keys)], dtype=torch.float64, device=info.device)
+        full = torch.stack([mine / self.updates, logged])  # [2, 1 + terms]: per-update means, and who logged
+        dist.all_reduce(full)
+        means = (full[0] / full[1].clamp(min=1)).tolist()
         self.reset()
-        return float(loss_t), images_per_s, logs
+        return means[0], images_per_s, dict(zip(keys, means[1:], strict=True))
+
+
+def cut_back(path: Path, step: int) -> int:
+    """Remove the lines of ``metrics.jsonl`` logged after ``step`` (and a partial last line): a run killed after
+    its last checkpoint logged steps that the resumed run logs again. Atomic; returns the lines removed."""
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by kill -9 mid-write
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line if line.endswith(b"\n") else line + b"\n")
+    if kept != lines:
+        atomic_write_bytes(path, b"".join(kept))
+    return len(lines) - len(kept)
+
+
+def import_wandb() -> Any:
+    """The ``wandb`` module (imported only when a run asks for it), or a clean error saying how to get it."""
+    try:
+        import wandb
+    except ImportError:
+        raise TrainingError(
+            "train.trackers includes 'wandb' but the wandb package is not installed: pip install wandb "
+            "(or drop wandb from train.trackers)"
+        ) from None
+    return wandb
 
 
 class MetricsLogger:
-    """metrics.jsonl always; TensorBoard too when it is installed (rank 0 only)."""
+    """metrics.jsonl always; the trackers of ``train.trackers`` beside it (rank 0 only): TensorBoard when it is
+    installed (``<out_dir>/tb``), Weights & Biases (``wandb``; ``WANDB_MODE=offline`` works without a network).
 
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
+    ``step``: where the run starts (the resumed checkpoint's step, 0 for a fresh run). What an earlier, killed
+    run logged after it is cut back first (metrics.jsonl lines; TensorBoard events through ``purge_step``),
+    so every step appears once. W&B keeps each launch as its own W&B run, grouped under the run folder's
+    name (a W&B run's history cannot be cut back), so each of them also holds every step once.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        enabled: bool,
+        step: int = 0,
+        trackers: tuple[str, ...] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
+        self.tb: Any = None
+        self.wandb: Any = None
+        if not enabled:
+            return
+        removed = cut_back(self.path, step)
+        if removed:
+            print(f"removed {removed} line(s) after step {step} from {self.path} (logged by an interrupted run)")
+        if "tensorboard" in trackers:
             try:
                 import tensorboard  # noqa: F401
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
+                tb_dir = out_dir / "tb"
+                purge = step + 1 if tb_dir.is_dir() else None  # hides the events of steps > step
+                self.tb = SummaryWriter(str(tb_dir), purge_step=purge)
             except Exception:  # tensorboard is optional
                 self.tb = None
+        if "wandb" in trackers:
+            wandb = import_wandb()
+            name = out_dir.resolve().name
+            self.wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "flexitok"),
+                group=name,
+                name=f"{name}-from-step{step}" if step else name,
+                dir=str(out_dir),
+                config=config or {},
+                job_type="train",
+            )
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -97,7 +177,12 @@ class MetricsLogger:
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

@@ -50,3 +50,48 @@ def build_optimizer(
     """AdamW over ``module``'s trainable parameters and its per-update schedule."""
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+
+
+# Optimizer settings the config sets per parameter group and a checkpoint restore would overwrite.
+_GROUP_SETTINGS = ("betas", "weight_decay")
+
+
+def group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The per-group settings the optimizer was built with (take it before restoring a checkpoint)."""
+    return [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in optimizer.param_groups]
+
+
+def apply_config(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    configured: list[dict[str, Any]],
+    cfg: TrainConfig,
+) -> list[str]:
+    """After a checkpoint restore: make the optimizer and schedule follow ``cfg`` (``--allow-config-change``).
+
+    A restore brings back the saved base lr (``scheduler.base_lrs``), betas and weight decay; this sets them to
+    the configured ones (``configured``: :func:`group_settings` before the restore) and the current lr of every
+    group to the schedule of ``cfg`` at the restored step, so the next update already uses the new values.
+    Returns what changed, e.g. ``["train.lr: 0.0001 -> 0.01"]``; with an unchanged config nothing is touched
+    (resume stays bit-identical).
+    """
+    changed: list[str] = []
+    old_base = list(scheduler.base_lrs)
+    if any(b != cfg.lr for b in old_base):
+        changed.append(f"train.lr: {old_base[0]:g} -> {cfg.lr:g}")
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        for g in optimizer.param_groups:
+            g["initial_lr"] = cfg.lr
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        for key, value in settings.items():
+            if group.get(key) != value:
+                if not any(c.startswith(f"train.{key}:") for c in changed):
+                    changed.append(f"train.{key}: {group.get(key)} -> {value}")
+                group[key] = value
+    f, step = lr_lambda(cfg), scheduler.last_epoch
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        lr = base * f(step)  # what LambdaLR computes, so an unchanged schedule gives the same float
+        if group["lr"] != lr:
+            group["lr"] = lr
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return changed

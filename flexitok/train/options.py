@@ -6,10 +6,12 @@ It is the ``train:`` section of each run config (tokenizer, VAE, generator), par
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from os import PathLike
 from typing import Literal
 
-from flexitok.errors import InvalidInputError
+from flexitok.errors import ConfigError
 
 Precision = Literal["fp32", "bf16"]
 
@@ -44,24 +46,97 @@ class TrainConfig:
     resume_fallback: bool = True  # a corrupt `last`: resume from the newest intact checkpoint (else refuse)
     allow_config_change: bool = False  # resume although hyperparameters differ from the checkpoint's
     progress: bool = True
+    trackers: tuple[str, ...] = ("tensorboard",)  # beside metrics.jsonl: tensorboard (when installed), wandb
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (0 <= self.min_lr <= self.lr, f"min_lr must lie in [0, lr={self.lr}], got {self.min_lr}"),
-            (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
-            (self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}"),
-            (len(self.betas) == 2, f"betas must have two entries, got {self.betas}"),
-            (self.log_every >= 1 and self.ckpt_every >= 1, "log_every and ckpt_every must be >= 1"),
-            (self.warmup_steps >= 0 and self.eval_every >= 0, "warmup_steps and eval_every must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise InvalidInputError(f"TrainConfig: {msg}")
+        _validate(self)
+
+    def warmup_note(self) -> str | None:
+        """The documented rule for a warm-up longer than the run: allowed (smoke runs of a real config, a run to
+        be resumed with more steps), the learning rate then rises linearly for the whole run and never reaches
+        ``lr``; the trainer prints this note so it is never silent."""
+        if self.warmup_steps <= self.steps:
+            return None
+        peak = self.lr * self.steps / self.warmup_steps
+        return (
+            f"note: train.warmup_steps ({self.warmup_steps}) > train.steps ({self.steps}): the learning rate warms "
+            f"up for the whole run and peaks at {peak:.3g}, not train.lr ({self.lr:g})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the schema
+
+MAX_SEED = 2**63 - 1  # torch generators take 64 bits; derived per-rank / per-epoch seeds wrap modulo 2**64
+_MAX_COUNT = 2**62  # steps, batch sizes, intervals: far beyond any run, small enough for every int64 in torch
+_MAX_WORKERS = 1024
+_MAX_THREADS = 4096
+
+
+def _fail(key: str, rule: str, value: object) -> ConfigError:
+    return ConfigError(f"train.{key} must be {rule}, got {value!r}")
+
+
+def _int(cfg: TrainConfig, key: str, lo: int, hi: int = _MAX_COUNT, optional: bool = False) -> None:
+    v = getattr(cfg, key)
+    if v is None and optional:
+        return
+    rule = f"an integer in [{lo}, {hi}]" + (" or null" if optional else "")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _fail(key, rule, v)
+
+
+def _float(
+    cfg: TrainConfig, key: str, lo: float, hi: float = math.inf, hi_open: bool = False, lo_open: bool = False
+) -> float:
+    v = getattr(cfg, key)
+    rule = f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open or hi == math.inf else ']'}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _fail(key, rule, v)
+    v = float(v)
+    ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        raise _fail(key, rule, v)
+    setattr(cfg, key, v)
+    return v
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Every field typed and in range (finite floats), so nothing reaches torch unchecked: a :class:`ConfigError`
+    names the dotted key (``train.betas``) and what it accepts."""
+    for key in ("ema_warmup", "cpu_autocast", "compile", "activation_checkpointing", "fsdp", "resume"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise _fail(key, "true or false", getattr(cfg, key))
+    for key in ("resume_fallback", "allow_config_change", "progress"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise _fail(key, "true or false", getattr(cfg, key))
+    if not isinstance(cfg.out_dir, (str, PathLike)) or not str(cfg.out_dir) or "\x00" in str(cfg.out_dir):
+        raise _fail("out_dir", "a non-empty path", cfg.out_dir)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise _fail("precision", "'fp32' or 'bf16'", cfg.precision)
+    for key in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
+        _int(cfg, key, 1)
+    for key in ("warmup_steps", "eval_every", "keep_checkpoints"):
+        _int(cfg, key, 0)
+    _int(cfg, "seed", 0, MAX_SEED)
+    _int(cfg, "num_workers", 0, _MAX_WORKERS)
+    _int(cfg, "cpu_threads", 1, _MAX_THREADS, optional=True)
+    lr = _float(cfg, "lr", 0.0, lo_open=True)
+    _float(cfg, "min_lr", 0.0, lr)
+    _float(cfg, "weight_decay", 0.0)
+    _float(cfg, "grad_clip", 0.0)  # 0 = off; NaN would silently turn clipping off
+    _float(cfg, "ema_decay", 0.0, 1.0, hi_open=True)
+    betas = cfg.betas
+    rule = "two finite numbers in [0, 1)"
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise _fail("betas", rule, betas)
+    if any(isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 <= float(b) < 1.0) for b in betas):
+        raise _fail("betas", rule, tuple(betas))
+    cfg.betas = (float(betas[0]), float(betas[1]))
+    known = ("tensorboard", "wandb")
+    trackers = cfg.trackers
+    if isinstance(trackers, str) or not isinstance(trackers, (tuple, list)) or not all(t in known for t in trackers):
+        raise _fail("trackers", f"a list of {list(known)} (possibly empty)", trackers)
+    cfg.trackers = tuple(trackers)
 
 
 # Fields that may differ on resume without --allow-config-change: how a run is operated, not what it computes,
@@ -80,5 +155,6 @@ OPERATIONAL_FIELDS = frozenset(
         "resume_fallback",
         "allow_config_change",
         "progress",
+        "trackers",
     }
 )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,21 @@ from flexitok.train.state import TrainState
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's (mod 2**32, its limit) and torch's global generators."""
+    """Seed Python's, NumPy's (mod 2**32, its limit) and torch's (mod 2**64, its limit) global generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)
+
+
+def _leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker outlives the first SIGTERM (a scheduler signals every process of a job): the trainer
+    stops at an update boundary and shuts its workers down (a worker dying first would fail the loader
+    mid-checkpoint). A second SIGTERM (the loader's own terminate of a stuck worker) ends it as usual."""
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, first)
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
@@ -53,7 +65,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.epoch, self.start = epoch, start
 
     def indices(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         perm = torch.randperm(self.n, generator=g).tolist()
         total = self.per_rank() * self.world
         perm = (perm * math.ceil(total / self.n))[:total]  # pad by wrapping so every rank gets the same count
@@ -156,6 +168,10 @@ class BatchStream:
     def __next__(self) -> Any:
         return next(self._it)
 
+    def close(self) -> None:
+        """Shut the DataLoader workers down now (a clean stop, not at interpreter exit)."""
+        self._it.close()
+
     def _loader(self, dataset: Dataset, generator_seed: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
@@ -165,10 +181,11 @@ class BatchStream:
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
-            generator=torch.Generator().manual_seed(generator_seed),  # keeps the global RNG untouched
+            generator=torch.Generator().manual_seed(generator_seed % 2**64),  # keeps the global RNG untouched
+            worker_init_fn=_leave_sigterm_to_the_trainer if self.num_workers > 0 else None,
         )
 
-    def _indexed_batches(self) -> Iterator[Any]:
+    def _indexed_batches(self) -> Generator[Any, None, None]:
         s, epoch_items = self.state, self.batches_per_epoch * self.batch_size
         seeded = SeededDataset(self.dataset)
         while True:
@@ -181,7 +198,7 @@ class BatchStream:
                 if s.index >= epoch_items:
                     break
 
-    def _iterable_batches(self) -> Iterator[Any]:
+    def _iterable_batches(self) -> Generator[Any, None, None]:
         s = self.state
         while True:
             set_epoch = getattr(self.dataset, "set_epoch", None)  # optional protocol of streaming datasets

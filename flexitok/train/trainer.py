@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +30,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from flexitok.errors import TrainingError
+from flexitok.errors import TrainingError, TrainingStopped
 from flexitok.train.checkpointer import Checkpointer
 from flexitok.train.ema import EMA
-from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float
-from flexitok.train.optim import build_optimizer, lr_lambda, param_groups
+from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float, import_wandb
+from flexitok.train.optim import apply_config, build_optimizer, group_settings, lr_lambda, param_groups
 from flexitok.train.options import TrainConfig
 from flexitok.train.parallel import (
     DistInfo,
@@ -46,6 +47,7 @@ from flexitok.train.parallel import (
     init_distributed,
     wrap_ddp,
 )
+from flexitok.train.preemption import EXIT_STOPPED, StopOnSigterm
 from flexitok.train.rundir import RunDir, check_config_change
 from flexitok.train.state import TrainState, preserve_rng
 from flexitok.train.stream import BatchStream, batch_len, seed_everything, to_device
@@ -92,6 +94,8 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         self.task, self.cfg, self.info, self.run = task, cfg, info, run
+        if "wandb" in cfg.trackers:
+            import_wandb()  # every rank, before any work: a missing package is a clean error, not a hang
         self.out_dir, device = Path(cfg.out_dir), info.device
         if device.type == "cpu" and cfg.cpu_threads is not None:
             torch.set_num_threads(cfg.cpu_threads)
@@ -154,8 +158,12 @@ class Trainer:
         )
         self.last, corrupt = run.resume_checkpoint(cfg.resume, cfg.resume_fallback, self.checkpointer.verify)
         if self.last is not None:
+            configured = group_settings(self.optimizer)
             self.checkpointer.load(self.last, self.state)
             check_config_change(self.state.config, self.run_config, cfg.allow_config_change, self.last)
+            applied = apply_config(self.optimizer, self.scheduler, configured, cfg)
+            if applied and info.is_main:
+                print(f"applied to the restored optimizer and schedule: {'; '.join(applied)}")
             self.state.config = self.run_config
             run.adopt(self.last, corrupt)
             if info.is_main:
@@ -164,35 +172,42 @@ class Trainer:
             # Distinct per-rank streams for the task's sampling (t, k, dropout); the data order has its own seeds.
             seed_everything(cfg.seed * 1000 + info.rank)
         run.write_config(self.run_config)
+        note = cfg.warmup_note()
+        if note is not None and info.is_main:
+            print(note, file=sys.stderr)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         cfg, state, info = self.cfg, self.state, self.info
         window = MetricsWindow(cfg.grad_accum)
-        logger = MetricsLogger(self.out_dir, info.is_main)
+        logger = MetricsLogger(self.out_dir, info.is_main, state.step, cfg.trackers, self.run_config)
         pbar = tqdm(
             total=cfg.steps, initial=state.step, disable=not (info.is_main and cfg.progress), dynamic_ncols=True
         )
         self.root.train()
         try:
-            while state.step < cfg.steps:
-                batches = [to_device(next(self.stream), info.device) for _ in range(cfg.grad_accum)]
-                self.step_extra_optimizers(batches, window)
-                grad_norm = self.train_step(batches, window)
-                state.step += 1
-                if self.ema is not None:
-                    self.ema.update(self.task.model, state.step)
-                window.end_update(sum(batch_len(b) for b in batches))
+            with StopOnSigterm(info) as stop:
+                while state.step < cfg.steps:
+                    batches = [to_device(next(self.stream), info.device) for _ in range(cfg.grad_accum)]
+                    self.step_extra_optimizers(batches, window)
+                    grad_norm = self.train_step(batches, window)
+                    state.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.task.model, state.step)
+                    window.end_update(sum(batch_len(b) for b in batches))
 
-                if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                    self.log(window, logger, pbar, grad_norm)
-                pbar.update(1)
-                if cfg.eval_every and state.step % cfg.eval_every == 0:
-                    self.evaluate(logger)
-                if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
-                    self.check_finite(window)
-                    self.last = self.checkpointer.save(state)
+                    if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                        self.log(window, logger, pbar, grad_norm)
+                    pbar.update(1)
+                    if cfg.eval_every and state.step % cfg.eval_every == 0:
+                        self.evaluate(logger)
+                    if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+                        self.check_finite(window)
+                        self.last = self.checkpointer.save(state)
+                    if state.step < cfg.steps and stop.requested():
+                        self.stop_at_step_boundary(window)
         finally:
+            self.stream.close()
             pbar.close()
             logger.close()
         model = self.final_model()
@@ -201,6 +216,17 @@ class Trainer:
         barrier(info)
         assert self.last is not None
         return self.last
+
+    def stop_at_step_boundary(self, window: MetricsWindow) -> None:
+        """SIGTERM: checkpoint this step (unless just done), then stop (see :mod:`flexitok.train.preemption`)."""
+        step = self.state.step
+        if self.last is None or self.last.name != f"step_{step:08d}":
+            self.check_finite(window)
+            self.last = self.checkpointer.save(self.state)
+        raise TrainingStopped(
+            f"stopped by SIGTERM after step {step} of {self.cfg.steps}; checkpoint {self.last} written. "
+            f"Continue with --resume (exit code {EXIT_STOPPED})"
+        )
 
     def train_step(self, batches: list[Any], window: MetricsWindow) -> Tensor:
         """Accumulate the main loss over the micro-batches, clip, step AdamW and the schedule; -> grad norm."""

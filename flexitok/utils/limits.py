@@ -12,6 +12,11 @@ Ranges (docs/reliability.md lists them with their reasons):
 * guidance scales (decoder and AR CFG): finite, in ``GUIDANCE_RANGE``
 * AR temperature: 0 (greedy) or finite in ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``
 * image sides: ``1..MAX_IMAGE_SIDE`` pixels
+* generation inputs (:func:`check_prompts`, :func:`check_num_samples`): prompts are non-empty strings of at most
+  ``MAX_PROMPT_CHARS`` characters (a text encoder reads about 64 tokens, a few hundred characters; the rest would
+  be cut off without a word); one call that returns its images (``GenerationPipeline(...)``, the demo) makes at
+  most ``MAX_SAMPLES_PER_CALL``; a run that writes its images batch by batch (``GenerationPipeline.iter_batches``,
+  ``flexitok generate -o FOLDER``) at most ``MAX_SAMPLES_STREAMED``; a grid image at most ``MAX_GRID_SAMPLES``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ GUIDANCE_RANGE = (0.0, 100.0)
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows float32 for ordinary logits
 MAX_TEMPERATURE = 100.0
 MAX_IMAGE_SIDE = 4096
+MAX_PROMPT_CHARS = 1000
+MAX_SAMPLES_PER_CALL = 10_000  # every image of the call is held in memory until it returns
+MAX_SAMPLES_STREAMED = 100_000  # ADM-style evaluation sets are 50,000 samples
+MAX_GRID_SAMPLES = 1024  # a 32 x 32 grid
 
 
 def _shown(value: Any) -> str:
@@ -80,3 +89,27 @@ def check_guidance(value: Any, name: str = "guidance scale") -> float:
 def check_image_side(name: str, value: Any) -> int:
     """An image height or width in pixels: ``1..MAX_IMAGE_SIDE``."""
     return check_int(name, value, 1, MAX_IMAGE_SIDE)
+
+
+def check_prompts(prompts: Any) -> list[str]:
+    """Prompts as a list: a bare string is ONE prompt (not one per character); each must be a non-empty string
+    of at most :data:`MAX_PROMPT_CHARS` characters, and there must be at least one."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise InvalidInputError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    if not prompts:
+        raise InvalidInputError("give at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InvalidInputError(f"prompt {i} must be a string, got {_shown(p)}")
+        if not p.strip():
+            raise InvalidInputError(f"prompt {i} is empty")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise InvalidInputError(f"prompt {i} is too long ({len(p)} characters; at most {MAX_PROMPT_CHARS})")
+    return list(prompts)
+
+
+def check_num_samples(value: Any, limit: int = MAX_SAMPLES_PER_CALL, name: str = "number of samples") -> int:
+    """A number of samples: an integer in ``1..limit`` (:data:`MAX_SAMPLES_PER_CALL` unless the caller streams)."""
+    return check_int(name, value, 1, limit)

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from flexitok.errors import CheckpointError, InvalidInputError
@@ -50,9 +49,9 @@ from flexitok.utils.hub import download_repo, is_repo_id
 from flexitok.utils.weights import (
     WeightsFile,
     WeightsHeader,
-    load_state_dict_strict,
-    safetensors_ready,
+    parameters_on_meta,
     state_dict_problems,
+    write_safetensors_streaming,
 )
 
 FORMAT = "flexitok"
@@ -69,6 +68,7 @@ MAX_CONFIG_BYTES = 4 << 20
 _TORN_RETRIES = 3
 
 M = TypeVar("M", bound="PretrainedModel")
+V = TypeVar("V")
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -134,6 +134,11 @@ class PretrainedModel(nn.Module):
     bundled_aliases: ClassVar[Mapping[str, str]] = {}
     config: Any
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Weights saved under older parameter names load everywhere (from_pretrained, training checkpoints).
+        self.register_load_state_dict_pre_hook(_upgrade_names_on_load)
+
     # ------------------------------------------------------------------ hooks for subclasses
     @classmethod
     def estimate_state_size(cls, config: Any) -> int:
@@ -158,6 +163,15 @@ class PretrainedModel(nn.Module):
         if blob.get("format") == FORMAT and blob.get("version") == 1 and "model" not in blob:
             return {**blob, "model": "tokenizer"}  # format version 1 existed for tokenizers only
         return blob
+
+    @classmethod
+    def upgrade_state_dict(cls, state: Mapping[str, V]) -> dict[str, V]:
+        """Map the parameter names of an older version of this model to the current ones (values untouched).
+
+        Applied to every weights file :meth:`from_pretrained` reads (before its header is checked) and to every
+        ``load_state_dict`` of the model; subclasses whose parameters moved override it.
+        """
+        return dict(state)
 
     # ------------------------------------------------------------------ foreign formats and names
     @classmethod
@@ -250,7 +264,7 @@ class PretrainedModel(nn.Module):
         config_from_json(type(config), json.loads(json.dumps(payload)), source)  # what we write must load
         body = {"format": FORMAT, "version": FORMAT_VERSION, "model": self.model_type, "config": payload}
         data = (json.dumps(body, indent=2) + "\n").encode()
-        tensors = safetensors_ready(self.state_dict())
+        tensors = self.state_dict()  # written one tensor at a time below: no full copy of the model
         for k, v in tensors.items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise CheckpointError(f"refusing to save {directory}: weight {k!r} has NaN or infinite values")
@@ -269,8 +283,8 @@ class PretrainedModel(nn.Module):
 
         def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_bytes(data)
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=meta)
-            # save_file leaves 0600; give the weights the umask's permissions, like config.json.
+            write_safetensors_streaming(tmp / WEIGHTS_NAME, tensors, meta)
+            # Give the weights the umask's permissions, like config.json.
             os.chmod(tmp / WEIGHTS_NAME, (tmp / CONFIG_NAME).stat().st_mode & 0o777)
             for name in KEPT_FILES:
                 try:
@@ -298,15 +312,22 @@ class PretrainedModel(nn.Module):
         """
         dt = resolve_dtype(dtype)
         path = cls._resolve(name_or_path, revision)
-        model = cls._load_local(path, max_parameters)
+        # The weights are read one tensor at a time straight into dt on device (no full-size float32 copy).
+        model = cls._load_local(path, max_parameters, dt, device)
         if dt is not None:
-            model = model.to(dtype=dt)
+            model = model.to(dtype=dt)  # what is left: buffers the checkpoint does not hold
         if device is not None:
             model = model.to(device)
         return model.eval()
 
     @classmethod
-    def _load_local(cls: type[M], path: Path, max_parameters: int) -> M:
+    def _load_local(
+        cls: type[M],
+        path: Path,
+        max_parameters: int,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> M:
         if path.is_dir() and (path / CONFIG_NAME).is_file():
             for attempt in range(_TORN_RETRIES):
                 try:
@@ -320,6 +341,8 @@ class PretrainedModel(nn.Module):
                         max_parameters=max_parameters,
                         config_sha256=_sha256(raw),
                         source=str(path / CONFIG_NAME),
+                        dtype=dtype,
+                        device=device,
                     )
                 except _TornFolderError:
                     if attempt == _TORN_RETRIES - 1:
@@ -327,7 +350,7 @@ class PretrainedModel(nn.Module):
                     time.sleep(0.05 * (attempt + 1))
         for fmt in cls._formats():
             if fmt.detect(path):
-                return typing.cast(M, fmt.load(path))
+                return typing.cast(M, fmt.load(path, **({"dtype": dtype} if dtype is not None else {})))
         if path.is_dir() and (path / CONFIG_NAME).is_file():
             cls.read_config(path / CONFIG_NAME, max_parameters)  # raises the precise error about config.json
         what = "folder" if path.is_dir() else "file"
@@ -413,13 +436,23 @@ class PretrainedModel(nn.Module):
         max_parameters: int = MAX_PARAMETERS,
         config_sha256: str | None = None,
         source: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
     ) -> M:
-        """Build ``cls(config)`` and load ``weights`` into it, with the checks of the module docs (CPU, eval)."""
+        """Build ``cls(config)`` and load ``weights`` into it, with the checks of the module docs (eval mode).
+
+        The model is built with its parameters on the meta device (:func:`parameters_on_meta`), and each
+        tensor is read from the file into its final dtype (``dtype`` for floating-point weights, else the
+        model's) and ``device`` (default CPU): loading needs about the weights' bytes in that dtype.
+        """
         source = source or str(weights)
         size = cls._check_size(config, source, max_parameters)
         # One open file for the header checks and the data: a concurrent save may replace the path meanwhile.
         with WeightsFile(weights) as f:
             header = f.header
+            header = WeightsHeader(
+                cls.upgrade_state_dict(header.shapes), cls.upgrade_state_dict(header.dtypes), header.metadata
+            )
             stored = header.metadata.get("config_sha256")
             if config_sha256 is not None and stored is not None and stored != config_sha256:
                 raise _TornFolderError(
@@ -433,15 +466,25 @@ class PretrainedModel(nn.Module):
                     f"{header.numel:.3g}"
                 )
             try:
-                model = typing.cast(Callable[[Any], M], cls)(config)
+                with parameters_on_meta():
+                    model = typing.cast(Callable[[Any], M], cls)(config)
             except (ValueError, TypeError, RuntimeError) as e:
                 raise CheckpointError(f"{source}: cannot build a {cls.__name__} from this config ({e})") from None
             cls._check_header(model, header, weights)
-            tensors = f.tensors()
-        for k, v in tensors.items():
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
-        load_state_dict_strict(model, tensors, f"checkpoint {weights}")
+            own = model.state_dict()
+            tensors: dict[str, Tensor] = {}
+            for k in f.header.shapes:  # the file's own names; renamed below
+                v = f.read_tensor(k, dtype=dtype)
+                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
+                tensors[k] = v
+            tensors = cls.upgrade_state_dict(tensors)
+            for k, v in tensors.items():
+                if dtype is None and k in own and v.is_floating_point() and v.dtype != own[k].dtype:
+                    v = v.to(own[k].dtype)
+                tensors[k] = v.to(device) if device is not None else v
+        with torch.no_grad():
+            model.load_state_dict(tensors, strict=True, assign=True)  # the checked tensors become the weights
         return model.eval()
 
     @staticmethod
@@ -455,3 +498,12 @@ class PretrainedModel(nn.Module):
                 raise CheckpointError(
                     f"{weights}: tensor {k!r} is stored as {header.dtypes[k]}, the model has {v.dtype}"
                 )
+
+
+def _upgrade_names_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook of :class:`PretrainedModel`: rename this module's old keys in place."""
+    assert isinstance(module, PretrainedModel)
+    own = [k[len(prefix) :] for k in state_dict if k.startswith(prefix)]
+    for new, old in module.upgrade_state_dict({k: k for k in own}).items():
+        if new != old and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -73,6 +77,7 @@ class WeightsFile:
                 shapes[k] = tuple(int(s) for s in sl.get_shape())
                 dtypes[k] = str(sl.get_dtype())
             self.header = WeightsHeader(shapes, dtypes, dict(self._f.metadata() or {}))
+            self._offsets, self._data_start = _data_offsets(self._fh)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             if hasattr(self, "_fh"):
                 self._fh.close()
@@ -84,6 +89,31 @@ class WeightsFile:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise _open_error(self.path, e) from e
 
+    def read_tensor(self, key: str, dtype: torch.dtype | None = None, device: Any = None) -> Tensor:
+        """One tensor, read with plain file reads into a fresh CPU tensor (floating-point ones then cast to
+        ``dtype``), then moved to ``device``.
+
+        Not through safetensors' memory map: pages of a mapped file count in the process's resident memory until
+        it is unmapped, so mapping a 10 GB file while building a 10 GB model peaks at twice the weights.
+        """
+        begin, end = self._offsets[key]
+        src = _ST_TORCH.get(self.header.dtypes[key])
+        if src is None:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has the unsupported dtype {self.header.dtypes[key]}")
+        out = torch.empty(self.header.shapes[key], dtype=src)
+        buf = out.reshape(-1).view(torch.uint8).numpy()
+        if buf.nbytes != end - begin:
+            raise _open_error(self.path, ValueError(f"tensor {key!r} spans {end - begin} bytes, not {buf.nbytes}"))
+        try:
+            n = os.preadv(self._fh.fileno(), [buf.data], self._data_start + begin) if buf.nbytes else 0
+        except OSError as e:
+            raise _open_error(self.path, e) from e
+        if n != buf.nbytes:
+            raise _open_error(self.path, ValueError(f"tensor {key!r} ends after {n} of {buf.nbytes} bytes"))
+        if dtype is not None and out.is_floating_point() and out.dtype != dtype:
+            out = out.to(dtype)
+        return out.to(device) if device is not None else out
+
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
         self._fh.close()
@@ -93,6 +123,80 @@ class WeightsFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_ST_TORCH = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _data_offsets(fh: Any) -> tuple[dict[str, tuple[int, int]], int]:
+    """-> (name -> (begin, end) byte offsets in the data section, where the data section starts) of an open
+    safetensors file (8-byte little-endian header length, JSON header, data)."""
+    n = int.from_bytes(os.pread(fh.fileno(), 8, 0), "little")
+    header = json.loads(os.pread(fh.fileno(), n, 8))
+    offsets = {
+        k: (int(v["data_offsets"][0]), int(v["data_offsets"][1])) for k, v in header.items() if k != "__metadata__"
+    }
+    return offsets, 8 + n
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device: no memory and no random initialisation for
+    weights that a checkpoint overwrites anyway. Buffers (position tables, FSQ constants) are computed as usual,
+    so the non-persistent ones are right without a checkpoint. Load with ``load_state_dict(..., assign=True)``.
+    Patches ``nn.Module.register_parameter`` while active: build one model at a time.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+_TORCH_ST = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def write_safetensors_streaming(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Tensor],
+    metadata: dict[str, str] | None = None,
+    fill: Callable[[str, Tensor], Tensor] | None = None,
+) -> None:
+    """Write a safetensors file one tensor at a time (``safetensors.torch.save_file`` first copies every tensor
+    into bytes, doubling the memory of a paper-size model). ``fill(name, tensor)``, if given, makes the data
+    written for each entry (same shape and dtype; e.g. random values for a model built on the meta device)."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _TORCH_ST[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # 8-byte aligned data, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, t in tensors.items():
+            # One tensor's contiguous CPU copy at a time (none for contiguous CPU weights).
+            c = (fill(name, t) if fill is not None else t).detach().to("cpu").contiguous()
+            if c.shape != t.shape or c.dtype != t.dtype:
+                raise ValueError(f"fill made {name!r} {c.dtype}{list(c.shape)}, expected {t.dtype}{list(t.shape)}")
+            f.write(c.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> WeightsHeader:

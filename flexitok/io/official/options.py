@@ -5,7 +5,7 @@ the official default and what flexitok does with it:
 
 * ``supported``: translated into :class:`flexitok.config.FlexTokConfig` (or checked) with the official semantics;
 * ``wiring``: a data-dict key; supported by checking that the keys connect the modules the way FlexTok does
-  (:func:`flexitok.io.official.check_wiring`);
+  (:func:`flexitok.io.official.wiring.check_wiring`);
 * ``no-effect``: supported; it cannot change results (padding, compilation, attention back-end);
 * ``training``: accepted; it only matters during official training (dropout rates, sampling modes, inits);
 * a ``refused`` entry lists the values flexitok implements in ``allowed``; any other value is refused with
