@@ -21,8 +21,8 @@ import torch.multiprocessing as mp
 
 from flexitok.cli.main import main
 from flexitok.errors import CheckpointError
-from flexitok.train import checkpointer
-from flexitok.train.checkpoint import load_checkpoint, resolve_last
+from flexitok.train.checkpointing import checkpointer
+from flexitok.train.checkpointing.files import load_checkpoint, resolve_last
 from flexitok.train.metrics import MetricsWindow, cut_back
 from flexitok.train.optim import lr_lambda
 from flexitok.train.parallel import DistInfo

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from flexitok.data import DataConfig, DatasetError, build_dataset
 from flexitok.errors import CheckpointError
-from flexitok.train.checkpoint import resolve_last
+from flexitok.train.checkpointing.files import resolve_last
 from flexitok.train.config import (
     ConfigError,
     TokenizerTrainConfig,

@@ -20,10 +20,10 @@ from torch.utils.data import Dataset
 
 from flexitok.errors import InvalidInputError
 from flexitok.eval.metrics import psnr
-from flexitok.io.checkpoint import replace_dir
 from flexitok.io.images import save_grid
 from flexitok.train.config import VAEModelConfig, VAETaskConfig
 from flexitok.train.task import ExtraOptimizer, TrainTask
+from flexitok.utils.files import replace_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
