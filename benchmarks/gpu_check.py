@@ -64,7 +64,8 @@ class RandomImages(Dataset):
 
 def build_config(name: str, tiny: bool) -> Any:
     """A tokenizer run config (paper recipe for presets; tiny pixel-space model for ``--tiny``)."""
-    from flexitok.train.config import TokenizerTrainConfig, load_run_config
+    from flexitok.train.config import load_run_config
+    from flexitok.train.tokenizer import TokenizerTrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
     if tiny:

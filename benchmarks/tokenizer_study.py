@@ -33,7 +33,8 @@ def load(name: str) -> FlexTok:
     if (ckpt / "ema.safetensors").is_file():
         from safetensors.torch import load_file
 
-        from flexitok.train.config import TokenizerTrainConfig, load_run_config
+        from flexitok.train.config import load_run_config
+        from flexitok.train.tokenizer import TokenizerTrainConfig
 
         run = load_run_config(TokenizerTrainConfig, ckpt.parent.parent / "config.yaml")
         model = FlexTok(run.model)

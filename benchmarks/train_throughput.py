@@ -80,7 +80,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     if args.config is not None:
-        from flexitok.train.config import TokenizerTrainConfig, load_run_config
+        from flexitok.train.config import load_run_config
+        from flexitok.train.tokenizer import TokenizerTrainConfig
 
         cfg = load_run_config(TokenizerTrainConfig, args.config).model
         args.preset = args.config

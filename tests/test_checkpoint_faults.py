@@ -12,9 +12,8 @@ import pytest
 
 from flexitok.errors import CheckpointError
 from flexitok.train.checkpointing.files import MANIFEST, read_manifest, resolve_last
-from flexitok.train.config import VAETaskConfig
 from flexitok.train.trainer import TrainConfig, train
-from flexitok.train.vae import VAETask
+from flexitok.train.vae import VAETask, VAETaskConfig
 from tests.test_train_fsdp import Regression, RegressionTask
 from tests.test_train_fsdp import _cfg as fsdp_cfg
 from tests.test_train_vae import Blobs, _vae

@@ -78,7 +78,7 @@ def test_cli_flags_without_defaults_keep_the_base() -> None:
 
 
 def test_run_config_partial_eval_decode_keeps_the_task_defaults() -> None:
-    from flexitok.train.config import TokenizerTrainConfig
+    from flexitok.train.tokenizer import TokenizerTrainConfig
 
     cfg = load_run_config(TokenizerTrainConfig, None, ["task.eval_decode.steps=5"])
     assert cfg.task.eval_decode == DecodeConfig(steps=5, guidance_scale=1.0, apg=False, seed=0)

@@ -100,6 +100,9 @@ def test_state_dict_layout_and_strict_round_trip(tmp_path: Path, inception: FIDI
         assert tuple(state[key].shape) == shape, key
     # 94 conv+bn layers (5 stem, 3x7 A, 4 B, 4x10 C, 6 D, 2x9 E) plus the classifier.
     assert sum(k.endswith(".conv.weight") for k in state) == 94
+    # 94 x (conv + 4 BN tensors) + fc weight and bias: the 472 tensors of pytorch-fid's network
+    # (checked once against pytorch-fid 0.3.0 with scripts/check_fid_inception.py).
+    assert sum(not k.endswith("num_batches_tracked") for k in state) == 472
     # The port's file has no num_batches_tracked; torchvision-style files may add the auxiliary head.
     file_state = {k: torch.randn_like(v.float()) if v.is_floating_point() else v for k, v in state.items()}
     file_state = {k: v.abs() if "running_var" in k else v for k, v in file_state.items()}

@@ -175,3 +175,70 @@ def test_two_process_gloo_run_equals_one_process(tmp_path: Path) -> None:
     two = np.load(tmp_path / "two" / "tokens4_cfg1" / "samples_7x32x32x3.npz")
     np.testing.assert_array_equal(one["arr_1"], two["arr_1"])
     assert np.abs(one["arr_0"].astype(int) - two["arr_0"].astype(int)).max() <= 1
+
+
+def test_adm_images_complete_a_reference(tmp_path: Path) -> None:
+    from flexitok.eval.reference import complete_reference
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(9, 8, 8, 3), dtype=np.uint8)
+    feats = _Pixels()(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    np.savez(tmp_path / "batch.npz", arr_0=images)  # a sample batch: images only
+    ref = load_reference(tmp_path / "batch.npz")
+    ref.extractor = "pixels"
+    ref = complete_reference(ref, _Pixels(), batch_size=4)
+    mu, sigma = gaussian_stats(feats)
+    np.testing.assert_allclose(ref.mu, mu.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ref.sigma, sigma.numpy(), atol=1e-6)
+    assert ref.features is not None and ref.features.shape == (9, 12)
+
+
+def test_reconstruction_distance_to_a_reference_of_the_originals() -> None:
+    """With the originals' own statistics as the reference, FD-ref equals the reconstruction FD (rFD)."""
+    from flexitok import FlexTok, tiny_config
+    from flexitok.eval.reconstruction import evaluate_reconstruction
+
+    torch.manual_seed(0)
+    model = FlexTok(tiny_config(image_size=16, n_registers=4, dim=32, depth=1)).eval()
+    images = torch.rand(10, 3, 16, 16) * 2 - 1
+    data = [{"image": im, "label": 0} for im in images]
+    ref = ReferenceStats(*(t.numpy() for t in gaussian_stats(_Pixels()(images).double())), extractor="pixels")
+    result = evaluate_reconstruction(
+        model, data, ks=[1, 4], n_images=10, batch_size=4, decode=DecodeConfig(steps=1), extractor=_Pixels(),
+        progress=False, reference=ref,
+    )  # fmt: skip
+    assert result["metrics"] == ["PSNR", "SSIM", "FD-pixels", "FD-pixels-ref"]
+    for row in result["rows"]:
+        assert row["FD-pixels-ref"] == pytest.approx(row["FD-pixels"], rel=1e-6, abs=1e-9)
+
+
+def test_eval_tokenizer_reference_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = save_reference(tmp_path / "ref.npz", reference_from_features(torch.randn(5, 1280), "efflite0"))
+    base = ["eval", "tokenizer", "--reference", str(ref), "-n", "4", "--out", str(tmp_path / "out")]
+    assert main([*base, "--extractor", "none"]) == 2
+    assert "--reference needs features" in capsys.readouterr().err
+    assert main([*base, "--extractor", "inception"]) == 2
+    assert "holds efflite0 statistics" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_tokenizer_on_a_seeded_random_subset_of_a_val_like_split(tree: Path, tmp_path: Path) -> None:
+    from flexitok import FlexTok, tiny_config
+
+    FlexTok(tiny_config(image_size=16, n_registers=4, dim=32, depth=1)).save_pretrained(tmp_path / "tok")
+    args = ["eval", "tokenizer", "--model", str(tmp_path / "tok"), "--data", "folder", "--data-path", str(tree)]
+    args += ["--split", "train", "-n", "6", "--subset-seed", "3", "--extractor", "none", "--tokens", "1,4"]
+    assert main([*args, "--steps", "1", "--examples", "0", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert result["n_images"] == 6 and result["split"] == "train" and [r["k"] for r in result["rows"]] == [1, 4]
+
+
+def test_one_extractor_flag_for_every_eval_command() -> None:
+    from flexitok.cli.main import build_parser
+
+    parser = build_parser()
+    spec = ["--extractor", "inception:/w.pth"]
+    for argv in (["tokenizer", "--out", "o"], ["generator"], ["reference", "-o", "r.npz"]):
+        assert parser.parse_args(["eval", *argv, *spec]).extractor == "inception:/w.pth"
+    # The old eval generator name is a hidden alias of the same option.
+    assert parser.parse_args(["eval", "generator", "--features", "inception"]).extractor == "inception"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,9 +16,12 @@ from flexitok.codec.token_files import read_token_file
 from flexitok.config import tiny_config
 from flexitok.data.tokens import TokenShardDataset
 from flexitok.eval.generation import GenerationEvalConfig, evaluate_generation
-from flexitok.models.classifier import ClassifierConfig, SmallCNN, train_classifier
+from flexitok.models.classifier import ClassifierConfig, SmallCNN
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import Generator
+from flexitok.train.classifier import ClassifierTask, ClassifierTaskConfig
+from flexitok.train.options import TrainConfig
+from flexitok.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +134,13 @@ def test_classifier_trains_saves_and_loads(tmp_path: Path) -> None:
     labels = torch.tensor([0] * 16 + [1] * 16)
     data = [{"image": images[i], "label": int(labels[i])} for i in range(32)]
     cfg = ClassifierConfig(image_size=8, num_classes=2, width=8, class_names=("dark", "bright"))
-    model = train_classifier(data, cfg, steps=15, batch_size=16, lr=3e-3, progress=False)
-    assert (model.predict(images) == labels).float().mean() > 0.9
-    model.save_pretrained(tmp_path / "clf")
+    # trained by the common trainer (flexitok.train.classifier), exported as a model folder
+    torch.manual_seed(0)
+    model = SmallCNN(cfg)
+    task = ClassifierTask(model, ClassifierTaskConfig(export_to=str(tmp_path / "clf")), test=(images, labels))
+    run = TrainConfig(out_dir=str(tmp_path / "run"), steps=15, batch_size=16, lr=3e-3, betas=(0.9, 0.999))
+    train(task, data, dataclasses.replace(run, grad_clip=0.0, progress=False, ckpt_every=15, precision="fp32"))
+    assert (model.eval().predict(images) == labels).float().mean() > 0.9
     loaded = SmallCNN.from_pretrained(tmp_path / "clf")
     assert loaded.config == cfg
     torch.testing.assert_close(loaded(images[:4]), model(images[:4]))

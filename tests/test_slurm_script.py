@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from flexitok.cli.main import build_parser
-from flexitok.train.config import TokenizerTrainConfig, load_run_config
+from flexitok.train.config import load_run_config
+from flexitok.train.tokenizer import TokenizerTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_train.sbatch"

@@ -425,3 +425,35 @@ def test_equal_contents_give_equal_shard_bytes(tmp_path: Path) -> None:
     batches = [{**b, "caption": [f"c{i}" for i in range(4)]} for b in _batches()]
     digests = {tuple(_set_digest(write_token_shards(batches, tmp_path / f"t{i}", shard_size=5))) for i in range(6)}
     assert len(digests) == 1
+
+
+def test_webdataset_ranks_and_resume_match_one_process(tiny_tokenizer: Path, image_tree: Path, tmp_path: Path) -> None:
+    from flexitok.cli.pretokenize import _input_tars, _tar_source
+    from flexitok.data import DataConfig
+    from flexitok.data.tokens import PretokenizeJob, pretokenize_streams
+    from flexitok.data.webdataset import write_folder_shards
+
+    write_folder_shards(image_tree / "train", tmp_path / "wds", shard_size=5)
+    tars = _input_tars(str(tmp_path / "wds"), "train")
+    cfg = DataConfig(kind="webdataset", path=str(tmp_path / "wds"), image_size=16, shuffle_buffer=0)
+    sources = [_tar_source(cfg, tar, 2) for tar in tars]
+    model = FlexTok.from_pretrained(tiny_tokenizer)
+    pretokenize_streams(model.tokenize, sources, PretokenizeJob(tmp_path / "one"))
+    for rank in (1, 0):
+        job = PretokenizeJob(tmp_path / "two", rank=rank, world_size=2, resume=True, poll_seconds=0.01)
+        pretokenize_streams(model.tokenize, sources, job)
+    assert _set_digest(tmp_path / "two") == _set_digest(tmp_path / "one")
+    assert [n for _, n, _ in _set_digest(tmp_path / "one")] == [5, 5, 2]
+
+
+def test_cli_bf16_records_its_dtype(tiny_tokenizer: Path, image_tree: Path, tmp_path: Path) -> None:
+    args = ["pretokenize", "--model", str(tiny_tokenizer), "--data", "folder", "--data-path", str(image_tree)]
+    assert main([*args, "-o", str(tmp_path / "bf16"), "--device", "cpu", "--dtype", "bf16"]) == 0
+    ds = TokenShardDataset(tmp_path / "bf16")
+    assert len(ds) == 12 and ds.meta["dtype"] == "bf16" and int(ds[0]["tokens"].max()) < 100
+    # A leftover work folder with other settings (here: an empty plan) is refused with --resume.
+    (tmp_path / ".fp32.partial").mkdir()
+    (tmp_path / ".fp32.partial" / "plan.json").write_text("{}")
+    assert main([*args, "-o", str(tmp_path / "fp32"), "--device", "cpu", "--resume"]) == 2
+    assert main([*args, "-o", str(tmp_path / "fp32"), "--device", "cpu"]) == 0  # without --resume: starts over
+    assert not (tmp_path / ".fp32.partial").exists() and len(TokenShardDataset(tmp_path / "fp32")) == 12

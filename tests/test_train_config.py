@@ -8,16 +8,11 @@ import pytest
 import yaml
 
 from flexitok.cli.main import main
-from flexitok.cli.train import TRAIN_TARGETS, resolve_target
+from flexitok.cli.train import TARGETS
 from flexitok.config import preset
-from flexitok.errors import FlexiTokError
-from flexitok.train.config import (
-    ConfigError,
-    TokenizerTrainConfig,
-    VAETrainConfig,
-    load_run_config,
-    parse_override,
-)
+from flexitok.train.config import ConfigError, load_run_config, parse_override
+from flexitok.train.tokenizer import TokenizerTrainConfig
+from flexitok.train.vae import VAETrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -105,11 +100,14 @@ def test_shipped_configs_load(name: str, cls: type) -> None:
         assert cfg.model.n_registers == 256 and cfg.model.image_size == (256, 256)
 
 
-def test_train_targets_registry() -> None:
-    assert {"tokenizer", "vae", "generator"} <= set(TRAIN_TARGETS)
-    assert callable(resolve_target("tokenizer"))
-    with pytest.raises(FlexiTokError, match="unknown training target"):
-        resolve_target("nope")
+def test_train_targets_are_library_objects() -> None:
+    from flexitok.train import generator, tokenizer, vae
+
+    assert TARGETS == {"tokenizer": tokenizer.TARGET, "vae": vae.TARGET, "generator": generator.TARGET}
+    assert tokenizer.TARGET.config_class is TokenizerTrainConfig  # the run config lives with its target
+    with pytest.raises(SystemExit) as e:  # argparse: the target names are the choices
+        main(["train", "nope"])
+    assert e.value.code == 2
 
 
 def _tiny_run_yaml(tmp_path: Path) -> Path:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from flexitok.train.config import TokenizerTrainConfig, load_run_config
+from flexitok.train.config import load_run_config
 from flexitok.train.estimate import GPU_MEMORY_GB, estimate
+from flexitok.train.tokenizer import TokenizerTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = ["tokenizer-d12-d12.yaml", "tokenizer-d18-d18.yaml", "tokenizer-d18-d28.yaml"]

@@ -9,8 +9,9 @@ import pytest
 
 from flexitok.cli.main import main
 from flexitok.errors import ConfigError
-from flexitok.train.config import TokenizerTrainConfig, load_run_config
+from flexitok.train.config import load_run_config
 from flexitok.train.options import MAX_SEED, TrainConfig
+from flexitok.train.tokenizer import TokenizerTrainConfig
 
 BAD = [
     ("betas", (0.9, 1.0), "train.betas must be two finite numbers in [0, 1)"),

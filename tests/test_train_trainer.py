@@ -340,9 +340,8 @@ def test_task_base_class_defaults_and_type_check(tmp_path: Path) -> None:
 def test_task_logs_stay_on_the_device() -> None:
     """Logs are 0-d tensors: the trainer reads them only at log steps (no host sync per step in any task)."""
     from flexitok.models.generator import Generator, generator_preset
-    from flexitok.train.config import VAEModelConfig, VAETaskConfig
     from flexitok.train.generator import GeneratorTask, GeneratorTaskConfig
-    from flexitok.train.vae import VAETask, build_autoencoder
+    from flexitok.train.vae import VAEModelConfig, VAETask, VAETaskConfig, build_autoencoder
 
     torch.manual_seed(0)
     images = torch.rand(2, 3, 16, 16) * 2 - 1

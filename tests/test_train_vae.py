@@ -10,9 +10,8 @@ import torch
 
 from flexitok.errors import InvalidInputError
 from flexitok.train.checkpointing.files import load_checkpoint
-from flexitok.train.config import VAEModelConfig, VAETaskConfig
 from flexitok.train.trainer import TrainConfig, train
-from flexitok.train.vae import PatchDiscriminator, VAETask, build_autoencoder
+from flexitok.train.vae import PatchDiscriminator, VAEModelConfig, VAETask, VAETaskConfig, build_autoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--workers must be >= 0, got {args.workers}")
     name = extractor_name(args.extractor)
     dataset = build_dataset(
-        DataConfig(kind=args.data, path=args.data_path, split=args.split, image_size=args.image_size)
+        # No shuffle buffer: the seeded subset of a stream must see the same order every run.
+        DataConfig(kind=args.data, path=args.data_path, split=args.split, image_size=args.image_size, shuffle_buffer=0)
     )
     extractor = build_extractor(args.extractor, resolve_device(args.device))
     feats, labels, _ = reference_subset_features(

@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="REF.npz",
         help="also report the Frechet distance of the reconstructions to these statistics (eval reference, ADM)",
     )
+    p.add_argument(
+        "--subset-seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="evaluate a random subset of -n images drawn with seed S (default: the first -n images)",
+    )
     p.add_argument("--examples", type=int, default=8, help="images shown per row in examples.png (0: none)")
     add_decode_args(p)
     add_batch_size_arg(p, default=16)
@@ -81,8 +88,22 @@ def run(args: argparse.Namespace) -> int:
     if h != w:
         raise InvalidInputError(f"flexitok eval tokenizer needs a square-image model, this one takes {h}x{w}")
     dataset = build_dataset(
-        DataConfig(kind=args.data, path=args.data_path, split=args.split, image_size=h, limit=args.n_images)
+        DataConfig(
+            kind=args.data,
+            path=args.data_path,
+            split=args.split,
+            image_size=h,
+            limit=args.n_images if args.subset_seed is None else None,
+        )
     )
+    if args.subset_seed is not None:
+        from torch.utils.data import IterableDataset, Subset
+
+        from flexitok.eval.reference import select_indices
+
+        if isinstance(dataset, IterableDataset):
+            raise InvalidInputError("--subset-seed needs an indexable dataset (folder, fashion_mnist, skimage)")
+        dataset = Subset(dataset, select_indices(None, len(dataset), args.n_images, args.subset_seed, False))  # type: ignore[arg-type]
     info(f"evaluating {args.model} on {args.data}/{args.split}: {args.n_images} images, ks={','.join(map(str, ks))}")
     result = evaluate_reconstruction(
         model,

@@ -1,4 +1,7 @@
-"""``flexitok train <target>``: train a tokenizer, a VAE (or any registered target) from a YAML config.
+"""``flexitok train <target>``: train a tokenizer, a VAE or a generator from a YAML config, or the classifier.
+
+Each target is the ``TARGET`` (:class:`flexitok.train.run.TrainTarget`) of its module in ``flexitok.train``,
+imported here by name; :func:`flexitok.train.run.run_target` runs any of them.
 
 flexitok train tokenizer --config configs/tokenizer-tiny-fmnist.yaml train.steps=2000 data.limit=10000
 flexitok train tokenizer --config configs/tokenizer-tiny-fmnist.yaml --resume
@@ -8,48 +11,17 @@ torchrun --nproc_per_node=8 -m flexitok train tokenizer --config configs/tokeniz
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable
 
+from flexitok.cli import train_classifier
 from flexitok.errors import InvalidInputError
+from flexitok.train import classifier, generator, tokenizer, vae
+from flexitok.train.run import TargetArgs, TrainTarget, run_target
 
-# target name -> runner ``(flexitok.train.run.TargetArgs) -> int`` or a lazy "module:function" reference.
-# Another module can add a target by inserting into this dict (the generator target resolves lazily).
-TRAIN_TARGETS: dict[str, Callable | str] = {
-    "tokenizer": "flexitok.train.run:run_tokenizer",
-    "vae": "flexitok.train.run:run_vae",
-    "generator": "flexitok.train.generator:main",
-}
-
-_HELP = {
-    "tokenizer": "train a FlexTok tokenizer (rectified-flow decoder, nested dropout, FSQ)",
-    "vae": "train or fine-tune a diffusers AutoencoderKL (stage 0)",
-    "generator": "train an autoregressive generator on token shards",
-}
-
-
-def resolve_target(name: str) -> Callable:
-    target = TRAIN_TARGETS.get(name)
-    if target is None:
-        raise InvalidInputError(f"unknown training target {name!r}; choose one of {sorted(TRAIN_TARGETS)}")
-    if callable(target):
-        return target
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module_name.startswith(e.name):
-            raise InvalidInputError(f"training target {name!r} is not available in this install ({e})") from None
-        raise
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise InvalidInputError(f"training target {name!r}: {module_name} has no {attr}()")
-    return fn
+# The targets of `flexitok train` (the classifier's command line is its own: flags, not a YAML config).
+TARGETS: dict[str, TrainTarget] = {t.name: t for t in (tokenizer.TARGET, vae.TARGET, generator.TARGET)}
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flexitok.train.run import TargetArgs
-
     if args.dry_run:
         if args.target != "tokenizer":
             raise InvalidInputError(f"--dry-run sizes tokenizer runs only, not {args.target!r}")
@@ -57,7 +29,6 @@ def _run(args: argparse.Namespace) -> int:
 
         print(dry_run(args.config, list(args.overrides), args.world_size))
         return 0
-    fn = resolve_target(args.target)
     targs = TargetArgs(
         config=args.config,
         overrides=list(args.overrides),
@@ -65,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         no_fallback=args.no_fallback,
         allow_config_change=args.allow_config_change,
     )
-    return int(fn(targs) or 0)
+    return run_target(TARGETS[args.target], targs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for name in TRAIN_TARGETS:
-        t = sub.add_parser(name, help=_HELP.get(name, f"train {name}"))
+    for name, target in TARGETS.items():
+        t = sub.add_parser(name, help=target.help)
         t.add_argument("--config", "-c", default=None, help="YAML run config (see configs/)")
         t.add_argument("--resume", action="store_true", help="continue from <train.out_dir>/last (exact resume)")
         t.add_argument(
@@ -101,7 +72,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4 data.image_size=32"
         )
         t.set_defaults(func=_run)
-    # The classifier is trained from flags, not a run config.
-    from flexitok.cli import train_classifier
-
-    train_classifier.register(sub)
+    train_classifier.register(sub, classifier.TARGET)

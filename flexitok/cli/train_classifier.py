@@ -1,20 +1,26 @@
-"""``flexitok train classifier``: train the small CNN used to score class-conditional generations."""
+"""``flexitok train classifier``: train the small CNN used to score class-conditional generations.
+
+Its command line is flags (no YAML config); they fill a :class:`flexitok.train.classifier.ClassifierTrainConfig`
+that the common trainer runs (:func:`flexitok.train.run.run_config`).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sized
+import tempfile
 
 from flexitok.cli.common import LABELLED_DATA_KINDS, add_data_args, info, positive_int
-from flexitok.errors import DatasetError
-from flexitok.models.classifier import ClassifierConfig, accuracy, train_classifier
-from flexitok.utils.device import resolve_device
+from flexitok.data import FASHION_MNIST_CLASSES, DataConfig, build_dataset
+from flexitok.models.classifier import ClassifierConfig, SmallCNN, accuracy
+from flexitok.train.classifier import ClassifierTaskConfig, ClassifierTrainConfig, test_images
+from flexitok.train.options import TrainConfig
+from flexitok.train.run import TrainTarget, run_config
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, target: TrainTarget) -> None:
     p = sub.add_parser(
         "classifier",
-        help="train the small CNN classifier used by `eval generator`",
+        help=target.help,
         description="Train a small CNN on a labelled dataset (default Fashion-MNIST) at a given resolution and save "
         "it as a model folder (config.json + model.safetensors); prints its test accuracy.",
     )
@@ -26,32 +32,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=positive_int, default=32)
     p.add_argument("--limit", type=positive_int, default=None, help="train on the first N items only")
     p.add_argument("--test-limit", type=positive_int, default=2000, help="test items for the accuracy report")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="output model folder")
-    p.set_defaults(func=run)
+    p.set_defaults(func=lambda args: run(args, target))
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def _num_classes(data: DataConfig) -> tuple[int, tuple[str, ...] | None]:
+    if data.kind == "fashion_mnist":
+        return len(FASHION_MNIST_CLASSES), tuple(FASHION_MNIST_CLASSES)
+    ds = build_dataset(data)
+    names = getattr(ds, "class_names", None)  # one class mapping per root (image folders, shard indexes)
+    if names:
+        return len(names), tuple(names)
+    return int(max(int(ds[i]["label"]) for i in range(len(ds)))) + 1, None  # type: ignore[arg-type]
 
-    from flexitok.data import FASHION_MNIST_CLASSES, DataConfig, build_dataset
 
-    device = resolve_device(args.device)
-    common = {"kind": args.data, "path": args.data_path, "image_size": args.image_size}
-    train_ds = build_dataset(DataConfig(split="train", limit=args.limit, **common))
-    if not isinstance(train_ds, Sized):
-        raise DatasetError(f"train classifier needs a dataset with a length; --data {args.data} streams")
-    names = FASHION_MNIST_CLASSES if args.data == "fashion_mnist" else None
-    num_classes = len(names) if names else int(max(int(train_ds[i]["label"]) for i in range(len(train_ds)))) + 1
-    cfg = ClassifierConfig(image_size=args.image_size, num_classes=num_classes, width=args.width, class_names=names)
-    model = train_classifier(train_ds, cfg, args.steps, args.batch_size, args.lr, device, args.seed)
-    test_ds = build_dataset(DataConfig(split="test", limit=args.test_limit, **common))
-    assert isinstance(test_ds, Sized)  # the same kind as the training split
-    items = [test_ds[i] for i in range(len(test_ds))]
-    images = torch.stack([it["image"] for it in items])
-    labels = torch.tensor([int(it["label"]) for it in items])
-    acc = accuracy(model, images, labels)
-    model.save_pretrained(args.output)
-    info(f"test accuracy {acc:.4f} on {len(items)} images; wrote {args.output}")
+def run(args: argparse.Namespace, target: TrainTarget) -> int:
+    data = DataConfig(kind=args.data, path=args.data_path, image_size=args.image_size, limit=args.limit)
+    num_classes, names = _num_classes(data)
+    with tempfile.TemporaryDirectory(prefix="flexitok-classifier-") as run_dir:
+        cfg = ClassifierTrainConfig(
+            model=ClassifierConfig(
+                image_size=args.image_size, num_classes=num_classes, width=args.width, class_names=names
+            ),
+            data=data,
+            # AdamW (weight decay 0.05) with cosine decay to 0 and no clipping: the 0.1 classifier recipe.
+            train=TrainConfig(
+                out_dir=run_dir,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                betas=(0.9, 0.999),
+                grad_clip=0.0,
+                seed=args.seed,
+                log_every=max(1, args.steps // 20),
+                ckpt_every=args.steps,
+                keep_checkpoints=1,
+            ),
+            task=ClassifierTaskConfig(export_to=args.output, test_limit=args.test_limit),
+        )
+        run_config(target, cfg)
+    images, labels = test_images(cfg)
+    acc = accuracy(SmallCNN.from_pretrained(args.output), images, labels)
+    info(f"test accuracy {acc:.4f} on {len(labels)} images; wrote {args.output}")
     return 0

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -90,7 +90,7 @@ def check_classes(class_names: Sequence[str] | None, num_classes: int | None) ->
     """Validate a (class names, class count) pair; the count defaults to the number of names."""
     names: list[str] | None = None
     if class_names is not None:
-        if isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names):
+        if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
             raise DatasetError(f"class_names must be a list of strings, got {class_names!r:.200}")
         names = list(class_names) or None
         if names is not None and len(set(names)) != len(names):
@@ -234,6 +234,26 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _ShardBatches:
+    """Batch sampler: the item indices of each shard in ``shards``, in batches that stop at the shard's end
+    (made lazily: a 100M-item set would not fit as a list of lists)."""
+
+    def __init__(self, shards: list[int], shard_size: int, batch_size: int, n: int) -> None:
+        self.shards, self.shard_size, self.batch_size, self.n = shards, shard_size, batch_size, n
+
+    def _bounds(self, i: int) -> tuple[int, int]:
+        return i * self.shard_size, min((i + 1) * self.shard_size, self.n)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i in self.shards:
+            lo, hi = self._bounds(i)
+            for start in range(lo, hi, self.batch_size):
+                yield list(range(start, min(start + self.batch_size, hi)))
+
+    def __len__(self) -> int:
+        return sum(-(-(hi - lo) // self.batch_size) for lo, hi in map(self._bounds, self.shards))
+
+
 def _shard_name(i: int) -> str:
     return f"shard-{i:06d}.safetensors"
 
@@ -310,13 +330,9 @@ def pretokenize_dataset(
     n_shards = -(-n // job.shard_size)
     mine = range(job.rank * n_shards // job.world_size, (job.rank + 1) * n_shards // job.world_size)
     pending = [i for i in mine if _finished(work, i) is None]
-    batches = [
-        list(range(start, min(start + job.batch_size, (i + 1) * job.shard_size, n)))
-        for i in pending
-        for start in range(i * job.shard_size, min((i + 1) * job.shard_size, n), job.batch_size)
-    ]
-    total = sum(len(b) for b in batches)
-    if batches:
+    batches = _ShardBatches(pending, job.shard_size, job.batch_size, n)
+    total = sum(min((i + 1) * job.shard_size, n) - i * job.shard_size for i in pending)
+    if pending:
         loader = DataLoader(dataset, batch_sampler=batches, num_workers=job.num_workers, collate_fn=collate_images)
         bar = tqdm(total=total, desc=f"pretokenize rank {job.rank}", unit="img", disable=job.rank != 0)
         it = iter(loader)

@@ -15,6 +15,7 @@ depend on the chunk size, the number of ranks or interruptions.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -89,7 +90,8 @@ def dist_context() -> DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        # Rank 0 merges and scores a cell (minutes at 50k samples) while the others wait at the next barrier.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
     if dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size())
     return DistContext()
@@ -172,7 +174,8 @@ def generate_samples(
     out = Path(out)
     if job.n < 1 or job.chunk_size < 1:
         raise InvalidInputError(f"need n >= 1 and chunk_size >= 1, got {job.n} and {job.chunk_size}")
-    desc = job.describe(pipe)
+    _inputs(pipe, 0, 1)  # refuse an unsupported generator before anything is written
+    desc = json.loads(json.dumps(job.describe(pipe)))  # as read back from job.json (tuples become lists)
     _prepare(out, desc, resume, ctx)
     n_chunks = math.ceil(job.n / job.chunk_size)
     mine = [c for c in range(n_chunks) if c % ctx.world_size == ctx.rank]

@@ -1,24 +1,21 @@
 """A small CNN image classifier, used to score class-conditional generations (e.g. Fashion-MNIST accuracy).
 
 Works at any resolution (adaptive pooling) on ``[B, 3, H, W]`` images in [-1, 1]; trained in-repo with
-:func:`train_classifier` and stored like every flexitok model (``save_pretrained`` / ``from_pretrained``). The
+:mod:`flexitok.train.classifier` and stored like every flexitok model (``save_pretrained`` / ``from_pretrained``). The
 single-file layout of flexitok 0.1.0 (weights with the config in the safetensors metadata) still loads.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from flexitok.errors import CheckpointError, DatasetError, InvalidInputError
+from flexitok.errors import CheckpointError, InvalidInputError
 from flexitok.utils.config_json import config_from_json
 from flexitok.utils.persistence import ForeignFormat, PretrainedModel
 from flexitok.utils.weights import read_safetensors_header
@@ -113,47 +110,6 @@ def _load_legacy_file(path: Path) -> SmallCNN:
 
 
 SmallCNN.register_format(ForeignFormat(name="flexitok-0.1-file", detect=_is_legacy_file, load=_load_legacy_file))
-
-
-def train_classifier(
-    dataset: Dataset,
-    config: ClassifierConfig,
-    steps: int = 2000,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    progress: bool = True,
-) -> SmallCNN:
-    """Train on items ``{"image": [3, S, S] in [-1, 1], "label": int}`` with AdamW + cosine decay. -> model (eval)."""
-    if steps < 1:
-        raise InvalidInputError(f"steps must be >= 1, got {steps}")
-    torch.manual_seed(seed)
-    model = SmallCNN(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    if not isinstance(dataset, Sized):
-        raise DatasetError("train_classifier needs a dataset with a length (not a streaming dataset)")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
-    step = 0
-    bar = tqdm(total=steps, desc="classifier", disable=not progress)
-    model.train()
-    while step < steps:
-        for batch in loader:
-            labels = torch.as_tensor(batch["label"]).to(device)
-            keep = labels >= 0
-            loss = F.cross_entropy(model(batch["image"].to(device)[keep]), labels[keep])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if step >= steps:
-                break
-    bar.close()
-    return model.eval()
 
 
 @torch.no_grad()

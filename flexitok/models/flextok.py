@@ -226,9 +226,9 @@ class FlexTok(PretrainedModel):
         attention = rows * heads * seq * seq * elem if self.device.type != "cuda" else seq * seq
         activations = 2 * rows * seq * (4 * t.dim + hidden) * elem
         vae_width = 3
-        if self.config.vae.kind == "diffusers":
+        if self.config.vae.kind == "diffusers":  # its widest activations: the first block's, at full resolution
             channels = (self.config.vae.diffusers_config or {}).get("block_out_channels") or [128]
-            vae_width = int(max(channels))
+            vae_width = int(channels[0])
         vae = 3 * batch * h * w * vae_width * elem
         return attention + activations + vae
 

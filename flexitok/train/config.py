@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 from flexitok.config import PRESETS, FlexTokConfig, preset
-from flexitok.data import DataConfig
-from flexitok.errors import ConfigError, FlexiTokError
-from flexitok.train.options import TrainConfig
-from flexitok.train.tokenizer import TokenizerTaskConfig
+from flexitok.errors import ConfigError, FlexiTokError, InvalidInputError
 from flexitok.utils.config_json import plain_data
 
 T = TypeVar("T")
@@ -37,75 +34,15 @@ T = TypeVar("T")
 
 
 class RunConfig:
-    """Base of the run configs (``model``, ``data``, ``train``: :class:`TrainConfig`, ``task`` sections)."""
+    """Base of the run configs (``model``, ``data``, ``train``: :class:`~flexitok.train.options.TrainConfig`,
+    ``task`` sections). Each lives with its target: :class:`flexitok.train.tokenizer.TokenizerTrainConfig`,
+    :class:`flexitok.train.vae.VAETrainConfig`, :class:`flexitok.train.generator.GeneratorTrainConfig`,
+    :class:`flexitok.train.classifier.ClassifierTrainConfig`."""
 
     @classmethod
     def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
         """Complete the raw tree (YAML + overrides) before it is typed; default: unchanged."""
         return tree
-
-
-@dataclass
-class TokenizerTrainConfig(RunConfig):
-    """``flexitok train tokenizer``: model + data + optimisation + task options."""
-
-    model: FlexTokConfig = field(default_factory=lambda: preset("tiny"))
-    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task: TokenizerTaskConfig = field(default_factory=TokenizerTaskConfig)
-    eval_data: DataConfig | None = None  # reconstruction grids; None = data's test split
-    latents: str | None = None  # pre-computed latent cache folder (flexitok.data.latents); replaces data
-    init_from: str | None = None  # start from these FlexTok weights (fine-tuning) instead of random init
-
-
-@dataclass
-class VAEModelConfig:
-    """A diffusers ``AutoencoderKL``: built from these sizes, or fine-tuned from ``pretrained``.
-
-    Downsampling is ``2 ** (len(block_out_channels) - 1)``.
-    """
-
-    pretrained: str | None = None
-    latent_channels: int = 4
-    block_out_channels: tuple[int, ...] = (64, 128, 256)
-    layers_per_block: int = 1
-    norm_num_groups: int = 32
-    scaling_factor: float = 1.0
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
-
-
-@dataclass
-class VAETaskConfig:
-    recon_loss: Literal["l1", "l2"] = "l1"
-    kl_weight: float = 1e-6
-    perceptual_weight: float = 0.0  # EfficientNet-Lite0 feature distance
-    gan_weight: float = 0.0  # 0 = no discriminator
-    gan_start: int = 0  # step at which the adversarial loss switches on
-    disc_lr: float = 1e-4
-    disc_channels: int = 64
-    disc_layers: int = 3
-    eval_images: int = 8
-
-    def __post_init__(self) -> None:
-        if self.recon_loss not in ("l1", "l2"):
-            raise ConfigError(f"task.recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
-        for name in ("kl_weight", "perceptual_weight", "gan_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"task.{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass
-class VAETrainConfig(RunConfig):
-    """``flexitok train vae``."""
-
-    model: VAEModelConfig = field(default_factory=VAEModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task: VAETaskConfig = field(default_factory=VAETaskConfig)
-    eval_data: DataConfig | None = None
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -206,9 +143,12 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         try:
-            return float(value)  # YAML 1.1 reads "3e-4" as a string
+            number = float(value)  # YAML 1.1 reads "3e-4" as a string
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return number
     if hint is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
@@ -250,12 +190,27 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
             default = value_defaults[key]
             value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
         kwargs[key] = _convert(value, hints[key], path)
+        _check_bound(cls, key, kwargs[key], path)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
+    except InvalidInputError as e:  # a __post_init__ check: say which section it is about
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from e
     except FlexiTokError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid {where or cls.__name__} config: {e}") from e
+
+
+def _check_bound(cls: type, key: str, value: Any, path: str) -> None:
+    """The range of a number field, from the config class's ``FIELD_BOUNDS`` (``{name: Bound}``), if it has one."""
+    bound = getattr(cls, "FIELD_BOUNDS", {}).get(key)
+    if bound is None or value is None:
+        return
+    for v in value if isinstance(value, tuple) else (value,):
+        if not bound.admits(float(v)):
+            raise ConfigError(f"{path} must lie in {bound.describe()}, got {v}")
 
 
 def load_run_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:

@@ -17,29 +17,38 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
 
+from flexitok.data.tokens import TokenShardDataset
 from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.models.generator import Generator, GeneratorConfig, generator_preset
 from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder
-from flexitok.train.config import RunConfig, config_to_dict, load_run_config
+from flexitok.train.config import RunConfig, load_run_config
 from flexitok.train.options import TrainConfig
+from flexitok.train.run import TrainTarget
 from flexitok.train.task import TrainTask
-
-if TYPE_CHECKING:
-    from flexitok.train.run import TargetArgs
+from flexitok.utils.config_json import Bound
 
 EXPORT_DIR = "generator"  # save_pretrained folder written under the run's out_dir
+EVAL_BATCH = 64  # held-out batch size of the periodic evaluation
 
 
 @dataclass
 class GeneratorTaskConfig:
     """Loss options. ``train_tokens``: loss over the first k tokens only (None = all). ``cond_dropout``: probability
     of replacing a row's class/prompt by the null condition (needed for classifier-free guidance)."""
+
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "train_tokens": Bound(1, 2**16),
+        "cond_dropout": Bound(0, 1),
+        "text_max_length": Bound(1, 2**14),
+        "eval_batches": Bound(0, 2**20),
+    }
 
     train_tokens: int | None = None
     cond_dropout: float = 0.1
@@ -74,8 +83,6 @@ class GeneratorTrainConfig(RunConfig):
     @classmethod
     def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
         """The model section defaults to what the token shards recorded (vocab size, token count, classes)."""
-        from flexitok.data.tokens import TokenShardDataset
-
         data = tree.get("data")
         if not isinstance(data, dict) or "path" not in data:
             raise ConfigError("data.path (token shards from `flexitok pretokenize`) is required")
@@ -83,9 +90,6 @@ class GeneratorTrainConfig(RunConfig):
         if not isinstance(model, dict):
             raise ConfigError(f"model must be a mapping of GeneratorConfig fields, got {model!r}")
         return {**tree, "model": model_config_from_dict(model, TokenShardDataset(data["path"]).meta)}
-
-
-GeneratorTrainingConfig = GeneratorTrainConfig  # the 0.1.0 name
 
 
 def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None = None) -> GeneratorConfig:
@@ -96,15 +100,36 @@ def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None 
     for key in ("vocab_size", "n_tokens"):
         if d.get(key) in (None, "auto") and key in meta:
             d[key] = int(meta[key])
-    if d.get("condition", "class") == "class" and meta.get("class_names"):
-        d.setdefault("class_names", tuple(meta["class_names"]))
-        d.setdefault("num_classes", len(meta["class_names"]))
+    if d.get("condition", "class") == "class":
+        _classes_from_shards(d, meta)
     d = {k: v for k, v in d.items() if v != "auto"}
     name = d.pop("preset", None)
     try:
         return generator_preset(name, **d) if name is not None else GeneratorConfig(**d)
     except (TypeError, ValueError) as e:
         raise InvalidInputError(f"bad generator model config: {e}") from e
+
+
+def _classes_from_shards(d: dict[str, Any], meta: dict[str, Any]) -> None:
+    """``num_classes``/``class_names`` of a class-conditional model from the shards' meta (old shards may lack
+    them: then the config's values stand); a config value that disagrees with the shards is a ConfigError."""
+    names = tuple(str(n) for n in meta["class_names"]) if meta.get("class_names") else None
+    count = len(names) if names is not None else meta.get("num_classes")
+    if count is None:
+        return
+    if d.get("num_classes") not in (None, "auto") and int(d["num_classes"]) != int(count):
+        raise ConfigError(
+            f"model.num_classes = {d['num_classes']} but the token shards hold {count} classes; leave "
+            "model.num_classes out to take it from the shards"
+        )
+    if names is not None and d.get("class_names") not in (None, "auto") and tuple(d["class_names"]) != names:
+        raise ConfigError(
+            f"model.class_names {list(d['class_names'])[:4]}... differ from the token shards' {list(names)[:4]}...; "
+            "leave model.class_names out to take them from the shards"
+        )
+    d["num_classes"] = int(count)
+    if names is not None:
+        d["class_names"] = names
 
 
 def load_training_config(path: str | Path | None, overrides: list[str] | None = None) -> GeneratorTrainConfig:
@@ -171,7 +196,7 @@ class GeneratorTask(TrainTask):
         assert isinstance(model, Generator)
         was_training = model.training
         model.eval()
-        loader = torch.utils.data.DataLoader(self.eval_dataset, batch_size=64, shuffle=False)
+        loader = torch.utils.data.DataLoader(self.eval_dataset, batch_size=EVAL_BATCH, shuffle=False)
         losses = []
         for i, batch in enumerate(loader):
             if i >= self.cfg.eval_batches:
@@ -181,13 +206,32 @@ class GeneratorTask(TrainTask):
         return {"eval_loss": sum(losses) / max(len(losses), 1)}
 
 
-def run_training(cfg: GeneratorTrainConfig, resume: bool = False) -> Path:
-    """Train a generator with the generic trainer. The final (EMA, when on) weights are exported as a
-    ``Generator.save_pretrained`` folder at ``<out_dir>/generator``; returns that folder."""
-    from flexitok.data.tokens import TokenShardDataset
-    from flexitok.train.run import prepare_out_dir
-    from flexitok.train.trainer import train
+def _held_out_tokens(dataset: Dataset, cfg: GeneratorTrainConfig) -> tuple[Dataset, Dataset | None]:
+    """(training set, held-out set or None): ``data.eval_path`` when given; else, with ``train.eval_every > 0``,
+    the last ``eval_batches`` batches of the shards, never trained on. Printed at start; refused when the
+    shards are too small to give up that many."""
+    if cfg.train.eval_every <= 0:
+        return dataset, None
+    if cfg.data.eval_path:
+        eval_ds: Dataset = TokenShardDataset(cfg.data.eval_path)
+        what = f"the token shards {cfg.data.eval_path}"
+    else:
+        total, n = len(dataset), cfg.task.eval_batches * EVAL_BATCH  # type: ignore[arg-type]
+        if n <= 0 or total < 2 * n:
+            raise ConfigError(
+                f"train.eval_every > 0 without data.eval_path holds out the last task.eval_batches x {EVAL_BATCH} = "
+                f"{n} samples, but data.path has {total}; set data.eval_path, lower task.eval_batches or set "
+                "train.eval_every=0"
+            )
+        dataset, eval_ds = Subset(dataset, range(total - n)), Subset(dataset, range(total - n, total))
+        what = f"the last {n} samples of {cfg.data.path} (held out from training)"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"evaluation every {cfg.train.eval_every} steps on {what}", flush=True)
+    return dataset, eval_ds
 
+
+def build(cfg: GeneratorTrainConfig) -> tuple[TrainTask, Dataset]:
+    """The generator target: an AR :class:`Generator` on token shards (``data.path``)."""
     dataset = TokenShardDataset(cfg.data.path, limit=cfg.data.limit)
     meta = dataset.meta
     if "vocab_size" in meta and int(meta["vocab_size"]) != cfg.model.vocab_size:
@@ -197,22 +241,16 @@ def run_training(cfg: GeneratorTrainConfig, resume: bool = False) -> Path:
         )
     if "n_tokens" in meta and int(meta["n_tokens"]) < cfg.model.n_tokens:
         raise InvalidInputError(f"model.n_tokens={cfg.model.n_tokens} but the shards hold {meta['n_tokens']} tokens")
-    eval_ds = TokenShardDataset(cfg.data.eval_path) if cfg.data.eval_path else None
-    cfg.train.resume = cfg.train.resume or resume
-    prepare_out_dir(cfg.train)
+    train_ds, eval_ds = _held_out_tokens(dataset, cfg)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    task = GeneratorTask(Generator(cfg.model), cfg.task, eval_dataset=eval_ds)
-    train(task, dataset, cfg.train, run_config=config_to_dict(cfg))
-    return Path(cfg.train.out_dir) / EXPORT_DIR
+    return GeneratorTask(Generator(cfg.model), cfg.task, eval_dataset=eval_ds), train_ds
 
 
-def main(args: TargetArgs) -> int:
-    """``flexitok train generator --config FILE [--resume] [section.key=value ...]``."""
-    from flexitok.train.run import apply_target_args
-
-    cfg = load_training_config(args.config, args.overrides)
-    apply_target_args(cfg.train, args)
-    out = run_training(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"generator: {out}")
-    return 0
+TARGET = TrainTarget(
+    name="generator",
+    help="train an autoregressive generator on token shards",
+    config_class=GeneratorTrainConfig,
+    build=build,
+    exported=lambda cfg: Path(cfg.train.out_dir) / EXPORT_DIR,
+    export_label="generator",
+)

@@ -9,26 +9,45 @@ an MLP projector) with a frozen image encoder's features by cosine similarity.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from flexitok.errors import InvalidInputError
+from flexitok.config import FlexTokConfig, preset
+from flexitok.data import DataConfig, LatentCacheDataset, build_dataset
+from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.eval.reconstruction import default_ks, evaluate_reconstruction
 from flexitok.io.images import save_grid
 from flexitok.models.flextok import FlexTok
+from flexitok.models.resize import resize_for_finetuning
 from flexitok.sampling.decode import DecodeConfig
+from flexitok.train.config import RunConfig
+from flexitok.train.heldout import eval_extractor
+from flexitok.train.options import TrainConfig
 from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
+from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import TrainTask
+from flexitok.utils.config_json import Bound
 
-__all__ = ["REPAProjector", "TokenizerTask", "TokenizerTaskConfig", "repa_loss", "sample_k", "sample_t"]
+__all__ = [
+    "TARGET",
+    "REPAProjector",
+    "TokenizerTask",
+    "TokenizerTaskConfig",
+    "TokenizerTrainConfig",
+    "repa_loss",
+    "sample_k",
+    "sample_t",
+]
 
 TSampling = Literal["logit_normal", "uniform", "mode_scaled"]
 KSampling = Literal["uniform", "pow2", "uniform_pow2"]
@@ -36,6 +55,23 @@ KSampling = Literal["uniform", "pow2", "uniform_pow2"]
 
 @dataclass
 class TokenizerTaskConfig:
+    # Ranges checked when the config is read (flexitok.train.config): a bad value names its dotted key.
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "t_mean": Bound(-20, 20),
+        "t_std": Bound(0, 20, positive=True),
+        "mode_scale": Bound(-10, 10),
+        "t_one_fraction": Bound(0, 1),
+        "cfg_dropout": Bound(0, 1),
+        "fsq_drop_quant": Bound(0, 1),
+        "token_corruption": Bound(0, 1),
+        "repa_layer": Bound(0, 1024),
+        "repa_weight": Bound(0, 1e3),
+        "repa_blocks": Bound(1, 64),
+        "repa_resolution": Bound(1, 2**14),
+        "repa_hidden": Bound(1, 2**16),
+        "eval_images": Bound(0, 2**16),
+        "eval_ks": Bound(1, 2**16),
+    }
     t_sampling: TSampling = "logit_normal"
     t_mean: float = 0.0  # logit-normal location
     t_std: float = 1.0  # logit-normal scale
@@ -57,6 +93,8 @@ class TokenizerTaskConfig:
     eval_images: int = 8
     eval_ks: tuple[int, ...] | None = None  # None: 1, 2, 4, ..., N
     eval_decode: DecodeConfig = DecodeConfig(steps=20, guidance_scale=1.0, apg=False, seed=0)
+    # Frechet distance per k between the held-out images and their reconstructions (None: PSNR only).
+    eval_extractor: str | None = "efflite0"
 
     @property
     def repa_enabled(self) -> bool:
@@ -138,6 +176,7 @@ class TokenizerTask(TrainTask):
         super().__init__(model)
         self.cfg = cfg
         self.eval_dataset = eval_dataset
+        self.extractor = eval_extractor(cfg.eval_extractor, eval_dataset, cfg.eval_images)
         self.model.vae.requires_grad_(False)  # stage 0 is frozen
         self.repa_encoder: Callable[[Tensor], Tensor] | None = None
         self.repa_layer: int | None = None
@@ -242,7 +281,8 @@ class TokenizerTask(TrainTask):
 
     # ------------------------------------------------------------------ evaluation / export
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        """Reconstruction grid PNG (rows: originals, then one row per k) and per-k PSNR."""
+        """Reconstruction grid PNG (rows: originals, then one row per k), per-k PSNR and (with an extractor)
+        per-k Frechet distance of the reconstructions' features to the originals' (``fd_k<k>``)."""
         assert isinstance(model, FlexTok)  # the task's model or its EMA copy
         if self.eval_dataset is None or self.cfg.eval_images <= 0:
             return {}
@@ -257,16 +297,123 @@ class TokenizerTask(TrainTask):
             n_images=n,
             batch_size=n,
             decode=cfg.eval_decode,
-            extractor=None,
+            extractor=self.extractor,
             n_examples=n,
             progress=False,
         )
         ex = res["examples"]
         rows = [ex["original"]] + [ex[k] for k in ks]
         save_grid(rows, out_dir / f"recon_step{step:08d}.png", pad=0)
-        return {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
+        metrics = {f"psnr_k{r['k']}": float(r["PSNR"]) for r in res["rows"]}
+        if self.extractor is not None:
+            metrics.update({f"fd_k{r['k']}": float(r[self.extractor.metric_name]) for r in res["rows"]})
+        return metrics
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Write the final (EMA) model with ``save_pretrained`` into ``<out_dir>/model``."""
         assert isinstance(model, FlexTok)
         model.save_pretrained(Path(out_dir) / "model")
+
+
+# ---------------------------------------------------------------------------------------------- the target
+
+
+@dataclass
+class TokenizerTrainConfig(RunConfig):
+    """``flexitok train tokenizer``: model + data + optimisation + task options."""
+
+    model: FlexTokConfig = field(default_factory=lambda: preset("tiny"))
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: TokenizerTaskConfig = field(default_factory=TokenizerTaskConfig)
+    eval_data: DataConfig | None = None  # reconstruction grids; None = data's test split
+    latents: str | None = None  # pre-computed latent cache folder (flexitok.data.latents); replaces data
+    init_from: str | None = None  # start from these FlexTok weights (fine-tuning) instead of random init
+
+    @classmethod
+    def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
+        """``model.vae.scaling_factor: auto`` reads the scaling factor that ``flexitok train vae`` measured
+        (``<model.vae.pretrained>/latent_stats.json``, :data:`flexitok.train.vae.LATENT_STATS`)."""
+        model = tree.get("model")
+        vae = model.get("vae") if isinstance(model, dict) else None
+        if not isinstance(model, dict) or not isinstance(vae, dict) or vae.get("scaling_factor") != "auto":
+            return tree
+        folder = vae.get("pretrained")
+        stats = Path(str(folder)) / "latent_stats.json" if folder else None
+        if stats is None or not stats.is_file():
+            raise ConfigError(
+                "model.vae.scaling_factor: auto reads latent_stats.json from the folder of model.vae.pretrained "
+                f"(written by `flexitok train vae`); {'no model.vae.pretrained' if stats is None else f'no {stats}'}"
+            )
+        try:
+            factor = float(json.loads(stats.read_text())["scaling_factor"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{stats}: no readable scaling_factor ({e})") from None
+        return {**tree, "model": {**model, "vae": {**vae, "scaling_factor": factor}}}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_architecture(model: Any, source: Any, name: str) -> None:
+    """Fine-tuning: every model field but the image size must equal the source's (weights alone do not show
+    e.g. a different mask mode or timestep scale)."""
+    ours, theirs = _flat(model.to_dict()), _flat(source.to_dict())
+    differ = [k for k in ours if k != "image_size" and not k.startswith("vae.") and ours[k] != theirs.get(k)]
+    if differ:
+        k = differ[0]
+        raise ConfigError(
+            f"init_from {name}: model.{k} = {ours[k]!r} but the checkpoint has {theirs.get(k)!r} "
+            f"({len(differ)} field(s) differ: {', '.join(differ[:6])}); set model to the checkpoint's architecture"
+        )
+
+
+def build(cfg: TokenizerTrainConfig) -> tuple[TrainTask, Dataset]:
+    """The tokenizer target: a FlexTok (random, or ``init_from`` for fine-tuning) on images or a latent cache."""
+    if cfg.latents is None and tuple(cfg.model.image_size) != (cfg.data.image_size, cfg.data.image_size):
+        raise ConfigError(
+            f"model.image_size {tuple(cfg.model.image_size)} does not match data.image_size {cfg.data.image_size}"
+        )
+    src = None
+    if cfg.init_from is not None:
+        # A larger model.image_size than the source's (e.g. 256 -> 512): its position tables are grown first.
+        src = resize_for_finetuning(FlexTok.from_pretrained(cfg.init_from), cfg.model.image_size)
+        if cfg.model.vae.pretrained is None and cfg.model.vae.diffusers_config is None:
+            cfg.model.vae = dataclasses.replace(src.config.vae)  # fine-tuning: the source's VAE
+        cfg.model.encoder.posemb_grid = src.config.encoder.posemb_grid
+        cfg.model.decoder.posemb_grid = src.config.decoder.posemb_grid
+        _check_same_architecture(cfg.model, src.config, cfg.init_from)
+    vae = cfg.model.vae
+    if vae.kind == "diffusers" and vae.pretrained is None and vae.diffusers_config is None:
+        raise ConfigError(
+            "model.vae needs a stage-0 autoencoder: set model.vae.pretrained=<diffusers AutoencoderKL folder> "
+            "(e.g. <out_dir>/vae of `flexitok train vae`) or model.vae.diffusers_config"
+        )
+    train_data, eval_ds = held_out(cfg.data, cfg.eval_data, cfg.task.eval_images, cfg.train)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = FlexTok(cfg.model)
+    if src is not None:
+        try:
+            missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ConfigError(f"init_from {cfg.init_from}: weights do not match model.* ({e})") from None
+        if unexpected or [k for k in missing if not k.startswith("vae.")]:
+            raise ConfigError(
+                f"init_from {cfg.init_from}: weights do not match model ({missing[:3]}, {unexpected[:3]})"
+            )
+    dataset = LatentCacheDataset(cfg.latents) if cfg.latents is not None else build_dataset(train_data)
+    return TokenizerTask(model, cfg.task, eval_dataset=eval_ds), dataset
+
+
+TARGET = TrainTarget(
+    name="tokenizer",
+    help="train a FlexTok tokenizer (rectified-flow decoder, nested dropout, FSQ)",
+    config_class=TokenizerTrainConfig,
+    build=build,
+    exported=lambda cfg: Path(cfg.train.out_dir) / "model",
+    export_label="model",
+)

@@ -131,6 +131,9 @@ class Trainer:
         self.ddp = wrap_ddp(root, info) if info.enabled and not cfg.fsdp else None
         self.forward: nn.Module = self.ddp if self.ddp is not None else root
 
+        # Samples the data stream skipped (undecodable, bad labels; contract of flexitok.data.webdataset), summed
+        # on the device and read only when logging. None until a batch carries the count.
+        self.skipped: Tensor | None = None
         self.state = TrainState(world_size=info.world_size, batch_size=cfg.batch_size, config=self.run_config)
         self.checkpointer = Checkpointer(
             self.out_dir,
@@ -189,6 +192,7 @@ class Trainer:
             with StopOnSigterm(info) as stop:
                 while state.step < cfg.steps:
                     batches = [to_device(next(self.stream), info.device) for _ in range(cfg.grad_accum)]
+                    self.count_skipped(batches)
                     self.step_extra_optimizers(batches, window)
                     grad_norm = self.train_step(batches, window)
                     state.step += 1
@@ -216,6 +220,12 @@ class Trainer:
         barrier(info)
         assert self.last is not None
         return self.last
+
+    def count_skipped(self, batches: list[Any]) -> None:
+        for b in batches:
+            if isinstance(b, dict) and isinstance(b.get("skipped"), Tensor):
+                n = b["skipped"].sum()
+                self.skipped = n if self.skipped is None else self.skipped + n
 
     def stop_at_step_boundary(self, window: MetricsWindow) -> None:
         """SIGTERM: checkpoint this step (unless just done), then stop (see :mod:`flexitok.train.preemption`)."""
@@ -290,6 +300,11 @@ class Trainer:
             "epoch": self.state.epoch,
             **logs,
         }
+        if self.skipped is not None:  # the same on every process: the data kind decides whether batches carry it
+            skipped = self.skipped.detach().to(self.info.device, torch.float64).reshape(1)
+            if self.info.enabled:
+                dist.all_reduce(skipped)
+            metrics["data/skipped"] = float(skipped.item())  # since this launch, all processes
         logger.log(self.state.step, metrics)
         pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}")
 

@@ -9,26 +9,105 @@ updated discriminator.
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from flexitok.errors import InvalidInputError
-from flexitok.eval.metrics import psnr
+from flexitok.data import DataConfig, build_dataset
+from flexitok.errors import ConfigError, InvalidInputError
+from flexitok.eval.metrics import frechet_distance, psnr
 from flexitok.io.images import save_grid
-from flexitok.train.config import VAEModelConfig, VAETaskConfig
+from flexitok.train.config import RunConfig
+from flexitok.train.heldout import eval_extractor, first_items, plain_images
+from flexitok.train.options import TrainConfig
+from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import ExtraOptimizer, TrainTask
+from flexitok.utils.config_json import Bound
 from flexitok.utils.files import replace_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
     from flexitok.train.features import EfficientNetLite0FeatureMaps
+
+
+@dataclass
+class VAEModelConfig:
+    """A diffusers ``AutoencoderKL``: built from these sizes, or fine-tuned from ``pretrained``.
+
+    Downsampling is ``2 ** (len(block_out_channels) - 1)``.
+    """
+
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "latent_channels": Bound(1, 4096),
+        "block_out_channels": Bound(1, 2**14),
+        "layers_per_block": Bound(1, 64),
+        "norm_num_groups": Bound(1, 4096),
+        "scaling_factor": Bound(0, 1e4, positive=True),
+    }
+
+    pretrained: str | None = None
+    latent_channels: int = 4
+    block_out_channels: tuple[int, ...] = (64, 128, 256)
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    scaling_factor: float = 1.0
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class VAETaskConfig:
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "kl_weight": Bound(0, 1e3),
+        "perceptual_weight": Bound(0, 1e3),
+        "gan_weight": Bound(0, 1e3),
+        "gan_start": Bound(0, 2**40),
+        "disc_lr": Bound(0, 1, positive=True),
+        "disc_channels": Bound(1, 4096),
+        "disc_layers": Bound(1, 8),
+        "eval_images": Bound(0, 2**16),
+        "eval_latent_stats": Bound(0, 2**24),
+    }
+    recon_loss: Literal["l1", "l2"] = "l1"
+    kl_weight: float = 1e-6
+    perceptual_weight: float = 0.0  # EfficientNet-Lite0 feature distance
+    gan_weight: float = 0.0  # 0 = no discriminator
+    gan_start: int = 0  # step at which the adversarial loss switches on
+    disc_lr: float = 1e-4
+    disc_channels: int = 64
+    disc_layers: int = 3
+    eval_images: int = 8
+    eval_extractor: str | None = "efflite0"  # Frechet distance of reconstructions to originals (None: PSNR only)
+    # Training images whose latents give the exported latent statistics (latent_stats.json; 0: none).
+    eval_latent_stats: int = 256
+
+    def __post_init__(self) -> None:
+        if self.recon_loss not in ("l1", "l2"):
+            raise ConfigError(f"task.recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
+        for name in ("kl_weight", "perceptual_weight", "gan_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"task.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class VAETrainConfig(RunConfig):
+    """``flexitok train vae``."""
+
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: VAETaskConfig = field(default_factory=VAETaskConfig)
+    eval_data: DataConfig | None = None
 
 
 def build_autoencoder(cfg: VAEModelConfig) -> AutoencoderKL:
@@ -87,15 +166,61 @@ def perceptual_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
     return total
 
 
+LATENT_STATS = "latent_stats.json"  # beside the exported VAE's config.json
+
+
+@torch.no_grad()
+def latent_stats(vae: AutoencoderKL, dataset: Dataset, n: int, batch_size: int = 32) -> dict[str, Any]:
+    """Mean and std of the posterior-mode latents of the first ``n`` images of ``dataset`` (over all channels and
+    positions, as the LDM scale factor), per-channel stds, and ``scaling_factor = 1 / std`` (unit-variance latents
+    for the tokenizer's flow)."""
+    device = next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    total, sq, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64), 0
+    ch_sum: Tensor | None = None
+    ch_sq: Tensor | None = None
+    items = first_items(dataset, n)
+    for i in range(0, len(items), batch_size):
+        images = torch.stack([it["image"] for it in items[i : i + batch_size]]).to(device)
+        z = vae.encode(images).latent_dist.mode().double().cpu()  # [B, C, h, w]
+        total, sq, count = total + z.sum(), sq + z.pow(2).sum(), count + z.numel()
+        per = z.transpose(0, 1).flatten(1)  # [C, B*h*w]
+        ch_sum = per.sum(1) if ch_sum is None else ch_sum + per.sum(1)
+        ch_sq = per.pow(2).sum(1) if ch_sq is None else ch_sq + per.pow(2).sum(1)
+    vae.train(was_training)
+    if count == 0 or ch_sum is None or ch_sq is None:
+        raise InvalidInputError("latent statistics need at least one training image")
+    mean = float(total / count)
+    std = float((sq / count - mean**2).clamp_min(0).sqrt())
+    per_count = count // ch_sum.numel()
+    ch_std = ((ch_sq / per_count) - (ch_sum / per_count) ** 2).clamp_min(0).sqrt()
+    return {
+        "images": len(items),
+        "latent_mean": mean,
+        "latent_std": std,
+        "channel_std": [float(v) for v in ch_std],
+        "scaling_factor": 1.0 / std if std > 0 else 1.0,
+    }
+
+
 class VAETask(TrainTask):
     """:class:`~flexitok.train.task.TrainTask` for a diffusers ``AutoencoderKL``."""
 
     model: AutoencoderKL
 
-    def __init__(self, vae: AutoencoderKL, cfg: VAETaskConfig, eval_dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        cfg: VAETaskConfig,
+        eval_dataset: Dataset | None = None,
+        stats_dataset: Dataset | None = None,
+    ) -> None:
         super().__init__(vae)
         self.cfg = cfg
+        self.stats_dataset = stats_dataset  # the training images of latent_stats.json
         self.eval_dataset = eval_dataset
+        self.extractor = eval_extractor(cfg.eval_extractor, eval_dataset, cfg.eval_images)
         self.perceptual: EfficientNetLite0FeatureMaps | None = None
         if cfg.perceptual_weight > 0:
             from flexitok.train.features import EfficientNetLite0FeatureMaps
@@ -167,7 +292,8 @@ class VAETask(TrainTask):
         return batch["image"]
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        """Grid PNG (originals / reconstructions from the posterior mode) and mean PSNR."""
+        """Grid PNG (originals / reconstructions from the posterior mode), mean PSNR and (with an extractor) the
+        Frechet distance of the reconstructions' features to the originals' (``fd``)."""
         from diffusers import AutoencoderKL
 
         assert isinstance(model, AutoencoderKL)  # the task's model or its EMA copy
@@ -180,7 +306,11 @@ class VAETask(TrainTask):
         recon = model.decode(posterior.mode()).sample.float().clamp(-1, 1)
         save_grid([images, recon], out_dir / f"vae_recon_step{step:08d}.png", pad=0)
         # A finite floor on the MSE keeps a perfect reconstruction loggable (126 dB instead of inf).
-        return {"psnr": float(psnr(recon, images, min_mse=1e-12).mean())}
+        metrics = {"psnr": float(psnr(recon, images, min_mse=1e-12).mean())}
+        if self.extractor is not None:
+            extractor = self.extractor.to(device) if isinstance(self.extractor, nn.Module) else self.extractor
+            metrics["fd"] = frechet_distance(extractor(recon).double().cpu(), extractor(images).double().cpu())
+        return metrics
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """``save_pretrained`` into ``<out_dir>/vae`` (written to a temp folder, then renamed into place)."""
@@ -190,4 +320,36 @@ class VAETask(TrainTask):
         final = Path(out_dir) / "vae"
         tmp = Path(out_dir) / f".tmp-vae-{uuid.uuid4().hex[:8]}"
         model.save_pretrained(str(tmp))
+        if self.stats_dataset is not None and self.cfg.eval_latent_stats > 0:
+            stats = latent_stats(model, self.stats_dataset, self.cfg.eval_latent_stats)
+            (tmp / LATENT_STATS).write_text(json.dumps(stats, indent=1) + "\n")
+            print(
+                f"latent std {stats['latent_std']:.4g} over {stats['images']} training images: "
+                f"scaling_factor {stats['scaling_factor']:.4g} (written to {final / LATENT_STATS}; a tokenizer takes it "
+                "with model.vae.scaling_factor: auto)",
+                flush=True,
+            )
         replace_dir(tmp, final)
+
+
+def build(cfg: VAETrainConfig) -> tuple[TrainTask, Dataset]:
+    """The VAE target: a diffusers AutoencoderKL (new, or ``model.pretrained`` fine-tuned) on images."""
+    if cfg.data.image_size % cfg.model.downsample:
+        raise ConfigError(
+            f"data.image_size {cfg.data.image_size} is not divisible by the VAE downsampling {cfg.model.downsample}"
+        )
+    train_data, eval_ds = held_out(cfg.data, cfg.eval_data, cfg.task.eval_images, cfg.train)
+    torch.manual_seed(cfg.train.seed)
+    vae = build_autoencoder(cfg.model)
+    dataset = build_dataset(train_data)
+    return VAETask(vae, cfg.task, eval_dataset=eval_ds, stats_dataset=build_dataset(plain_images(train_data))), dataset
+
+
+TARGET = TrainTarget(
+    name="vae",
+    help="train or fine-tune a diffusers AutoencoderKL (stage 0)",
+    config_class=VAETrainConfig,
+    build=build,
+    exported=lambda cfg: Path(cfg.train.out_dir) / "vae",
+    export_label="VAE (diffusers format)",
+)
