@@ -209,6 +209,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
     train(RegressionTask(kill_at), Regression(), fsdp_cfg(Path(out), batch_size=4, grad_accum=1, **kw))
 
 
+@pytest.mark.slow
 def test_two_process_kill9_resume_logs_each_step_once_and_averages_every_term_alike(tmp_path: Path) -> None:
     """kill -9 of both ranks in update 4, after the step-2 checkpoint and the step-3 log line; the resumed run
     logs steps 3-6 again: metrics.jsonl holds each step once. The task's only term ``mse`` is the loss itself,
