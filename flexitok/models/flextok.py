@@ -8,7 +8,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_v
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.sampling.flow import sample_flow
+from flexitok.sampling.migration import check_official_kwargs
 from flexitok.sampling.row_parallel import RowParallel, check_workers
 from flexitok.utils.limits import MAX_IMAGE_SIDE
 from flexitok.utils.persistence import PretrainedModel
@@ -418,6 +419,7 @@ class FlexTok(PretrainedModel):
         progress: bool = False,
         return_latents: bool = False,
         image_size: ImageSize | list[ImageSize] | None = None,
+        **official_kwargs: Any,
     ) -> Tensor | list[Tensor] | tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]:
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
@@ -431,6 +433,7 @@ class FlexTok(PretrainedModel):
         native size (:attr:`image_size`). A list with one entry per image returns a list of ``[3, H_i, W_i]``
         images (and of ``[C, h_i, w_i]`` latents); the images are computed one batch per size.
         """
+        check_official_kwargs(official_kwargs)  # ml-flextok's keywords: an error naming ours
         decode = decode or DecodeConfig()
         ids, keep = self._tokens_to_batch(tokens, keep_k)
         b = ids.shape[0]

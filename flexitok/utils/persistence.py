@@ -49,6 +49,7 @@ from flexitok.utils.hub import download_repo, is_repo_id
 from flexitok.utils.weights import (
     WeightsFile,
     WeightsHeader,
+    materialize_parameters,
     parameters_on_meta,
     state_dict_problems,
     write_safetensors_streaming,
@@ -453,15 +454,11 @@ class PretrainedModel(nn.Module):
             except (ValueError, TypeError, RuntimeError) as e:
                 raise CheckpointError(f"{source}: cannot build a {cls.__name__} from this config ({e})") from None
             cls._check_header(model, header, weights)
-            own = model.state_dict()
-            tensors: dict[str, Tensor] = {}
-            for k in header.shapes:
-                v = f.read_tensor(k, dtype=dtype if own[k].is_floating_point() and dtype else own[k].dtype)
+            materialize_parameters(model, dtype, device)
+            for k, v in model.state_dict().items():  # the header check made the names match one to one
+                f.read_into(k, v)
                 if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                     raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
-                tensors[k] = v.to(device) if device is not None else v
-        with torch.no_grad():
-            model.load_state_dict(tensors, strict=True, assign=True)  # the checked tensors become the weights
         return model.eval()
 
     @staticmethod
