@@ -63,7 +63,17 @@ elif op in ("save_pretrained", "export_official"):
 elif op == "convert-official":
     from flexitok.cli.main import main
     assert main(["convert-official", src, out, "--force"]) == 0
+    from flexitok.utils.weights import read_safetensors_header
+    h = read_safetensors_header(os.path.join(out, "model.safetensors"))
+    weights = 4 * h.numel  # the float32 model it converted (every tensor is float32)
 elif op == "official":
+    import types
+    from diffusers.models import AutoencoderKL  # resolved before the placeholder below exists
+    # flextok.utils imports torchvision for its demo image helpers only; a placeholder stands in for it.
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
     from flextok.utils.checkpoint import load_model_from_safetensors
     os.chdir(os.path.dirname(src))  # the official VAE path is ./vae, relative to the working folder
     model = load_model_from_safetensors(src)
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official-deps", type=Path, help="a folder with hydra-core/omegaconf/mup (pip --target)")
     p.add_argument("--official-presets", nargs="+", default=["d12-d12"], help="presets for the official loader")
     p.add_argument("--keep", action="store_true", help="keep the written checkpoints")
+    p.add_argument("--ops", nargs="+", help="only these operations (e.g. from_official), both dtypes where measured")
     args = p.parse_args(argv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rows = []
@@ -140,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.official_src and name in args.official_presets:
             runs.append(("official", official / "model.safetensors", ours, "float32"))
+        runs = [r for r in runs if args.ops is None or r[0] in args.ops]
         for op, src, out, dtype in runs:
             run_env = env
             if op == "official":
