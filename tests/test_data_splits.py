@@ -180,14 +180,22 @@ def test_shards_cli_writes_every_split_with_class_names_and_file_names(
         index = json.loads((out / split / "shardindex.json").read_text())
         assert index["class_names"] == sorted(CLASSES)
         records = []
+        where = {}
         for entry in index["shardlist"]:
             with tarfile.open(out / split / entry["url"]) as tar:
                 for m in tar.getmembers():
                     if m.name.endswith(".json"):
                         records.append(json.loads(tar.extractfile(m).read()))  # type: ignore[union-attr]
+                        where[(entry["url"], m.name.split(".")[0])] = records[-1]["file"]
         # Every original file once, with the label of its class folder in the shared mapping.
         files = sorted(str(p.relative_to(tree)) for p in (tree / split).rglob("*.*"))
         assert sorted(r["file"] for r in records) == files
+        # ... also listed beside the index, with the shard and key that hold it.
+        assert index["samples"] == "samples.jsonl"
+        lines = [json.loads(x) for x in (out / split / "samples.jsonl").read_text().splitlines()]
+        assert sorted(r["file"] for r in lines) == files
+        assert {(r["shard"], r["key"]): r["file"] for r in lines} == where
+        assert sorted((r["file"], r["label"]) for r in lines) == sorted((r["file"], r["label"]) for r in records)
         assert all(sorted(CLASSES)[r["label"]] == r["file"].split("/")[1] for r in records)
 
 
@@ -199,3 +207,15 @@ def test_shards_cli_refuses_an_empty_split_before_writing(tmp_path: Path, capsys
     assert main(["shards", str(tmp_path / "src"), str(tmp_path / "out"), "--no-progress"]) == 2
     assert "no images under" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_explicit_shard_files_are_read_as_given_for_any_split(tmp_path: Path, tree: Path) -> None:
+    from flexitok.cli.main import main
+
+    assert main(["shards", str(tree), str(tmp_path / "s"), "--shard-size", "4", "--no-progress"]) == 0
+    one = str(tmp_path / "s" / "val" / "shard-000000.tar")  # what pretokenize does per input tar
+    ds = build_dataset(DataConfig("webdataset", path=one, split="val", image_size=8, shuffle_buffer=10))
+    assert len(list(ds)) == 4 and not ds.shuffle_shards and ds.shuffle_buffer == 0  # type: ignore[call-overload,attr-defined]
+    cfg = DataConfig("webdataset", path=str(tmp_path / "s" / "train" / "*.tar"), image_size=8)
+    _, eval_cfg, how = eval_source(cfg, 3)
+    assert eval_cfg.holdout_only and "held out" in how  # a pattern has no sibling split: hold out samples

@@ -204,6 +204,7 @@ def _jpeg(seed: int) -> bytes:
         ("image_size", 1.5),
         ("image_size", True),
         ("image_size", "32"),
+        ("image_size", 100_000),
         ("channel_shuffle", math.nan),
         ("channel_shuffle", 2.0),
         ("max_skip_ratio", -0.1),
@@ -270,3 +271,23 @@ def test_truncated_and_missing_shards_are_counted_not_fatal(tmp_path: Path) -> N
     assert ds.skipped["truncated shard"] == 12 - len(labels) and ds.skipped["unreadable shard"] == 1
     with pytest.raises(DatasetError, match=r"unreadable shard 1, truncated shard 5; shards .*shard-000000.tar"):
         list(strict)
+
+
+def test_skip_ratio_error_reaches_the_main_process_from_a_loader_worker(tmp_path: Path) -> None:
+    members = [(f"{i}.png", _png(i)) for i in range(4)] + [("9.jpg", b"broken")]
+    shard = _tar(tmp_path / "w.tar", members)
+    loader = DataLoader(WebDatasetShards(str(shard), ImageTransform(8)), batch_size=2, num_workers=1)
+    with deadline(120), pytest.raises(DatasetError, match=r"1 of 5 samples skipped \(20\.0%"):
+        list(loader)
+
+
+def test_holdout_without_a_shard_index_counts_the_shards(tmp_path: Path) -> None:
+    imgs = [Image.open(io.BytesIO(_png(i))) for i in range(6)]
+    write_webdataset_shards(zip(imgs, range(6), strict=True), tmp_path, shard_size=4)
+    (tmp_path / SHARD_INDEX).unlink()  # shards from another tool: no index
+    held = WebDatasetShards(str(tmp_path), ImageTransform(8), holdout=3, holdout_only=True)
+    assert sorted(int(it["label"]) for it in held) == [0, 4, 5]  # the last shard (2 samples), then shard 0
+    train = WebDatasetShards(str(tmp_path), ImageTransform(8), holdout=3)
+    assert sorted(int(it["label"]) for it in train) == [1, 2, 3]
+    with pytest.raises(DatasetError, match="cannot hold out 6 samples"):
+        WebDatasetShards(str(tmp_path), ImageTransform(8), holdout=6)

@@ -163,12 +163,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _input_tars(data_path: str | None, split: str) -> list[Path]:
+    from flexitok.data.splits import split_dir
     from flexitok.data.webdataset import resolve_shards
 
     if data_path is None:
         raise InvalidInputError("--data webdataset needs --data-path")
     root = Path(data_path)
-    spec: str | Path = root / split if root.is_dir() and (root / split).is_dir() else data_path
+    # A folder follows the split rule of every reader (no fallback to the root); explicit tars are read as given.
+    spec: str | Path = split_dir(data_path, split, "webdataset") if root.is_dir() else data_path
     return resolve_shards(spec)
 
 

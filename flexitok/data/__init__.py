@@ -19,13 +19,14 @@ from torch.utils.data import Dataset
 
 from flexitok.data.base import DatasetError, ImageItem, index_generator
 from flexitok.data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FashionMNIST
-from flexitok.data.folder import IMAGE_EXTENSIONS, ImageFolder
+from flexitok.data.folder import IMAGE_EXTENSIONS, ImageFolder, list_images
 from flexitok.data.latents import LatentCacheDataset, write_latent_cache
 from flexitok.data.skimage_photos import SkimagePhotos
 from flexitok.data.splits import EVAL_SPLITS, available_splits, check_split_name, root_class_names, split_dir
 from flexitok.data.tokens import TokenShardDataset, write_token_shards
 from flexitok.data.transforms import ImageTransform
 from flexitok.data.webdataset import WebDatasetShards, write_folder_shards, write_webdataset_shards
+from flexitok.utils.limits import MAX_IMAGE_SIDE
 
 DataKind = Literal["fashion_mnist", "folder", "webdataset", "skimage"]
 DATA_KINDS: tuple[str, ...] = ("fashion_mnist", "folder", "webdataset", "skimage")
@@ -78,7 +79,7 @@ class DataConfig:
         if self.path is not None and (not isinstance(self.path, str) or not self.path):
             raise DatasetError(f"data.path must be a non-empty string, got {self.path!r}")
         check_split_name(self.split)
-        self.image_size = _int_field("image_size", self.image_size, 1)
+        self.image_size = _int_field("image_size", self.image_size, 1, MAX_IMAGE_SIDE)
         if self.random_resized_crop is not None:
             try:
                 lo, hi = (float(v) for v in self.random_resized_crop)
@@ -116,11 +117,13 @@ class DataConfig:
 _MAX_INT = 2**62  # far beyond any real size; keeps values inside torch's int64
 
 
-def _int_field(name: str, value: object, lo: int) -> int:
+def _int_field(name: str, value: object, lo: int, hi: int = _MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DatasetError(f"data.{name} must be an integer, got {value!r}")
-    if not lo <= value <= _MAX_INT:
-        raise DatasetError(f"data.{name} must be an integer in [{lo}, 2**62], got {value}")
+    if not lo <= value <= hi:
+        raise DatasetError(
+            f"data.{name} must be an integer in [{lo}, {hi if hi != _MAX_INT else '2**62'}], got {value}"
+        )
     return value
 
 
@@ -155,10 +158,17 @@ class HeldOut(Dataset):
         self.dataset = dataset
         self.class_names: list[str] = list(getattr(dataset, "class_names", []))
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.class_names)
+
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> ImageItem:
+        n = len(self.indices)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
         item: ImageItem = self.dataset[self.indices[index]]
         return item
 
@@ -181,16 +191,9 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     elif cfg.kind == "webdataset":
         if cfg.path is None:
             raise DatasetError("dataset kind 'webdataset' needs DataConfig.path")
-        shards: str | Path
-        if Path(cfg.path).is_dir():
-            shards = split_dir(cfg.path, cfg.split, cfg.kind)
-        elif cfg.split != "train":
-            raise DatasetError(
-                f"split {cfg.split!r} not found: shards given as a file list or pattern ({cfg.path}) are split "
-                "'train' only; point data.path at a folder with one shard folder per split"
-            )
-        else:
-            shards = cfg.path
+        # A folder is resolved to its split folder; explicit shard files (a path, glob or comma list) are read as
+        # given, the split then only choosing training or evaluation reading (no shuffling for non-train splits).
+        shards: str | Path = split_dir(cfg.path, cfg.split, cfg.kind) if Path(cfg.path).is_dir() else cfg.path
         return WebDatasetShards(
             shards,
             transform=transform,
@@ -219,7 +222,7 @@ def source_splits(cfg: DataConfig) -> list[str]:
     if cfg.path is None:
         raise DatasetError(f"dataset kind {cfg.kind!r} needs DataConfig.path")
     if not Path(cfg.path).is_dir():
-        return ["train"]  # a shard pattern or list: one split
+        return [cfg.split]  # explicit shard files: the split they were given as
     return available_splits(Path(cfg.path))
 
 
@@ -258,7 +261,14 @@ def eval_source(cfg: DataConfig, n: int) -> tuple[DataConfig, DataConfig, str]:
         raise DatasetError(f"data.holdout is already set ({cfg.holdout}); give the evaluation data explicitly")
     train_cfg = dataclasses.replace(cfg, holdout=n, holdout_only=False)
     eval_cfg = dataclasses.replace(cfg, **plain)  # type: ignore[arg-type]
-    build_dataset(train_cfg)  # refuses now (not at the first evaluation) when the split is too small
+    # Refuse now (not at the first evaluation) when the split is too small; a folder is counted without
+    # verifying every image (the run's own build does that once).
+    if cfg.kind == "folder":
+        found = len(list_images(split_dir(cfg.path, cfg.split, cfg.kind)))
+        if found <= n:
+            raise DatasetError(f"cannot hold out {n} of {found} samples and still train on the rest")
+    else:
+        build_dataset(train_cfg)
     how = "the first samples of the last shard(s)" if cfg.kind == "webdataset" else "a seeded random choice"
     return (
         train_cfg,

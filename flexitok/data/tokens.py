@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from flexitok.data.base import DatasetError
 from flexitok.data.shards import ShardDataset, ShardWriter, file_sha256, save_shard, shard_entry, write_index
-from flexitok.io.checkpoint import replace_dir
+from flexitok.utils.files import replace_dir
 
 logger = logging.getLogger(__name__)
 

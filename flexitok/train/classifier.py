@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sized
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,15 @@ from flexitok.train.config import RunConfig
 from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget
 from flexitok.train.task import TrainTask
+from flexitok.utils.config_json import Bound
 
 
 @dataclass
 class ClassifierTaskConfig:
     """``export_to``: the model folder written at the end (``None``: ``<train.out_dir>/classifier``);
     ``test_limit``: test-split images of the accuracy reported at each evaluation and at the end."""
+
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {"test_limit": Bound(1, 2**24)}
 
     export_to: str | None = None
     test_limit: int = 2000

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from flexitok.config import PRESETS, FlexTokConfig, preset
-from flexitok.errors import ConfigError, FlexiTokError
+from flexitok.errors import ConfigError, FlexiTokError, InvalidInputError
 from flexitok.utils.config_json import plain_data
 
 T = TypeVar("T")
@@ -142,9 +143,12 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         try:
-            return float(value)  # YAML 1.1 reads "3e-4" as a string
+            number = float(value)  # YAML 1.1 reads "3e-4" as a string
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return number
     if hint is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
@@ -186,12 +190,27 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
             default = value_defaults[key]
             value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
         kwargs[key] = _convert(value, hints[key], path)
+        _check_bound(cls, key, kwargs[key], path)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
+    except InvalidInputError as e:  # a __post_init__ check: say which section it is about
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from e
     except FlexiTokError:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"invalid {where or cls.__name__} config: {e}") from e
+
+
+def _check_bound(cls: type, key: str, value: Any, path: str) -> None:
+    """The range of a number field, from the config class's ``FIELD_BOUNDS`` (``{name: Bound}``), if it has one."""
+    bound = getattr(cls, "FIELD_BOUNDS", {}).get(key)
+    if bound is None or value is None:
+        return
+    for v in value if isinstance(value, tuple) else (value,):
+        if not bound.admits(float(v)):
+            raise ConfigError(f"{path} must lie in {bound.describe()}, got {v}")
 
 
 def load_run_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flexitok.errors import ConfigError
-from flexitok.models.vae import sd_style_vae_config
+from flexitok.models.vae import DiffusersVAE, sd_style_vae_config
 
 # The paper's stage-0 VAEs are "similar to the SDXL VAE" (project page): an SDXL-style diffusers AutoencoderKL
 # with 16 latent channels and 8x downsampling. Used when a config names no VAE (architecture only).
@@ -195,7 +195,6 @@ def estimate(cfg: Any, config_path: str = "", world_size: int = 8) -> Estimate:
     from torch.utils.flop_counter import FlopCounterMode
 
     from flexitok.models.flextok import FlexTok
-    from flexitok.models.vae import DiffusersVAE
     from flexitok.train.tokenizer import TokenizerTask
 
     if cfg.latents is not None:

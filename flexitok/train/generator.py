@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from flexitok.train.config import RunConfig, load_run_config
 from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget
 from flexitok.train.task import TrainTask
+from flexitok.utils.config_json import Bound
 
 EXPORT_DIR = "generator"  # save_pretrained folder written under the run's out_dir
 EVAL_BATCH = 64  # held-out batch size of the periodic evaluation
@@ -41,6 +42,13 @@ EVAL_BATCH = 64  # held-out batch size of the periodic evaluation
 class GeneratorTaskConfig:
     """Loss options. ``train_tokens``: loss over the first k tokens only (None = all). ``cond_dropout``: probability
     of replacing a row's class/prompt by the null condition (needed for classifier-free guidance)."""
+
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "train_tokens": Bound(1, 2**16),
+        "cond_dropout": Bound(0, 1),
+        "text_max_length": Bound(1, 2**14),
+        "eval_batches": Bound(0, 2**20),
+    }
 
     train_tokens: int | None = None
     cond_dropout: float = 0.1

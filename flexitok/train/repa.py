@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from flexitok.errors import CheckpointError, FeatureExtractorError
 from flexitok.eval.features import IMAGENET_MEAN, IMAGENET_STD
-from flexitok.utils.hub import is_repo_id
+from flexitok.utils.hub import download_repo, is_repo_id
 
 EFFICIENTNET = "efficientnet-lite0"
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -175,8 +175,6 @@ def resolve_dinov2_folder(spec: str) -> Path:
             f"task.repa_encoder {spec!r} is neither {EFFICIENTNET!r}, an existing folder, nor a hub id like "
             "'facebook/dinov2-large'"
         )
-    from flexitok.utils.hub import download_repo
-
     try:
         return download_repo(spec)
     except CheckpointError as e:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from flexitok.train.options import TrainConfig
 from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
 from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import TrainTask
+from flexitok.utils.config_json import Bound
 
 __all__ = [
     "TARGET",
@@ -54,6 +55,23 @@ KSampling = Literal["uniform", "pow2", "uniform_pow2"]
 
 @dataclass
 class TokenizerTaskConfig:
+    # Ranges checked when the config is read (flexitok.train.config): a bad value names its dotted key.
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "t_mean": Bound(-20, 20),
+        "t_std": Bound(0, 20, positive=True),
+        "mode_scale": Bound(-10, 10),
+        "t_one_fraction": Bound(0, 1),
+        "cfg_dropout": Bound(0, 1),
+        "fsq_drop_quant": Bound(0, 1),
+        "token_corruption": Bound(0, 1),
+        "repa_layer": Bound(0, 1024),
+        "repa_weight": Bound(0, 1e3),
+        "repa_blocks": Bound(1, 64),
+        "repa_resolution": Bound(1, 2**14),
+        "repa_hidden": Bound(1, 2**16),
+        "eval_images": Bound(0, 2**16),
+        "eval_ks": Bound(1, 2**16),
+    }
     t_sampling: TSampling = "logit_normal"
     t_mean: float = 0.0  # logit-normal location
     t_std: float = 1.0  # logit-normal scale

@@ -9,7 +9,7 @@ each process trains on its shard of every batch; rank 0 logs and publishes check
 One update, in order: fetch ``grad_accum`` micro-batches; step the task's extra optimizers once on them (e.g. a
 GAN discriminator); accumulate the main loss's gradients; clip; step AdamW and the schedule; update the EMA.
 Checkpoints are written only when the losses since the last check and all weights are finite; resume is exact
-(:mod:`flexitok.train.stream`, :mod:`flexitok.train.state`).
+(:mod:`flexitok.train.stream`, :mod:`flexitok.train.checkpointing.state`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from flexitok.errors import TrainingError, TrainingStopped
-from flexitok.train.checkpointer import Checkpointer
+from flexitok.train.checkpointing.checkpointer import Checkpointer
+from flexitok.train.checkpointing.rundir import RunDir, check_config_change
+from flexitok.train.checkpointing.state import TrainState, preserve_rng
 from flexitok.train.ema import EMA
 from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float, import_wandb
 from flexitok.train.optim import apply_config, build_optimizer, group_settings, lr_lambda, param_groups
@@ -48,8 +50,6 @@ from flexitok.train.parallel import (
     wrap_ddp,
 )
 from flexitok.train.preemption import EXIT_STOPPED, StopOnSigterm
-from flexitok.train.rundir import RunDir, check_config_change
-from flexitok.train.state import TrainState, preserve_rng
 from flexitok.train.stream import BatchStream, batch_len, seed_everything, to_device
 from flexitok.train.task import ExtraOptimizer, TrainTask
 from flexitok.utils.config_json import plain_data
@@ -131,6 +131,9 @@ class Trainer:
         self.ddp = wrap_ddp(root, info) if info.enabled and not cfg.fsdp else None
         self.forward: nn.Module = self.ddp if self.ddp is not None else root
 
+        # Samples the data stream skipped (undecodable, bad labels; contract of flexitok.data.webdataset), summed
+        # on the device and read only when logging. None until a batch carries the count.
+        self.skipped: Tensor | None = None
         self.state = TrainState(world_size=info.world_size, batch_size=cfg.batch_size, config=self.run_config)
         self.checkpointer = Checkpointer(
             self.out_dir,
@@ -189,6 +192,7 @@ class Trainer:
             with StopOnSigterm(info) as stop:
                 while state.step < cfg.steps:
                     batches = [to_device(next(self.stream), info.device) for _ in range(cfg.grad_accum)]
+                    self.count_skipped(batches)
                     self.step_extra_optimizers(batches, window)
                     grad_norm = self.train_step(batches, window)
                     state.step += 1
@@ -216,6 +220,12 @@ class Trainer:
         barrier(info)
         assert self.last is not None
         return self.last
+
+    def count_skipped(self, batches: list[Any]) -> None:
+        for b in batches:
+            if isinstance(b, dict) and isinstance(b.get("skipped"), Tensor):
+                n = b["skipped"].sum()
+                self.skipped = n if self.skipped is None else self.skipped + n
 
     def stop_at_step_boundary(self, window: MetricsWindow) -> None:
         """SIGTERM: checkpoint this step (unless just done), then stop (see :mod:`flexitok.train.preemption`)."""
@@ -290,6 +300,11 @@ class Trainer:
             "epoch": self.state.epoch,
             **logs,
         }
+        if self.skipped is not None:  # the same on every process: the data kind decides whether batches carry it
+            skipped = self.skipped.detach().to(self.info.device, torch.float64).reshape(1)
+            if self.info.enabled:
+                dist.all_reduce(skipped)
+            metrics["data/skipped"] = float(skipped.item())  # since this launch, all processes
         logger.log(self.state.step, metrics)
         pbar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}")
 

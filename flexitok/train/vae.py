@@ -13,7 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,14 @@ from torch.utils.data import Dataset
 from flexitok.data import DataConfig, build_dataset
 from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.eval.metrics import frechet_distance, psnr
-from flexitok.io.checkpoint import replace_dir
 from flexitok.io.images import save_grid
 from flexitok.train.config import RunConfig
 from flexitok.train.heldout import eval_extractor, first_items, plain_images
 from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import ExtraOptimizer, TrainTask
+from flexitok.utils.config_json import Bound
+from flexitok.utils.files import replace_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -43,6 +44,14 @@ class VAEModelConfig:
 
     Downsampling is ``2 ** (len(block_out_channels) - 1)``.
     """
+
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "latent_channels": Bound(1, 4096),
+        "block_out_channels": Bound(1, 2**14),
+        "layers_per_block": Bound(1, 64),
+        "norm_num_groups": Bound(1, 4096),
+        "scaling_factor": Bound(0, 1e4, positive=True),
+    }
 
     pretrained: str | None = None
     latent_channels: int = 4
@@ -58,6 +67,17 @@ class VAEModelConfig:
 
 @dataclass
 class VAETaskConfig:
+    FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "kl_weight": Bound(0, 1e3),
+        "perceptual_weight": Bound(0, 1e3),
+        "gan_weight": Bound(0, 1e3),
+        "gan_start": Bound(0, 2**40),
+        "disc_lr": Bound(0, 1, positive=True),
+        "disc_channels": Bound(1, 4096),
+        "disc_layers": Bound(1, 8),
+        "eval_images": Bound(0, 2**16),
+        "eval_latent_stats": Bound(0, 2**24),
+    }
     recon_loss: Literal["l1", "l2"] = "l1"
     kl_weight: float = 1e-6
     perceptual_weight: float = 0.0  # EfficientNet-Lite0 feature distance
