@@ -17,10 +17,20 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def documented_commands(page: Path) -> list[tuple[str, list[str]]]:
-    """(source line, argv after ``flexitok``) for each flexitok command in the page's shell code blocks."""
+    """(source line, argv after ``flexitok``) for each flexitok command in the page's shell code blocks.
+
+    ``$VAR`` / ``${VAR}`` take the value of the page's last ``[export] VAR=value`` line above them (the tutorial
+    sets its scale in variables: an int-typed flag given ``$N`` parses with the value the page runs with)."""
     out = []
+    env: dict[str, str] = {}
     for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", page.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
+            assign = re.match(r"\s*(?:export\s+)?([A-Za-z_]\w*)=", line)
+            if assign:
+                words = shlex.split(line, comments=True)
+                env[assign.group(1)] = words[-1].partition("=")[2] if words else ""
+                continue
+            line = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: env.get(m.group(1), m.group(0)), line)
             words = shlex.split(line, comments=True)
             # `flexitok ...`, `.venv/bin/flexitok ...`, `python -m flexitok ...`, `torchrun ... -m flexitok ...`
             starts = [i for i, w in enumerate(words) if w == "flexitok" or w.endswith("/flexitok")]

@@ -105,11 +105,12 @@ def _overrides(name: str, env: dict[str, Path], out: Path) -> list[str]:
     tiny = ["model.encoder.n_registers=4", "model.fsq_levels=[5,5]", "model.image_size=16"]
     tiny += ["model.encoder.transformer={dim: 32, depth: 2, head_dim: 16}"]
     tiny += ["model.decoder.transformer={dim: 32, depth: 2, head_dim: 16}"]
-    if name.startswith("tokenizer-d") or name == "photo-tokenizer.yaml":
+    if name.startswith("tokenizer-d") or name in ("photo-tokenizer.yaml", "tokenizer-tutorial-tiny.yaml"):
         data = ["data.kind=webdataset", f"data.path={env['shards']}", "data.shuffle_buffer=4", "latents=null"]
         model = ["model.preset=tiny", *tiny, "model.encoder.patch_size=[2,2]", "model.decoder.patch_size=[2,2]"]
         model += ["model.vae.pretrained=null", f"model.vae.diffusers_config={vae}", "model.vae.latent_channels=4"]
-        model += ["model.vae.downsample=2", "task.repa_layer=1"]  # a block of the 2-deep test decoder
+        model += ["model.vae.downsample=2", "model.vae.scaling_factor=1.0"]
+        model += ["task.repa_layer=1"]  # a block of the 2-deep test decoder
         return [*common, *data, "data.image_size=16", *model, *task]
     if name == "finetune-512.yaml":
         from flexitok.config import tiny_config

@@ -182,7 +182,8 @@ def _tar_source(cfg: Any, tar: Path, batch_size: int) -> Callable[[], Iterable[d
     from flexitok.data.base import collate_images
 
     def batches() -> Iterator[dict[str, Any]]:
-        ds = build_dataset(dataclasses.replace(cfg, path=str(tar)))
+        # one tar file is a source without split folders (split 'train'); the split was resolved by _input_tars
+        ds = build_dataset(dataclasses.replace(cfg, path=str(tar), split="train"))
         ds.set_rank(0, 1)  # type: ignore[attr-defined]  # the whole tar: ranks split by tar, not inside one
         yield from torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate_images)
 
