@@ -40,6 +40,16 @@ class IdentityAE(Autoencoder):
         return latents / self.cfg.scaling_factor
 
 
+def load_autoencoder_kl(path: str) -> AutoencoderKL:
+    """``AutoencoderKL.from_pretrained(path)`` without diffusers' notice about the optional ``accelerate`` package
+    (it asks for ``low_cpu_mem_usage``, which needs accelerate; without it the load is the same, so ask for it only
+    when accelerate is there)."""
+    from diffusers import AutoencoderKL
+    from diffusers.utils import is_accelerate_available
+
+    return AutoencoderKL.from_pretrained(path, low_cpu_mem_usage=is_accelerate_available())
+
+
 class DiffusersVAE(Autoencoder):
     """Wraps ``diffusers.AutoencoderKL``; the module is stored as ``.vae`` (official key prefix ``vae.vae.*``).
 
@@ -57,7 +67,7 @@ class DiffusersVAE(Autoencoder):
             if cfg.diffusers_config is not None:
                 vae = AutoencoderKL.from_config(_clean_diffusers_config(cfg.diffusers_config))
             elif cfg.pretrained is not None:
-                vae = AutoencoderKL.from_pretrained(cfg.pretrained)
+                vae = load_autoencoder_kl(cfg.pretrained)
             else:
                 raise ValueError("VAEConfig(kind='diffusers') needs diffusers_config or pretrained")
         self.vae: AutoencoderKL = vae

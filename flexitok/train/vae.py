@@ -24,6 +24,7 @@ from flexitok.data import DataConfig, build_dataset
 from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.eval.metrics import frechet_distance, psnr
 from flexitok.io.images import save_grid
+from flexitok.models.vae import load_autoencoder_kl
 from flexitok.train.config import RunConfig
 from flexitok.train.heldout import eval_extractor, first_items, plain_images
 from flexitok.train.options import TrainConfig
@@ -117,7 +118,7 @@ def build_autoencoder(cfg: VAEModelConfig) -> AutoencoderKL:
     if cfg.pretrained is not None:
         if not Path(cfg.pretrained).exists():
             raise InvalidInputError(f"pretrained VAE folder {cfg.pretrained} does not exist")
-        return AutoencoderKL.from_pretrained(cfg.pretrained)
+        return load_autoencoder_kl(cfg.pretrained)
     bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
     if bad:
         raise InvalidInputError(
