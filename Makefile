@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned to the local CPU build; an unpinned torch would pull a multi-GB CUDA wheel.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[eval,data,text,demo,dev]"
+	$(BIN)/python -m pip install -q -e ".[eval,data,text,demo,tracking,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)

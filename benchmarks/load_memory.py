@@ -6,7 +6,8 @@
 For each preset a random-weight checkpoint in the official format is written once under ``--work`` (from a model
 built on the meta device, one tensor at a time: d18-d28 in float32 is 10.2 GB on disk). Each measurement runs in a
 fresh process: its figure is the peak resident memory (VmHWM) minus the same process's resident memory after
-``import torch, flexitok``, divided by the bytes of the weights in the requested dtype. For the savers the loaded
+``import torch, flexitok``, divided by the bytes of the weights in the requested dtype (the last column leaves out
+the memory of importing diffusers, about 0.2 GB whatever the model size). For the savers the loaded
 model is part of the figure (the peak is reset after loading, so the load itself does not count).
 
 Operations: ``from_official`` and ``from_pretrained`` (float32 and bfloat16), ``save_pretrained``,
@@ -42,6 +43,8 @@ def nbytes(model):
 op, src, out, dtype = sys.argv[1:5]
 dt = {"float32": None, "bfloat16": torch.bfloat16}[dtype]
 base = rss("VmRSS:")
+import diffusers  # imported by the first model built: weight-independent memory, reported apart
+libs = rss("VmRSS:") - base
 from flexitok import FlexTok
 weights = None
 if op == "from_official":
@@ -60,12 +63,22 @@ elif op in ("save_pretrained", "export_official"):
 elif op == "convert-official":
     from flexitok.cli.main import main
     assert main(["convert-official", src, out, "--force"]) == 0
+    from flexitok.utils.weights import read_safetensors_header
+    h = read_safetensors_header(os.path.join(out, "model.safetensors"))
+    weights = 4 * h.numel  # the float32 model it converted (every tensor is float32)
 elif op == "official":
+    import types
+    from diffusers.models import AutoencoderKL  # resolved before the placeholder below exists
+    # flextok.utils imports torchvision for its demo image helpers only; a placeholder stands in for it.
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
     from flextok.utils.checkpoint import load_model_from_safetensors
     os.chdir(os.path.dirname(src))  # the official VAE path is ./vae, relative to the working folder
     model = load_model_from_safetensors(src)
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-print(json.dumps({"peak": rss("VmHWM:") - base, "weights": weights}))
+print(json.dumps({"peak": rss("VmHWM:") - base, "libs": libs, "weights": weights}))
 """
 
 
@@ -116,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official-deps", type=Path, help="a folder with hydra-core/omegaconf/mup (pip --target)")
     p.add_argument("--official-presets", nargs="+", default=["d12-d12"], help="presets for the official loader")
     p.add_argument("--keep", action="store_true", help="keep the written checkpoints")
+    p.add_argument("--ops", nargs="+", help="only these operations (e.g. from_official), both dtypes where measured")
     args = p.parse_args(argv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rows = []
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.official_src and name in args.official_presets:
             runs.append(("official", official / "model.safetensors", ours, "float32"))
+        runs = [r for r in runs if args.ops is None or r[0] in args.ops]
         for op, src, out, dtype in runs:
             run_env = env
             if op == "official":
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["weights"] = fp32_weights
             if (op, dtype) == ("from_official", "float32"):
                 fp32_weights = r["weights"]
-            rows.append((name, op, dtype, r["weights"], r["peak"]))
+            rows.append((name, op, dtype, r["weights"], r["peak"], r["libs"]))
             print(
                 f"{name} {op} {dtype}: weights {r['weights'] / 1e9:.2f} GB, peak {r['peak'] / 1e9:.2f} GB", flush=True
             )
@@ -156,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(["rm", "-rf", str(tmp)], check=True)
         if not args.keep:
             subprocess.run(["rm", "-rf", str(folder)], check=True)
-    print("\n| preset | operation | dtype | weights (GB) | peak - after import (GB) | ratio |")
-    print("|---|---|---|---|---|---|")
-    for name, op, dtype, w, peak in rows:
-        print(f"| {name} | {op} | {dtype} | {w / 1e9:.2f} | {peak / 1e9:.2f} | {peak / w:.2f}x |")
+    print(
+        "\n| preset | operation | dtype | weights (GB) | peak - after import (GB) | ratio | ratio without diffusers' import |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, op, dtype, w, peak, libs in rows:
+        print(
+            f"| {name} | {op} | {dtype} | {w / 1e9:.2f} | {peak / 1e9:.2f} | {peak / w:.2f}x | {(peak - libs) / w:.2f}x |"
+        )
     return 0
 
 

@@ -41,3 +41,7 @@ class TrainingStopped(TrainingError):
 
 class OutsideTrainedRegimeWarning(UserWarning):
     """The model is used outside what it was trained for (e.g. images larger than its position tables)."""
+
+
+class MissingExtraError(FlexiTokError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install (``flexitok[train]``)."""

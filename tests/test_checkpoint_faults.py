@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flexitok.errors import CheckpointError
-from flexitok.train.checkpoint import MANIFEST, read_manifest, resolve_last
+from flexitok.train.checkpointing.files import MANIFEST, read_manifest, resolve_last
 from flexitok.train.trainer import TrainConfig, train
 from flexitok.train.vae import VAETask, VAETaskConfig
 from tests.test_train_fsdp import Regression, RegressionTask

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flexitok import CheckpointError, DecodeConfig, FlexTok, InvalidInputError, preset, tiny_config
-from flexitok.io.checkpoint import read_safetensors, save_safetensors
+from flexitok.utils.weights import read_safetensors, save_safetensors
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import torch
 from flexitok import DecodeConfig, FlexTok
 from flexitok.config import DecoderConfig, EncoderConfig, FlexTokConfig, TransformerConfig, VAEConfig
 from flexitok.errors import CheckpointError, InvalidInputError
-from flexitok.io.checkpoint import read_safetensors, save_safetensors
 from flexitok.io.official import export_official, load_official, official_metadata, parse_metadata
 from flexitok.io.official.options import OFFICIAL_OPTIONS, check_options, class_name
+from flexitok.utils.weights import read_safetensors, save_safetensors
 from tests.conftest import bilinear_align_corners, tiny_vae_config
 
 COMBOS = {

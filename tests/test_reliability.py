@@ -200,6 +200,9 @@ class _BlockingGenerator:
     def __init__(self) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
 
+    def check_request(self, k, class_index, prompt):
+        pass
+
     def generate(self, k, seed, class_index, prompt):
         self.entered.set()
         self.release.wait(30)

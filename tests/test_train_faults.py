@@ -21,8 +21,8 @@ import torch.multiprocessing as mp
 
 from flexitok.cli.main import main
 from flexitok.errors import CheckpointError
-from flexitok.train import checkpointer
-from flexitok.train.checkpoint import load_checkpoint, resolve_last
+from flexitok.train.checkpointing import checkpointer
+from flexitok.train.checkpointing.files import load_checkpoint, resolve_last
 from flexitok.train.metrics import MetricsWindow, cut_back
 from flexitok.train.optim import lr_lambda
 from flexitok.train.parallel import DistInfo
@@ -209,6 +209,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
     train(RegressionTask(kill_at), Regression(), fsdp_cfg(Path(out), batch_size=4, grad_accum=1, **kw))
 
 
+@pytest.mark.slow
 def test_two_process_kill9_resume_logs_each_step_once_and_averages_every_term_alike(tmp_path: Path) -> None:
     """kill -9 of both ranks in update 4, after the step-2 checkpoint and the step-3 log line; the resumed run
     logs steps 3-6 again: metrics.jsonl holds each step once. The task's only term ``mse`` is the loss itself,
@@ -290,3 +291,28 @@ def _wandb_history(path: Path) -> dict[int, float]:
             items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
             out[int(items["_step"])] = items["loss"]
     return out
+
+
+class _SigtermTask(RegressionTask):
+    """Rank 1 receives SIGTERM during update 3 (rank 0 never does): both must stop after step 3."""
+
+    def loss(self, batch, step):
+        if step == 2 and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().loss(batch, step)
+
+
+def _sigterm_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    train(_SigtermTask(), Regression(), fsdp_cfg(Path(out), batch_size=4, grad_accum=1, steps=50, ckpt_every=50))
+
+
+def test_two_process_sigterm_on_one_rank_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    with pytest.raises(mp.ProcessRaisedException, match="stopped by SIGTERM after step 3 of 50"):
+        mp.spawn(_sigterm_worker, args=(2, _free_port(), str(out)), nprocs=2)
+    assert resolve_last(out).name == "step_00000003"
+    load_checkpoint(resolve_last(out))  # complete and verified

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flexitok.errors import CheckpointError
-from flexitok.train.checkpoint import SHARDED, read_manifest, resolve_last
+from flexitok.train.checkpointing.files import SHARDED, read_manifest, resolve_last
 from flexitok.train.task import TrainTask
 from flexitok.train.trainer import TrainConfig, train
 

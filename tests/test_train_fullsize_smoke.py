@@ -24,7 +24,7 @@ def test_d12_d12_fullsize_smoke(tmp_path: Path) -> None:
     from flexitok.data.transforms import ImageTransform
     from flexitok.data.webdataset import WebDatasetShards, write_webdataset_shards
     from flexitok.models.flextok import FlexTok
-    from flexitok.train.checkpoint import load_checkpoint, resolve_last
+    from flexitok.train.checkpointing.files import load_checkpoint, resolve_last
     from flexitok.train.estimate import PAPER_VAE_CONFIG
     from flexitok.train.repa import DINOV2_ARCHITECTURES, DINOv2Features
     from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig

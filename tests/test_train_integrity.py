@@ -20,7 +20,7 @@ from flexitok.cli.main import main
 from flexitok.config import tiny_config
 from flexitok.errors import CheckpointError, TrainingError
 from flexitok.models.flextok import FlexTok
-from flexitok.train.checkpoint import FORMAT_V1, MANIFEST, load_checkpoint, resolve_last
+from flexitok.train.checkpointing.files import FORMAT_V1, MANIFEST, load_checkpoint, resolve_last
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
 from flexitok.train.trainer import TrainConfig, train
 

@@ -130,7 +130,7 @@ def test_known_architectures_without_download() -> None:
 
 def test_cli_trains_tokenizer_through_a_local_dinov2(dino_dir: Path, tmp_path: Path, one_thread: None) -> None:
     from flexitok.cli.main import main
-    from flexitok.train.checkpoint import load_checkpoint
+    from flexitok.train.checkpointing.files import load_checkpoint
 
     out = tmp_path / "run"
     rc = main(

@@ -16,8 +16,8 @@ from torch import nn
 from flexitok.config import tiny_config
 from flexitok.errors import CheckpointError
 from flexitok.models.flextok import FlexTok
-from flexitok.train import checkpoint as ckpt_mod
-from flexitok.train.checkpoint import load_checkpoint, resolve_last, save_checkpoint, update_last_link
+from flexitok.train.checkpointing import files as ckpt_mod
+from flexitok.train.checkpointing.files import load_checkpoint, resolve_last, save_checkpoint, update_last_link
 from flexitok.train.optim import lr_lambda, param_groups
 from flexitok.train.task import TrainTask
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig

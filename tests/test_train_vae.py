@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flexitok.errors import InvalidInputError
-from flexitok.train.checkpoint import load_checkpoint
+from flexitok.train.checkpointing.files import load_checkpoint
 from flexitok.train.trainer import TrainConfig, train
 from flexitok.train.vae import PatchDiscriminator, VAEModelConfig, VAETask, VAETaskConfig, build_autoencoder
 

@@ -10,7 +10,7 @@ from flexitok.bench import PHASES, BenchConfig, CompareConfig, run_benchmark, ru
 from flexitok.cli.common import add_decode_args, decode_config, info, positive_int
 from flexitok.config import PRESETS
 from flexitok.errors import InvalidInputError
-from flexitok.io.checkpoint import atomic_write_json
+from flexitok.utils.files import atomic_write_json
 
 
 def _phases(text: str) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flexitok.io.checkpoint import atomic_write_json
+    from flexitok.utils.files import atomic_write_json
 
     cfg = GeneratorBenchConfig(
         preset=args.preset or "tiny",

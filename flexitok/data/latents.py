@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from flexitok.data.base import DatasetError
+from flexitok.data.base import DatasetError, collate_images
 from flexitok.data.shards import ShardDataset, ShardWriter
 
 LATENT_FORMAT = "flexitok-latents"
@@ -29,16 +29,6 @@ def _encode_fn(encoder: Encoder | nn.Module) -> Encoder:
     # Accept a VAE module (its .encode) or any callable images -> latents.
     encode = getattr(encoder, "encode", None)
     return encode if callable(encode) else encoder
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "image": torch.stack([it["image"] for it in items]),
-        "label": torch.tensor([int(it.get("label", -1)) for it in items], dtype=torch.long),
-    }
-    if all("caption" in it for it in items):
-        out["caption"] = [str(it["caption"]) for it in items]
-    return out
 
 
 @torch.no_grad()
@@ -63,7 +53,9 @@ def write_latent_cache(
     if device is None:
         params = list(model_vae.parameters()) if isinstance(model_vae, nn.Module) else []
         device = params[0].device if params else torch.device("cpu")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_images
+    )
     shape: list[int] | None = None
     info = {"dtype": str(dtype).removeprefix("torch."), **(meta or {})}
     with ShardWriter(out_dir, LATENT_FORMAT, shard_size, meta=info, overwrite=overwrite) as writer:

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from flexitok.data.base import DatasetError
-from flexitok.io.checkpoint import replace_dir
+from flexitok.utils.files import replace_dir
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from flexitok.data.base import DatasetError
+from flexitok.data.base import DatasetError, collate_images
 from flexitok.data.shards import ShardDataset, ShardWriter, file_sha256, save_shard, shard_entry, write_index
-from flexitok.io.checkpoint import replace_dir
+from flexitok.utils.files import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -222,16 +222,6 @@ class PretokenizeJob:
     def work_dir(self) -> Path:
         out = Path(self.out_dir)
         return out.parent / f".{out.name}.partial"
-
-
-def collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "image": torch.stack([it["image"] for it in items]),
-        "label": torch.tensor([int(it.get("label", -1)) for it in items], dtype=torch.long),
-    }
-    if all("caption" in it for it in items):
-        out["caption"] = [str(it["caption"]) for it in items]
-    return out
 
 
 class _ShardBatches:

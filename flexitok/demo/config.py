@@ -15,7 +15,6 @@ from flexitok.sampling.decode import DecodeConfig
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # Decoded-pixel floor: a 4096 x 4096 photo (48 MiB as RGB) is accepted whatever the model's size.
 MIN_DEFAULT_MAX_PIXELS = 4096 * 4096
-MAX_PROMPT_CHARS = 1000
 # skimage.data colour photos bundled with scikit-image (no download needed).
 SKIMAGE_SAMPLES: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 
@@ -26,6 +25,10 @@ class GeneratorBackend(Protocol):
     condition: str
     class_names: list[str]
     max_tokens: int
+
+    def check_request(self, k: int, class_index: int | None, prompt: str | None) -> None:
+        """Raise :class:`~flexitok.errors.FlexiTokError` for a request this backend would refuse (before any work)."""
+        ...
 
     def generate(self, k: int, seed: int, class_index: int | None, prompt: str | None) -> Tensor:
         """-> one image ``[3, H, W]`` in [-1, 1] decoded from ``k`` generated tokens."""

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from flexitok.codec.adaptive import decode_tokens
 from flexitok.codec.ftok import FtokFile
-from flexitok.demo.config import MAX_PROMPT_CHARS, DemoConfig, DemoModel, GeneratorBackend, default_max_pixels
+from flexitok.demo.config import DemoConfig, DemoModel, GeneratorBackend, default_max_pixels
 from flexitok.demo.dataurl import png_data_url
 from flexitok.demo.errors import DemoHTTPError
 from flexitok.demo.queue import WorkQueue
@@ -26,7 +26,7 @@ from flexitok.errors import FlexiTokError, InvalidInputError
 from flexitok.eval.metrics import psnr
 from flexitok.io.images import ImageTooLargeError, is_image_file, load_image, load_pil
 from flexitok.sampling.decode import DecodeConfig
-from flexitok.utils.limits import MAX_SEED, check_seed
+from flexitok.utils.limits import MAX_PROMPT_CHARS, MAX_SEED, check_seed
 
 MAX_GENERATE_BODY = 64 * 1024  # a generation request is a small JSON object (prompts are at most 1000 characters)
 
@@ -211,6 +211,10 @@ class DemoService:
         seed = check_seed_param(req.seed)
         if req.prompt is not None and len(req.prompt) > MAX_PROMPT_CHARS:
             raise DemoHTTPError(f"the prompt is too long ({len(req.prompt)} characters; at most {MAX_PROMPT_CHARS})")
+        try:  # the shared prompt/class policy, before the request takes a work slot
+            generator.check_request(req.k, req.class_index, req.prompt)
+        except FlexiTokError as e:
+            raise DemoHTTPError(str(e)) from None
         return await self.work.run(self._generate, generator, req, seed)
 
     # ------------------------------------------------------------------------------------------- worker side

@@ -24,7 +24,8 @@ __all__ = ["BodyReader", "ClientDisconnect", "Upload", "human_size"]
 
 # Room for the multipart boundary and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
-# Answers to a body that was not read to its end close the connection (its remaining bytes are never read).
+# A body that did not arrive in time: the answer closes the connection (RFC 9110, 408). A 413 does not: the
+# server discards the rest of the body and the client, still sending, can read the answer (no broken pipe).
 _CLOSE = {"Connection": "close"}
 
 
@@ -62,7 +63,7 @@ class BodyReader:
         """
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_bytes:
-            raise DemoHTTPError(too_large, 413, _CLOSE)
+            raise DemoHTTPError(too_large, 413)
         with self._lock:
             if self.open >= self.max_open:
                 raise Busy("the server is busy (too many uploads in progress); try again shortly")
@@ -85,7 +86,7 @@ class BodyReader:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
-                raise DemoHTTPError(too_large, 413, _CLOSE)
+                raise DemoHTTPError(too_large, 413)
             chunks.append(chunk)
         return b"".join(chunks)
 

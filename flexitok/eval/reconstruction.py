@@ -21,8 +21,8 @@ from flexitok.eval.features import FeatureExtractor, build_extractor
 from flexitok.eval.metrics import frechet_distance, psnr, ssim
 from flexitok.eval.plots import image_grid, plot_metrics_vs_k
 from flexitok.eval.reference import ReferenceStats, distance_to_reference
-from flexitok.io.checkpoint import atomic_write_bytes
 from flexitok.sampling.decode import DecodeConfig
+from flexitok.utils.files import atomic_write_bytes
 
 
 def _collate_images(items: list[dict[str, Any]]) -> torch.Tensor:

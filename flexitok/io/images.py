@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flexitok.errors import InvalidInputError
-from flexitok.io.checkpoint import atomic_write
+from flexitok.utils.files import atomic_write
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 

@@ -9,6 +9,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +23,7 @@ from flexitok.models.vae import Autoencoder, DiffusersVAE, build_vae, estimate_v
 from flexitok.nn.fsq import FSQ
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.sampling.flow import sample_flow
+from flexitok.sampling.migration import check_official_kwargs
 from flexitok.sampling.row_parallel import RowParallel, check_workers
 from flexitok.utils.limits import MAX_IMAGE_SIDE
 from flexitok.utils.persistence import PretrainedModel
@@ -226,9 +228,9 @@ class FlexTok(PretrainedModel):
         attention = rows * heads * seq * seq * elem if self.device.type != "cuda" else seq * seq
         activations = 2 * rows * seq * (4 * t.dim + hidden) * elem
         vae_width = 3
-        if self.config.vae.kind == "diffusers":
+        if self.config.vae.kind == "diffusers":  # its widest activations: the first block's, at full resolution
             channels = (self.config.vae.diffusers_config or {}).get("block_out_channels") or [128]
-            vae_width = int(max(channels))
+            vae_width = int(channels[0])
         vae = 3 * batch * h * w * vae_width * elem
         return attention + activations + vae
 
@@ -456,6 +458,7 @@ class FlexTok(PretrainedModel):
         keep_k: int | Sequence[int] | Tensor | None = None,
         progress: bool = False,
         image_size: ImageSize | None = None,
+        **official_kwargs: Any,
     ) -> Tensor:
         """Token ids -> images ``[B, 3, H, W]`` (not clamped).
 
@@ -469,6 +472,7 @@ class FlexTok(PretrainedModel):
         native size (:attr:`image_size`). For one size per image use :meth:`detokenize_list`; for the decoder's
         latents as well, :meth:`detokenize_with_latents`.
         """
+        check_official_kwargs(official_kwargs)  # ml-flextok's keywords: an error naming ours
         images, _ = self._detokenize(tokens, decode, noise, generator, keep_k, progress, self._one_size(image_size))
         return torch.stack(images)
 

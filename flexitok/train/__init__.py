@@ -5,9 +5,9 @@ tasks (tokenizer, VAE, generator).
 command line; multi-GPU: ``torchrun --nproc_per_node=8 -m flexitok train tokenizer --config ...``.
 """
 
+from flexitok.train.checkpointing.state import TrainState
 from flexitok.train.ema import EMA
 from flexitok.train.options import TrainConfig
-from flexitok.train.state import TrainState
 from flexitok.train.task import ExtraOptimizer, TrainTask
 from flexitok.train.trainer import train
 

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, IterableDataset
 from flexitok.data import DataConfig, DatasetError, build_dataset, eval_source
 from flexitok.errors import ConfigError, FeatureExtractorError
 from flexitok.eval.features import FeatureExtractor, build_extractor
-from flexitok.train.state import preserve_rng
+from flexitok.train.checkpointing.state import preserve_rng
 
 
 class FixedEvalSet(Dataset):

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from flexitok.data import DataConfig
 from flexitok.errors import CheckpointError
-from flexitok.train.checkpoint import resolve_last
+from flexitok.train.checkpointing.files import resolve_last
 from flexitok.train.config import RunConfig, config_to_dict, load_run_config
 from flexitok.train.heldout import held_out_data
 from flexitok.train.options import TrainConfig

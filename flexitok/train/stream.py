@@ -1,7 +1,7 @@
 """The resumable batch stream: seeded per-epoch order, per-sample RNG seeds, a position that checkpoints.
 
 Every sample gets RNG seeds derived from (seed, epoch, position) and each epoch's order is a seeded permutation,
-so the data a run sees is a pure function of the :class:`~flexitok.train.state.TrainState` position: a resumed run
+so the data a run sees is a pure function of the :class:`~flexitok.train.checkpointing.state.TrainState` position: a resumed run
 continues with exactly the batches (and augmentations) the uninterrupted run would have drawn.
 """
 
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from flexitok.errors import InvalidInputError
-from flexitok.train.state import TrainState
+from flexitok.train.checkpointing.state import TrainState
 
 
 def seed_everything(seed: int) -> None:

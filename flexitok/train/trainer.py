@@ -9,7 +9,7 @@ each process trains on its shard of every batch; rank 0 logs and publishes check
 One update, in order: fetch ``grad_accum`` micro-batches; step the task's extra optimizers once on them (e.g. a
 GAN discriminator); accumulate the main loss's gradients; clip; step AdamW and the schedule; update the EMA.
 Checkpoints are written only when the losses since the last check and all weights are finite; resume is exact
-(:mod:`flexitok.train.stream`, :mod:`flexitok.train.state`).
+(:mod:`flexitok.train.stream`, :mod:`flexitok.train.checkpointing.state`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from flexitok.errors import TrainingError, TrainingStopped
-from flexitok.train.checkpointer import Checkpointer
+from flexitok.train.checkpointing.checkpointer import Checkpointer
+from flexitok.train.checkpointing.rundir import RunDir, check_config_change
+from flexitok.train.checkpointing.state import TrainState, preserve_rng
 from flexitok.train.ema import EMA
 from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float, import_wandb
 from flexitok.train.optim import apply_config, build_optimizer, group_settings, lr_lambda, param_groups
@@ -48,8 +50,6 @@ from flexitok.train.parallel import (
     wrap_ddp,
 )
 from flexitok.train.preemption import EXIT_STOPPED, StopOnSigterm
-from flexitok.train.rundir import RunDir, check_config_change
-from flexitok.train.state import TrainState, preserve_rng
 from flexitok.train.stream import BatchStream, batch_len, seed_everything, to_device
 from flexitok.train.task import ExtraOptimizer, TrainTask
 from flexitok.utils.config_json import plain_data

@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 from flexitok.data import DataConfig, build_dataset
 from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.eval.metrics import frechet_distance, psnr
-from flexitok.io.checkpoint import replace_dir
 from flexitok.io.images import save_grid
 from flexitok.train.config import RunConfig
 from flexitok.train.heldout import eval_extractor, first_items, plain_images
@@ -31,6 +30,7 @@ from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import ExtraOptimizer, TrainTask
 from flexitok.utils.config_json import Bound
+from flexitok.utils.files import replace_dir
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL

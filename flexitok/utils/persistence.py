@@ -49,6 +49,7 @@ from flexitok.utils.hub import download_repo, is_repo_id
 from flexitok.utils.weights import (
     WeightsFile,
     WeightsHeader,
+    materialize_parameters,
     parameters_on_meta,
     state_dict_problems,
     write_safetensors_streaming,
@@ -471,20 +472,13 @@ class PretrainedModel(nn.Module):
             except (ValueError, TypeError, RuntimeError) as e:
                 raise CheckpointError(f"{source}: cannot build a {cls.__name__} from this config ({e})") from None
             cls._check_header(model, header, weights)
-            own = model.state_dict()
-            tensors: dict[str, Tensor] = {}
-            for k in f.header.shapes:  # the file's own names; renamed below
-                v = f.read_tensor(k, dtype=dtype)
+            materialize_parameters(model, dtype, device)
+            # new name -> the file's name (upgrade_state_dict renames keys and leaves values alone)
+            file_key = cls.upgrade_state_dict({k: k for k in f.header.shapes})
+            for k, v in model.state_dict().items():  # the header check made the names match one to one
+                f.read_into(file_key[k], v)
                 if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                     raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
-                tensors[k] = v
-            tensors = cls.upgrade_state_dict(tensors)
-            for k, v in tensors.items():
-                if dtype is None and k in own and v.is_floating_point() and v.dtype != own[k].dtype:
-                    v = v.to(own[k].dtype)
-                tensors[k] = v.to(device) if device is not None else v
-        with torch.no_grad():
-            model.load_state_dict(tensors, strict=True, assign=True)  # the checked tensors become the weights
         return model.eval()
 
     @staticmethod

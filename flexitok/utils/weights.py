@@ -89,18 +89,9 @@ class WeightsFile:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise _open_error(self.path, e) from e
 
-    def read_tensor(self, key: str, dtype: torch.dtype | None = None, device: Any = None) -> Tensor:
-        """One tensor, read with plain file reads into a fresh CPU tensor (floating-point ones then cast to
-        ``dtype``), then moved to ``device``.
-
-        Not through safetensors' memory map: pages of a mapped file count in the process's resident memory until
-        it is unmapped, so mapping a 10 GB file while building a 10 GB model peaks at twice the weights.
-        """
+    def _read_raw(self, key: str, out: Tensor) -> None:
+        """Fill the contiguous CPU tensor ``out`` (the stored dtype and size) with the stored bytes of ``key``."""
         begin, end = self._offsets[key]
-        src = _ST_TORCH.get(self.header.dtypes[key])
-        if src is None:
-            raise CheckpointError(f"{self.path}: tensor {key!r} has the unsupported dtype {self.header.dtypes[key]}")
-        out = torch.empty(self.header.shapes[key], dtype=src)
         buf = out.reshape(-1).view(torch.uint8).numpy()
         if buf.nbytes != end - begin:
             raise _open_error(self.path, ValueError(f"tensor {key!r} spans {end - begin} bytes, not {buf.nbytes}"))
@@ -110,9 +101,36 @@ class WeightsFile:
             raise _open_error(self.path, e) from e
         if n != buf.nbytes:
             raise _open_error(self.path, ValueError(f"tensor {key!r} ends after {n} of {buf.nbytes} bytes"))
+
+    def _stored_dtype(self, key: str) -> torch.dtype:
+        src = _ST_TORCH.get(self.header.dtypes[key])
+        if src is None:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has the unsupported dtype {self.header.dtypes[key]}")
+        return src
+
+    def read_tensor(self, key: str, dtype: torch.dtype | None = None, device: Any = None) -> Tensor:
+        """One tensor, read with plain file reads into a fresh CPU tensor (floating-point ones then cast to
+        ``dtype``), then moved to ``device``.
+
+        Not through safetensors' memory map: pages of a mapped file count in the process's resident memory until
+        it is unmapped, so mapping a 10 GB file while building a 10 GB model peaks at twice the weights.
+        """
+        out = torch.empty(self.header.shapes[key], dtype=self._stored_dtype(key))
+        self._read_raw(key, out)
         if dtype is not None and out.is_floating_point() and out.dtype != dtype:
             out = out.to(dtype)
         return out.to(device) if device is not None else out
+
+    def read_into(self, key: str, dest: Tensor) -> None:
+        """Fill ``dest`` (same shape) with ``key``, cast to ``dest``'s dtype: straight from the file into its
+        memory when ``dest`` is contiguous CPU memory of the stored dtype, else through one temporary tensor."""
+        if tuple(dest.shape) != self.header.shapes[key]:
+            raise CheckpointError(f"{self.path}: tensor {key!r} is {self.header.shapes[key]}, expected {dest.shape}")
+        with torch.no_grad():
+            if dest.device.type == "cpu" and dest.is_contiguous() and dest.dtype == self._stored_dtype(key):
+                self._read_raw(key, dest)
+            else:
+                dest.copy_(self.read_tensor(key))
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
@@ -197,6 +215,22 @@ def write_safetensors_streaming(
             if c.shape != t.shape or c.dtype != t.dtype:
                 raise ValueError(f"fill made {name!r} {c.dtype}{list(c.shape)}, expected {t.dtype}{list(t.shape)}")
             f.write(c.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def materialize_parameters(model: nn.Module, dtype: torch.dtype | None = None, device: Any = None) -> None:
+    """Give every meta-device parameter of ``model`` (see :func:`parameters_on_meta`) fresh uninitialised memory
+    on ``device`` (floating-point ones in ``dtype``), to be filled with :meth:`WeightsFile.read_into`. Untouched
+    memory costs nothing until written. Ends with ``model.to(device)`` so that modules keeping parameters as
+    views of one buffer (the packed q/k/v projections) rebuild them."""
+    device = torch.device(device if device is not None else "cpu")
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and p.device.type == "meta":
+                dt = dtype if dtype is not None and p.is_floating_point() else p.dtype
+                module._parameters[name] = nn.Parameter(
+                    torch.empty(p.shape, dtype=dt, device=device), requires_grad=p.requires_grad
+                )
+    model.to(device)
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> WeightsHeader:

@@ -14,7 +14,7 @@ from flexitok.io.official.config import config_from_official
 from flexitok.io.official.keys import _dropped, _rename, _to_ours, official_key_map
 from flexitok.io.official.metadata import parse_metadata, read_safetensors_header
 from flexitok.io.official.vae import resolve_vae_config
-from flexitok.utils.weights import WeightsFile, parameters_on_meta, state_dict_problems
+from flexitok.utils.weights import WeightsFile, materialize_parameters, parameters_on_meta, state_dict_problems
 
 if TYPE_CHECKING:
     from flexitok.models.flextok import FlexTok
@@ -46,11 +46,14 @@ def _stream_load(model: nn.Module, path: Path, cfg: dict[str, Any]) -> None:
         problems += state_dict_problems({k: tuple(v.shape) for k, v in own.items()}, shapes)
         if problems:
             raise CheckpointError(f"official checkpoint {path} does not match the model: " + "; ".join(problems))
-        state = {
-            new: _to_ours(new, f.read_tensor(key, dtype=own[new].dtype)).contiguous() for new, key in names.items()
-        }
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True, assign=True)
+        materialize_parameters(model)  # in the dtype they were built in
+        own = model.state_dict()
+        for new, key in names.items():
+            if new == "decoder.register_posemb":
+                with torch.no_grad():
+                    own[new].copy_(_to_ours(new, f.read_tensor(key)))
+            else:
+                f.read_into(key, own[new])
 
 
 def load_official(

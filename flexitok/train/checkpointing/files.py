@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flexitok.errors import CheckpointError
-from flexitok.io.checkpoint import replace_dir, safetensors_ready
-from flexitok.utils.files import fsync_dir
+from flexitok.utils.files import fsync_dir, replace_dir
+from flexitok.utils.weights import safetensors_ready
 
 FORMAT = "flexitok-train-v2"
 FORMAT_V1 = "flexitok-train-v1"  # 0.1.0: byte sizes only

@@ -4,7 +4,7 @@ On one process or under DDP the states are gathered whole and rank 0 writes them
 files. Under FSDP each rank writes its shards of the model, EMA and optimizer through
 ``torch.distributed.checkpoint`` into ``sharded/`` (no full gather: memory stays per-GPU), rank 0 adds the small
 replicated states, and the file hashes of the manifest are computed in parallel, each rank a share of the files.
-Either way the folder goes through :mod:`flexitok.train.checkpoint` (atomic, hashed, verified before ``last``).
+Either way the folder goes through :mod:`flexitok.train.checkpointing.files` (atomic, hashed, verified before ``last``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from flexitok.errors import CheckpointError
-from flexitok.train.checkpoint import (
+from flexitok.train.checkpointing.files import (
     SHARDED,
     checkpoint_files,
     file_digest,
@@ -33,9 +33,9 @@ from flexitok.train.checkpoint import (
     verify,
     write_states,
 )
+from flexitok.train.checkpointing.state import TrainState, rng_state, set_rng_state
 from flexitok.train.ema import EMA
 from flexitok.train.parallel import DistInfo, TaskModule
-from flexitok.train.state import TrainState, rng_state, set_rng_state
 from flexitok.train.task import ExtraOptimizer, TrainTask
 
 _RESERVED = {"model", "aux", "ema", "optimizer", "scheduler", "trainer", "task"}

@@ -1,0 +1,132 @@
+"""Token ids and images of flexitok against the official code (apple/ml-flextok) on one official checkpoint.
+
+    python benchmarks/official_parity.py --checkpoint DIR/model.safetensors \\
+        --official-src PATH/ml-flextok --official-deps PATH/deps [--size 128] [--steps 2]
+
+``DIR`` holds an official-format checkpoint and its VAE as a diffusers folder ``DIR/vae`` (e.g. one written by
+``benchmarks/load_memory.py --keep``). Each side runs in its own process, one after the other (a d18-d28 model
+in float32 needs about 11 GB per side): the official side builds the model with Hydra's ``instantiate`` and
+copies the weights in one tensor at a time (torchvision, used only by its demo helpers, replaced by a
+placeholder module), with SDPA and materialized masks (its CPU fallback); our side loads
+with ``FlexTok.from_official``. Both tokenize the same seeded image and decode its tokens with the same seeded
+generator, guided with APG (official ``guidance_scale=7.5, perform_norm_guidance=True``) and unguided. The
+official code is never imported into flexitok; it is only run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OFFICIAL = r"""
+import json, os, sys, time, types
+import torch
+from diffusers.models import AutoencoderKL  # resolved before the placeholder below exists
+
+# flextok.utils imports torchvision for its demo image helpers only; a placeholder stands in for it.
+for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
+from hydra.utils import instantiate
+from safetensors import safe_open
+from safetensors.torch import save_file
+from flextok.utils.checkpoint import parse_metadata  # the official Hydra-config reader
+
+ckpt, out, size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(2)
+t0 = time.time()
+with safe_open(ckpt, framework="pt") as f:
+    model = instantiate(parse_metadata(f.metadata()))
+    own = model.state_dict()
+    with torch.no_grad():
+        for k in f.keys():
+            own[k].copy_(f.get_tensor(k))
+model.eval()
+for m in model.modules():  # the official CPU path: SDPA with dense masks
+    if hasattr(m, "use_flex_attention"):
+        m.use_flex_attention = False
+    if hasattr(m, "return_materialized_mask"):
+        m.return_materialized_mask = True
+load_s = time.time() - t0
+img = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+with torch.no_grad():
+    tokens = model.tokenize(img)
+    res = {"tokens": torch.cat(tokens)}
+    for name, g, apg in (("apg", 7.5, True), ("unguided", 1.0, False)):
+        res[name] = model.detokenize(tokens, timesteps=steps, guidance_scale=g, perform_norm_guidance=apg,
+                                     generator=torch.Generator().manual_seed(1), vae_image_sizes=size // 8,
+                                     verbose=False)
+save_file({k: v.contiguous() for k, v in res.items()}, out)
+print(json.dumps({"load_s": load_s, "total_s": time.time() - t0}))
+"""
+
+OURS = r"""
+import json, sys, time
+import torch
+from safetensors.torch import save_file
+from flexitok import DecodeConfig, FlexTok
+
+ckpt, out, size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(2)
+t0 = time.time()
+model = FlexTok.from_official(ckpt)
+load_s = time.time() - t0
+img = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+res = {"tokens": model.tokenize(img, deterministic=True)}
+for name, g, apg in (("apg", 7.5, True), ("unguided", 1.0, False)):
+    res[name] = model.detokenize(res["tokens"], DecodeConfig(steps=steps, guidance_scale=g, apg=apg),
+                                 generator=torch.Generator().manual_seed(1), image_size=size)
+save_file({k: v.contiguous() for k, v in res.items()}, out)
+print(json.dumps({"load_s": load_s, "total_s": time.time() - t0}))
+"""
+
+
+def _peak_run(code: str, args: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
+    r = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-4000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--official-src", type=Path, required=True)
+    p.add_argument("--official-deps", type=Path)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (a multiple of 16)")
+    p.add_argument("--steps", type=int, default=2, help="decode steps")
+    args = p.parse_args(argv)
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = args.checkpoint.resolve()
+    work = ckpt.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    official_path = os.pathsep.join(str(x) for x in (args.official_src, args.official_deps) if x)
+    common = [str(ckpt), "", str(args.size), str(args.steps)]
+    t = time.time()
+    off = _peak_run(
+        OFFICIAL, [common[0], str(work / "parity-official.safetensors"), *common[2:]],
+        {**env, "PYTHONPATH": official_path}, work,
+    )  # fmt: skip
+    ours = _peak_run(OURS, [common[0], str(work / "parity-ours.safetensors"), *common[2:]], env, work)
+    a, b = load_file(str(work / "parity-official.safetensors")), load_file(str(work / "parity-ours.safetensors"))
+    same = int((a["tokens"] == b["tokens"]).sum())
+    print(f"checkpoint {ckpt} ({ckpt.stat().st_size / 1e9:.1f} GB), image {args.size}x{args.size}, {args.steps} steps")
+    print(f"token ids identical: {same}/{a['tokens'].numel()}")
+    for name in ("apg", "unguided"):
+        print(f"images {name}: max abs difference {float((a[name] - b[name]).abs().max()):.2e}")
+    print(f"official: load {off['load_s']:.0f} s, total {off['total_s']:.0f} s; ours: load {ours['load_s']:.0f} s, "
+          f"total {ours['total_s']:.0f} s; wall {time.time() - t:.0f} s")  # fmt: skip
+    assert torch.equal(a["tokens"], b["tokens"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
