@@ -40,7 +40,9 @@ def test_generator_task_ranges() -> None:
     config = ROOT / "configs" / "generator-tiny-fmnist.yaml"
     with pytest.raises(ConfigError, match=r"task.cond_dropout must lie in \[0, 1\], got 2"):
         load_training_config(config, [f"data.path={TOKENS}", "task.cond_dropout=2"])
-    with pytest.raises(ConfigError, match=r"^task: task.cond_dropout must be in \[0, 1\)"):
+    with pytest.raises(
+        ConfigError, match=r"^task is not a valid GeneratorTaskConfig: task.cond_dropout must be in \[0, 1\)"
+    ):
         load_training_config(config, [f"data.path={TOKENS}", "task.cond_dropout=1"])  # the class's own check
 
 

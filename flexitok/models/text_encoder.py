@@ -43,7 +43,7 @@ def resolve_text_encoder(name_or_path: str) -> tuple[str, bool]:
 class TextEncoder(nn.Module):
     """A frozen Hugging Face text encoder: prompts -> (features [B, L, D], mask [B, L] bool)."""
 
-    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = ENCODER_MAX_TOKENS) -> None:
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER) -> None:
         super().__init__()
         try:
             from transformers import AutoModel, AutoTokenizer
@@ -57,7 +57,7 @@ class TextEncoder(nn.Module):
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load text encoder {name_or_path!r} from {source}: {e}") from e
         self.name = name_or_path
-        self.max_length = max_length
+        self.max_length = ENCODER_MAX_TOKENS  # the one text length: training and inference read the same tokens
         self.model.eval().requires_grad_(False)
 
     @property

@@ -13,15 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flexitok.errors import FeatureExtractorError
 from flexitok.eval.features import IMAGENET_MEAN, IMAGENET_STD, load_efficientnet_lite0
 
 # Last block index of each resolution stage (stride 2, 4, 8, 16, 32) in EfficientNet-Lite0's 16 MBConv blocks.
 LITE0_STAGE_ENDS = {2: 0, 4: 2, 8: 4, 16: 10, 32: 15}
-
-
-# Kept for imports written against the training module; the loader raises the shared error type.
-FeatureModelError = FeatureExtractorError
 
 
 class EfficientNetLite0FeatureMaps(nn.Module):

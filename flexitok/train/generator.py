@@ -6,10 +6,12 @@ The YAML config (``configs/generator-*.yaml``) has four sections, parsed like ev
     model:   {preset: tiny, condition: class, ...}   # GeneratorConfig fields; vocab/n_tokens default to the shards'
     data:    {path: shards/fmnist-train, limit: null, eval_path: null}
     train:   {...}                                    # flexitok.train.options.TrainConfig fields
-    task:    {train_tokens: null, cond_dropout: 0.1, text_max_length: 64}
+    task:    {train_tokens: null, cond_dropout: 0.1}
 
 ``task.train_tokens = k`` trains on (and computes the loss over) the first k tokens only, for generators meant to
-produce short, coarse sequences.
+produce short, coarse sequences. Prompts are read to the text encoder's own length
+(:data:`~flexitok.models.text_encoder.ENCODER_MAX_TOKENS`) in training as at inference; the model's prefix keeps
+``model.text_max_len`` of those features. ``task.text_max_length`` (0.1/0.2 configs) is accepted only at that value.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch.utils.data import Dataset, Subset
 from flexitok.data.tokens import TokenShardDataset
 from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.models.generator import Generator, GeneratorConfig, generator_preset
-from flexitok.models.text_encoder import CachedTextEncoder, TextEncoder
+from flexitok.models.text_encoder import ENCODER_MAX_TOKENS, CachedTextEncoder, TextEncoder
 from flexitok.train.config import RunConfig, load_run_config
 from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget
@@ -46,13 +48,11 @@ class GeneratorTaskConfig:
     FIELD_BOUNDS: ClassVar[dict[str, Bound]] = {
         "train_tokens": Bound(1, 2**16),
         "cond_dropout": Bound(0, 1),
-        "text_max_length": Bound(1, 2**14),
         "eval_batches": Bound(0, 2**20),
     }
 
     train_tokens: int | None = None
     cond_dropout: float = 0.1
-    text_max_length: int = 64
     eval_batches: int = 4
 
     def __post_init__(self) -> None:
@@ -83,6 +83,7 @@ class GeneratorTrainConfig(RunConfig):
     @classmethod
     def resolve_tree(cls, tree: dict[str, Any]) -> dict[str, Any]:
         """The model section defaults to what the token shards recorded (vocab size, token count, classes)."""
+        tree = _drop_text_max_length(tree)
         data = tree.get("data")
         if not isinstance(data, dict) or "path" not in data:
             raise ConfigError("data.path (token shards from `flexitok pretokenize`) is required")
@@ -90,6 +91,23 @@ class GeneratorTrainConfig(RunConfig):
         if not isinstance(model, dict):
             raise ConfigError(f"model must be a mapping of GeneratorConfig fields, got {model!r}")
         return {**tree, "model": model_config_from_dict(model, TokenShardDataset(data["path"]).meta)}
+
+
+def _drop_text_max_length(tree: dict[str, Any]) -> dict[str, Any]:
+    """Accept an old config's ``task.text_max_length`` only where it equals the one text length, and drop it."""
+    task = tree.get("task")
+    if not isinstance(task, dict) or "text_max_length" not in task:
+        return tree
+    task = dict(task)
+    value = task.pop("text_max_length")
+    if value != ENCODER_MAX_TOKENS or isinstance(value, bool):
+        raise ConfigError(
+            f"task.text_max_length is {value!r}, but it is no longer a setting: prompts are read to the text "
+            f"encoder's {ENCODER_MAX_TOKENS} tokens in training and at inference alike (a different length in "
+            "training would teach the model text features it never sees when generating). Remove the key; how "
+            "many of those features the model reads is model.text_max_len"
+        )
+    return {**tree, "task": task}
 
 
 def model_config_from_dict(d: dict[str, Any], shard_meta: dict[str, Any] | None = None) -> GeneratorConfig:
@@ -155,7 +173,7 @@ class GeneratorTask(TrainTask):
         self.eval_dataset = eval_dataset
         self.text_encoder = text_encoder
         if model.conditioning.needs_text_encoder and text_encoder is None:
-            enc = TextEncoder(model.config.text_encoder, max_length=self.cfg.text_max_length)
+            enc = TextEncoder(model.config.text_encoder)
             if enc.dim != model.config.text_dim:
                 raise InvalidInputError(
                     f"text encoder {model.config.text_encoder!r} gives {enc.dim}-wide features; model.text_dim is "
