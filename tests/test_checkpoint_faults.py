@@ -12,7 +12,7 @@ import pytest
 
 from flexitok.errors import CheckpointError
 from flexitok.train.checkpointing.files import MANIFEST, read_manifest, resolve_last
-from flexitok.train.trainer import TrainConfig, train
+from flexitok.train.trainer import TrainerConfig, train
 from flexitok.train.vae import VAETask, VAETaskConfig
 from tests.test_train_fsdp import Regression, RegressionTask
 from tests.test_train_fsdp import _cfg as fsdp_cfg
@@ -64,9 +64,9 @@ def test_every_file_of_a_gan_vae_checkpoint_is_verified(tmp_path: Path) -> None:
     run = tmp_path / "vae"
     tcfg = VAETaskConfig(gan_weight=0.5, gan_start=1, disc_channels=8, disc_layers=2, eval_images=0)
 
-    def cfg(folder: Path, **kw) -> TrainConfig:
+    def cfg(folder: Path, **kw) -> TrainerConfig:
         base = dict(out_dir=str(folder), steps=2, batch_size=4, lr=1e-3, ckpt_every=2, log_every=1, progress=False)
-        return TrainConfig(**{**base, **kw})
+        return TrainerConfig(**{**base, **kw})
 
     train(VAETask(_vae(), tcfg), Blobs(n=8), cfg(run))
 

@@ -190,7 +190,7 @@ def test_training_on_shards_resumes_exactly(shard_dir: Path, tmp_path: Path, one
     from flexitok.config import tiny_config
     from flexitok.models.flextok import FlexTok
     from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
-    from flexitok.train.trainer import TrainConfig, train
+    from flexitok.train.trainer import TrainerConfig, train
 
     class KillableTask(TokenizerTask):
         kill_at: int | None = None
@@ -206,7 +206,7 @@ def test_training_on_shards_resumes_exactly(shard_dir: Path, tmp_path: Path, one
         ds = WebDatasetShards(
             str(shard_dir), ImageTransform(8, random_resized_crop=(0.5, 1.0)), shuffle_shards=True, shuffle_buffer=8
         )
-        cfg = TrainConfig(
+        cfg = TrainerConfig(
             out_dir=str(out), steps=15, batch_size=4, lr=1e-3, log_every=1, ckpt_every=3, progress=False, resume=resume
         )
         task = KillableTask(model, TokenizerTaskConfig())

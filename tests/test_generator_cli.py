@@ -20,8 +20,8 @@ from flexitok.models.classifier import ClassifierConfig, SmallCNN
 from flexitok.models.flextok import FlexTok
 from flexitok.models.generator import Generator
 from flexitok.train.classifier import ClassifierTask, ClassifierTaskConfig
-from flexitok.train.options import TrainConfig
 from flexitok.train.trainer import train
+from flexitok.train.trainer_config import TrainerConfig
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_classifier_trains_saves_and_loads(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = SmallCNN(cfg)
     task = ClassifierTask(model, ClassifierTaskConfig(export_to=str(tmp_path / "clf")), test=(images, labels))
-    run = TrainConfig(out_dir=str(tmp_path / "run"), steps=15, batch_size=16, lr=3e-3, betas=(0.9, 0.999))
+    run = TrainerConfig(out_dir=str(tmp_path / "run"), steps=15, batch_size=16, lr=3e-3, betas=(0.9, 0.999))
     train(task, data, dataclasses.replace(run, grad_clip=0.0, progress=False, ckpt_every=15, precision="fp32"))
     assert (model.eval().predict(images) == labels).float().mean() > 0.9
     loaded = SmallCNN.from_pretrained(tmp_path / "clf")

@@ -18,7 +18,7 @@ from torch import nn
 from flexitok.errors import CheckpointError
 from flexitok.train.checkpointing.files import SHARDED, read_manifest, resolve_last
 from flexitok.train.task import TrainTask
-from flexitok.train.trainer import TrainConfig, train
+from flexitok.train.trainer import TrainerConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,7 +75,7 @@ class RegressionTask(TrainTask):
         )
 
 
-def _cfg(out: Path, batch_size: int, **kw) -> TrainConfig:
+def _cfg(out: Path, batch_size: int, **kw) -> TrainerConfig:
     base = dict(
         out_dir=str(out),
         steps=6,
@@ -91,7 +91,7 @@ def _cfg(out: Path, batch_size: int, **kw) -> TrainConfig:
         seed=3,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainerConfig(**base)
 
 
 def _worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:

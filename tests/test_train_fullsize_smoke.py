@@ -28,7 +28,7 @@ def test_d12_d12_fullsize_smoke(tmp_path: Path) -> None:
     from flexitok.train.estimate import PAPER_VAE_CONFIG
     from flexitok.train.repa import DINOV2_ARCHITECTURES, DINOv2Features
     from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
-    from flexitok.train.trainer import TrainConfig, train
+    from flexitok.train.trainer import TrainerConfig, train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -55,7 +55,7 @@ def test_d12_d12_fullsize_smoke(tmp_path: Path) -> None:
             shuffle_shards=True,
             shuffle_buffer=4,
         )
-        tc = TrainConfig(
+        tc = TrainerConfig(
             out_dir=str(tmp_path / "run"),
             steps=steps,
             batch_size=1,

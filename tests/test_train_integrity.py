@@ -22,7 +22,7 @@ from flexitok.errors import CheckpointError, TrainingError
 from flexitok.models.flextok import FlexTok
 from flexitok.train.checkpointing.files import FORMAT_V1, MANIFEST, load_checkpoint, resolve_last
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
-from flexitok.train.trainer import TrainConfig, train
+from flexitok.train.trainer import TrainerConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,10 +63,10 @@ def _task(**faults) -> FaultyTask:
     return task
 
 
-def _cfg(out: Path, **kw) -> TrainConfig:
+def _cfg(out: Path, **kw) -> TrainerConfig:
     base = dict(out_dir=str(out), steps=4, batch_size=4, lr=1e-3, ema_decay=0.9, ckpt_every=2, log_every=1)
     base.update(progress=False, seed=1, **kw)
-    return TrainConfig(**base)
+    return TrainerConfig(**base)
 
 
 def _same_weights(a: Path, b: Path) -> bool:

@@ -10,8 +10,8 @@ import pytest
 from flexitok.cli.main import main
 from flexitok.errors import ConfigError
 from flexitok.train.config import load_run_config
-from flexitok.train.options import MAX_SEED, TrainConfig
 from flexitok.train.tokenizer import TokenizerTrainConfig
+from flexitok.train.trainer_config import MAX_SEED, TrainerConfig
 
 BAD = [
     ("betas", (0.9, 1.0), "train.betas must be two finite numbers in [0, 1)"),
@@ -55,7 +55,7 @@ BAD = [
 @pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
 def test_every_invalid_train_value_is_a_config_error_naming_the_key(key: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        TrainConfig(**{key: value})  # type: ignore[arg-type]
+        TrainerConfig(**{key: value})  # type: ignore[arg-type]
     assert message in str(err.value)
 
 
@@ -64,18 +64,18 @@ def test_every_field_is_checked() -> None:
     import dataclasses
 
     covered = {k for k, _, _ in BAD}
-    bools = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)}
+    bools = {f.name for f in dataclasses.fields(TrainerConfig) if f.type in ("bool", bool)}
     for name in bools - covered:  # every bool is checked by the same rule
         with pytest.raises(ConfigError, match=f"train.{name} must be true or false"):
-            TrainConfig(**{name: "no"})  # type: ignore[arg-type]
-    missing = {f.name for f in dataclasses.fields(TrainConfig)} - covered - bools
+            TrainerConfig(**{name: "no"})  # type: ignore[arg-type]
+    missing = {f.name for f in dataclasses.fields(TrainerConfig)} - covered - bools
     assert not missing, f"fields without a refused value in BAD: {missing}"
 
 
 def test_valid_edges_are_accepted() -> None:
-    cfg = TrainConfig(betas=[0, 0.999], seed=MAX_SEED, num_workers=0, cpu_threads=1, weight_decay=0, grad_clip=0)
+    cfg = TrainerConfig(betas=[0, 0.999], seed=MAX_SEED, num_workers=0, cpu_threads=1, weight_decay=0, grad_clip=0)
     assert cfg.betas == (0.0, 0.999) and isinstance(cfg.betas[0], float)
-    assert TrainConfig(lr=1, min_lr=1).lr == 1.0 and TrainConfig(keep_checkpoints=0, ema_decay=0.0).ema_decay == 0.0
+    assert TrainerConfig(lr=1, min_lr=1).lr == 1.0 and TrainerConfig(keep_checkpoints=0, ema_decay=0.0).ema_decay == 0.0
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_a_cli_override_out_of_range_exits_2(capsys: pytest.CaptureFixture) -> N
 
 def test_a_warmup_longer_than_the_run_is_allowed_with_a_note() -> None:
     """The documented rule: allowed (smoke runs of real configs), the lr never reaches train.lr, and it says so."""
-    assert TrainConfig(steps=10, warmup_steps=10).warmup_note() is None
-    note = TrainConfig(steps=3, warmup_steps=200, lr=1e-3).warmup_note()
+    assert TrainerConfig(steps=10, warmup_steps=10).warmup_note() is None
+    note = TrainerConfig(steps=3, warmup_steps=200, lr=1e-3).warmup_note()
     assert note is not None and "train.warmup_steps (200) > train.steps (3)" in note
     assert f"{1e-3 * 3 / 200:.3g}" in note

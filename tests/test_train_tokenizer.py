@@ -14,7 +14,7 @@ from flexitok.config import tiny_config
 from flexitok.errors import InvalidInputError
 from flexitok.models.flextok import FlexTok
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig, sample_k, sample_t
-from flexitok.train.trainer import TrainConfig, train
+from flexitok.train.trainer import TrainerConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -206,7 +206,7 @@ def test_tiny_overfit_loss_decreases_and_eval_writes_grid(tmp_path: Path) -> Non
         ),
         eval_dataset=data,
     )
-    cfg = TrainConfig(
+    cfg = TrainerConfig(
         out_dir=str(tmp_path),
         steps=100,
         batch_size=8,
@@ -235,7 +235,7 @@ def test_tiny_overfit_long(tmp_path: Path) -> None:
     model = _model()
     data = Shapes()
     task = TokenizerTask(model, TokenizerTaskConfig(cfg_dropout=0.0, k_sampling="uniform"))
-    cfg = TrainConfig(
+    cfg = TrainerConfig(
         out_dir=str(tmp_path),
         steps=600,
         batch_size=8,

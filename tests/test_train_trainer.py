@@ -21,7 +21,7 @@ from flexitok.train.checkpointing.files import load_checkpoint, resolve_last, sa
 from flexitok.train.optim import lr_lambda, param_groups
 from flexitok.train.task import TrainTask
 from flexitok.train.tokenizer import TokenizerTask, TokenizerTaskConfig
-from flexitok.train.trainer import TrainConfig, train
+from flexitok.train.trainer import TrainerConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +63,7 @@ def _tiny_task(kill_at: int | None = None) -> KillingTask:
     return task
 
 
-def _cfg(out: Path, **kw) -> TrainConfig:
+def _cfg(out: Path, **kw) -> TrainerConfig:
     base = dict(
         out_dir=str(out),
         steps=6,
@@ -78,7 +78,7 @@ def _cfg(out: Path, **kw) -> TrainConfig:
         seed=7,
     )
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainerConfig(**base)
 
 
 def test_resume_is_bit_identical(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_resume_from_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> No
 
 
 def test_lr_schedule_warmup_then_cosine_to_min() -> None:
-    cfg = TrainConfig(steps=100, lr=1e-3, min_lr=1e-5, warmup_steps=10)
+    cfg = TrainerConfig(steps=100, lr=1e-3, min_lr=1e-5, warmup_steps=10)
     f = lr_lambda(cfg)
     lrs = [f(s) * cfg.lr for s in range(cfg.steps)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
@@ -228,7 +228,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result: str) -> None
     train(
         task,
         Regression(),
-        TrainConfig(
+        TrainerConfig(
             out_dir=out,
             steps=3,
             batch_size=8,
@@ -257,7 +257,7 @@ def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
     train(
         single,
         Regression(),
-        TrainConfig(
+        TrainerConfig(
             out_dir=str(tmp_path / "one"),
             steps=3,
             batch_size=16,
@@ -295,7 +295,9 @@ class StreamOfPairs(torch.utils.data.IterableDataset):
 def test_iterable_dataset_streams_over_epochs(tmp_path: Path) -> None:
     stream = StreamOfPairs()
     task = RegressionTask()
-    cfg = TrainConfig(out_dir=str(tmp_path), steps=5, batch_size=8, lr=1e-2, log_every=1, ckpt_every=5, progress=False)
+    cfg = TrainerConfig(
+        out_dir=str(tmp_path), steps=5, batch_size=8, lr=1e-2, log_every=1, ckpt_every=5, progress=False
+    )
     last = train(task, stream, cfg)
     state = load_checkpoint(last).objects["trainer"]
     # 20 items -> 2 full batches per epoch: 5 updates = epochs 0, 1 and one batch of epoch 2.
@@ -334,7 +336,7 @@ def test_task_base_class_defaults_and_type_check(tmp_path: Path) -> None:
             raise AssertionError
 
     with pytest.raises(TypeError, match="TrainTask subclass"):
-        train(NotATask(), Regression(), TrainConfig(out_dir=str(tmp_path), steps=1, batch_size=4, progress=False))
+        train(NotATask(), Regression(), TrainerConfig(out_dir=str(tmp_path), steps=1, batch_size=4, progress=False))
 
 
 def test_task_logs_stay_on_the_device() -> None:

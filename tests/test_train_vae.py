@@ -10,7 +10,7 @@ import torch
 
 from flexitok.errors import InvalidInputError
 from flexitok.train.checkpointing.files import load_checkpoint
-from flexitok.train.trainer import TrainConfig, train
+from flexitok.train.trainer import TrainerConfig, train
 from flexitok.train.vae import PatchDiscriminator, VAEModelConfig, VAETask, VAETaskConfig, build_autoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +43,7 @@ def test_vae_reconstruction_loss_decreases_and_exports(tmp_path: Path) -> None:
 
     data = Blobs()
     task = VAETask(_vae(), VAETaskConfig(kl_weight=1e-6, eval_images=4), eval_dataset=data)
-    cfg = TrainConfig(
+    cfg = TrainerConfig(
         out_dir=str(tmp_path),
         steps=60,
         batch_size=8,
@@ -72,7 +72,9 @@ def test_gan_discriminator_steps_and_is_checkpointed(tmp_path: Path) -> None:
     )
     task = VAETask(_vae(), tcfg)
     before = {k: v.clone() for k, v in task.disc.state_dict().items()}
-    cfg = TrainConfig(out_dir=str(tmp_path), steps=3, batch_size=4, lr=1e-3, log_every=1, ckpt_every=3, progress=False)
+    cfg = TrainerConfig(
+        out_dir=str(tmp_path), steps=3, batch_size=4, lr=1e-3, log_every=1, ckpt_every=3, progress=False
+    )
     last = train(task, data, cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert "d_loss" not in rows[0] and "d_loss" in rows[1] and "perceptual" in rows[0]  # warm-up respected
@@ -107,7 +109,7 @@ def test_discriminator_steps_once_per_update_with_grad_accum(tmp_path: Path) -> 
         return loss_fn(batch, step)
 
     task.discriminator_loss = counting_loss  # the trainer reads extra_optimizers() after this
-    cfg = TrainConfig(
+    cfg = TrainerConfig(
         out_dir=str(tmp_path), steps=3, batch_size=2, grad_accum=4, lr=1e-3, log_every=1, ckpt_every=3, progress=False
     )
     train(task, data, cfg)

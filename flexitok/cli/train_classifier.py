@@ -13,8 +13,8 @@ from flexitok.cli.common import LABELLED_DATA_KINDS, add_data_args, info, positi
 from flexitok.data import FASHION_MNIST_CLASSES, DataConfig, build_dataset
 from flexitok.models.classifier import ClassifierConfig, SmallCNN, accuracy
 from flexitok.train.classifier import ClassifierTaskConfig, ClassifierTrainConfig, test_images
-from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget, run_config
+from flexitok.train.trainer_config import TrainerConfig
 
 
 def register(sub: argparse._SubParsersAction, target: TrainTarget) -> None:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, target: TrainTarget) -> int:
             ),
             data=data,
             # AdamW (weight decay 0.05) with cosine decay to 0 and no clipping: the 0.1 classifier recipe.
-            train=TrainConfig(
+            train=TrainerConfig(
                 out_dir=run_dir,
                 steps=args.steps,
                 batch_size=args.batch_size,

@@ -7,8 +7,8 @@ command line; multi-GPU: ``torchrun --nproc_per_node=8 -m flexitok train tokeniz
 
 from flexitok.train.checkpointing.state import TrainState
 from flexitok.train.ema import EMA
-from flexitok.train.options import TrainConfig
 from flexitok.train.task import ExtraOptimizer, TrainTask
 from flexitok.train.trainer import train
+from flexitok.train.trainer_config import TrainerConfig
 
-__all__ = ["EMA", "ExtraOptimizer", "TrainConfig", "TrainState", "TrainTask", "train"]
+__all__ = ["EMA", "ExtraOptimizer", "TrainerConfig", "TrainState", "TrainTask", "train"]

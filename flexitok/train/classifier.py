@@ -22,9 +22,9 @@ from flexitok.data import DataConfig, DatasetError, build_dataset
 from flexitok.errors import ConfigError
 from flexitok.models.classifier import ClassifierConfig, SmallCNN, accuracy
 from flexitok.train.config import RunConfig
-from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget
 from flexitok.train.task import TrainTask
+from flexitok.train.trainer_config import TrainerConfig
 from flexitok.utils.config_json import Bound
 
 
@@ -49,7 +49,7 @@ class ClassifierTrainConfig(RunConfig):
 
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
     task: ClassifierTaskConfig = field(default_factory=ClassifierTaskConfig)
 
 

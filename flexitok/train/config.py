@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 
 class RunConfig:
-    """Base of the run configs (``model``, ``data``, ``train``: :class:`~flexitok.train.options.TrainConfig`,
+    """Base of the run configs (``model``, ``data``, ``train``: :class:`~flexitok.train.trainer_config.TrainerConfig`,
     ``task`` sections). Each lives with its target: :class:`flexitok.train.tokenizer.TokenizerTrainConfig`,
     :class:`flexitok.train.vae.VAETrainConfig`, :class:`flexitok.train.generator.GeneratorTrainConfig`,
     :class:`flexitok.train.classifier.ClassifierTrainConfig`."""

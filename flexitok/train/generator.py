@@ -5,7 +5,7 @@ The YAML config (``configs/generator-*.yaml``) has four sections, parsed like ev
 
     model:   {preset: tiny, condition: class, ...}   # GeneratorConfig fields; vocab/n_tokens default to the shards'
     data:    {path: shards/fmnist-train, limit: null, eval_path: null}
-    train:   {...}                                    # flexitok.train.options.TrainConfig fields
+    train:   {...}                                    # flexitok.train.trainer_config.TrainerConfig fields
     task:    {train_tokens: null, cond_dropout: 0.1}
 
 ``task.train_tokens = k`` trains on (and computes the loss over) the first k tokens only, for generators meant to
@@ -31,9 +31,9 @@ from flexitok.errors import ConfigError, InvalidInputError
 from flexitok.models.generator import Generator, GeneratorConfig, generator_preset
 from flexitok.models.text_encoder import ENCODER_MAX_TOKENS, CachedTextEncoder, TextEncoder
 from flexitok.train.config import RunConfig, load_run_config
-from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget
 from flexitok.train.task import TrainTask
+from flexitok.train.trainer_config import TrainerConfig
 from flexitok.utils.config_json import Bound
 
 EXPORT_DIR = "generator"  # save_pretrained folder written under the run's out_dir
@@ -77,7 +77,7 @@ class GeneratorTrainConfig(RunConfig):
 
     model: GeneratorConfig
     data: TokenDataSpec
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
     task: GeneratorTaskConfig = field(default_factory=GeneratorTaskConfig)
 
     @classmethod

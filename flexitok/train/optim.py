@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flexitok.train.options import TrainConfig
+from flexitok.train.trainer_config import TrainerConfig
 
 _NO_DECAY_HINTS = ("token", "emb", "null", "register", "pos")
 
@@ -31,7 +31,7 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [g for g in groups if g["params"]]
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+def lr_lambda(cfg: TrainerConfig) -> Callable[[int], float]:
     """Multiplier of ``cfg.lr`` for update ``step`` (0-based): linear warm-up, then cosine down to ``min_lr``."""
 
     def f(step: int) -> float:
@@ -45,7 +45,7 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def build_optimizer(
-    module: nn.Module, cfg: TrainConfig
+    module: nn.Module, cfg: TrainerConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over ``module``'s trainable parameters and its per-update schedule."""
     optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
@@ -65,7 +65,7 @@ def apply_config(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     configured: list[dict[str, Any]],
-    cfg: TrainConfig,
+    cfg: TrainerConfig,
 ) -> list[str]:
     """After a checkpoint restore: make the optimizer and schedule follow ``cfg`` (``--allow-config-change``).
 

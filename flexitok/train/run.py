@@ -22,9 +22,9 @@ from flexitok.errors import CheckpointError
 from flexitok.train.checkpointing.files import resolve_last
 from flexitok.train.config import RunConfig, config_to_dict, load_run_config
 from flexitok.train.heldout import held_out_data
-from flexitok.train.options import TrainConfig
 from flexitok.train.task import TrainTask
 from flexitok.train.trainer import train
+from flexitok.train.trainer_config import TrainerConfig
 
 C = TypeVar("C", bound=RunConfig)
 
@@ -55,14 +55,14 @@ class TargetArgs:
     allow_config_change: bool = False
 
 
-def apply_target_args(train_cfg: TrainConfig, args: TargetArgs) -> None:
+def apply_target_args(train_cfg: TrainerConfig, args: TargetArgs) -> None:
     """The command-line resume flags on top of the config's ``train`` section."""
     train_cfg.resume = train_cfg.resume or args.resume
     train_cfg.resume_fallback = train_cfg.resume_fallback and not args.no_fallback
     train_cfg.allow_config_change = train_cfg.allow_config_change or args.allow_config_change
 
 
-def prepare_out_dir(train_cfg: TrainConfig) -> None:
+def prepare_out_dir(train_cfg: TrainerConfig) -> None:
     """Refuse early (before building models and data) to clobber an existing run without --resume.
 
     The trainer locks the folder, re-checks this and writes ``config.yaml``.
@@ -76,7 +76,9 @@ def prepare_out_dir(train_cfg: TrainConfig) -> None:
         raise CheckpointError(f"{out} already holds a checkpoint ({last.name}); pass --resume or change train.out_dir")
 
 
-def held_out(data: DataConfig, eval_data: DataConfig | None, n: int, train_cfg: TrainConfig) -> tuple[DataConfig, Any]:
+def held_out(
+    data: DataConfig, eval_data: DataConfig | None, n: int, train_cfg: TrainerConfig
+) -> tuple[DataConfig, Any]:
     """(training data config, fixed evaluation set or None): :func:`flexitok.train.heldout.held_out_data`, with
     the choice printed once at start."""
     train_data, eval_ds = held_out_data(data, eval_data, n, train_cfg.eval_every > 0)
@@ -87,7 +89,7 @@ def held_out(data: DataConfig, eval_data: DataConfig | None, n: int, train_cfg: 
 
 def run_config(target: TrainTarget[C], cfg: C) -> Path:
     """Train ``target`` with the typed run config ``cfg``; returns the final checkpoint folder."""
-    train_cfg: TrainConfig = cfg.train  # type: ignore[attr-defined]
+    train_cfg: TrainerConfig = cfg.train  # type: ignore[attr-defined]
     prepare_out_dir(train_cfg)
     task, dataset = target.build(cfg)
     path = train(task, dataset, train_cfg, run_config=config_to_dict(cfg))

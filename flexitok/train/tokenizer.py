@@ -32,10 +32,10 @@ from flexitok.models.resize import resize_for_finetuning
 from flexitok.sampling.decode import DecodeConfig
 from flexitok.train.config import RunConfig
 from flexitok.train.heldout import eval_extractor
-from flexitok.train.options import TrainConfig
 from flexitok.train.repa import EFFICIENTNET, REPAProjector, build_repa_encoder, repa_loss
 from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import TrainTask
+from flexitok.train.trainer_config import TrainerConfig
 from flexitok.utils.config_json import Bound
 
 __all__ = [
@@ -324,7 +324,7 @@ class TokenizerTrainConfig(RunConfig):
 
     model: FlexTokConfig = field(default_factory=lambda: preset("tiny"))
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
     task: TokenizerTaskConfig = field(default_factory=TokenizerTaskConfig)
     eval_data: DataConfig | None = None  # reconstruction grids; None = data's test split
     latents: str | None = None  # pre-computed latent cache folder (flexitok.data.latents); replaces data

@@ -1,7 +1,7 @@
 """The training loop: AdamW + warm-up/cosine, EMA, AMP, accumulation, DDP/FSDP2, verified checkpoints, exact resume.
 
 A run is a :class:`~flexitok.train.task.TrainTask` (the model and the loss of a batch) plus a
-:class:`~flexitok.train.options.TrainConfig`. ``train`` is torchrun-aware (see :mod:`flexitok.train.parallel`):
+:class:`~flexitok.train.trainer_config.TrainerConfig`. ``train`` is torchrun-aware (see :mod:`flexitok.train.parallel`):
 each process trains on its shard of every batch; rank 0 logs and publishes checkpoints. Multi-GPU::
 
     torchrun --nproc_per_node=8 -m flexitok train tokenizer --config configs/tokenizer-d12-d12.yaml
@@ -37,7 +37,6 @@ from flexitok.train.checkpointing.state import TrainState, preserve_rng
 from flexitok.train.ema import EMA
 from flexitok.train.metrics import MetricsLogger, MetricsWindow, as_float, import_wandb
 from flexitok.train.optim import apply_config, build_optimizer, group_settings, lr_lambda, param_groups
-from flexitok.train.options import TrainConfig
 from flexitok.train.parallel import (
     DistInfo,
     TaskModule,
@@ -52,15 +51,16 @@ from flexitok.train.parallel import (
 from flexitok.train.preemption import EXIT_STOPPED, StopOnSigterm
 from flexitok.train.stream import BatchStream, batch_len, seed_everything, to_device
 from flexitok.train.task import ExtraOptimizer, TrainTask
+from flexitok.train.trainer_config import TrainerConfig
 from flexitok.utils.config_json import plain_data
 
-__all__ = ["TrainConfig", "TrainTask", "lr_lambda", "param_groups", "train"]
+__all__ = ["TrainerConfig", "TrainTask", "lr_lambda", "param_groups", "train"]
 
 
 def train(
     task: TrainTask,
     dataset: Dataset,
-    cfg: TrainConfig,
+    cfg: TrainerConfig,
     collate_fn: Callable | None = None,
     run_config: dict[str, Any] | None = None,
 ) -> Path:
@@ -87,7 +87,7 @@ class Trainer:
         self,
         task: TrainTask,
         dataset: Dataset,
-        cfg: TrainConfig,
+        cfg: TrainerConfig,
         info: DistInfo,
         run: RunDir,
         collate_fn: Callable | None = None,

@@ -27,9 +27,9 @@ from flexitok.io.images import save_grid
 from flexitok.models.vae import load_autoencoder_kl
 from flexitok.train.config import RunConfig
 from flexitok.train.heldout import eval_extractor, first_items, plain_images
-from flexitok.train.options import TrainConfig
 from flexitok.train.run import TrainTarget, held_out
 from flexitok.train.task import ExtraOptimizer, TrainTask
+from flexitok.train.trainer_config import TrainerConfig
 from flexitok.utils.config_json import Bound
 from flexitok.utils.files import replace_dir
 
@@ -106,7 +106,7 @@ class VAETrainConfig(RunConfig):
 
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(kind="fashion_mnist"))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)
     task: VAETaskConfig = field(default_factory=VAETaskConfig)
     eval_data: DataConfig | None = None
 

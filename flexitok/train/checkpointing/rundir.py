@@ -26,8 +26,8 @@ import yaml
 
 from flexitok.errors import CheckpointError, TrainingError
 from flexitok.train.checkpointing.files import remove_stale_temp, resolve_last, step_folders, update_last_link
-from flexitok.train.options import OPERATIONAL_FIELDS
 from flexitok.train.parallel import DistInfo, barrier
+from flexitok.train.trainer_config import OPERATIONAL_FIELDS
 from flexitok.utils.config_json import plain_data
 from flexitok.utils.files import atomic_write_bytes
 

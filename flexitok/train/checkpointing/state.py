@@ -43,7 +43,7 @@ class TrainState:
         self.world_size, self.batch_size = int(state["world_size"]), int(state["batch_size"])
         self.rng = list(state["rng"])
         config = dict(state.get("config") or {})
-        # 0.1.0 checkpoints stored only the TrainConfig fields, flat.
+        # 0.1.0 checkpoints stored only the TrainerConfig fields, flat.
         self.config = {"train": config} if config and "train" not in config and "lr" in config else config
 
 

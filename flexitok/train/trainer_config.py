@@ -1,4 +1,4 @@
-"""``TrainConfig``: the optimisation, precision, parallelism and checkpointing options of every training run.
+"""``TrainerConfig``: the optimisation, precision, parallelism and checkpointing options of every training run.
 
 It is the ``train:`` section of each run config (tokenizer, VAE, generator), parsed by
 :func:`flexitok.train.config.load_run_config`.
@@ -17,7 +17,7 @@ Precision = Literal["fp32", "bf16"]
 
 
 @dataclass
-class TrainConfig:
+class TrainerConfig:
     out_dir: str = "runs/train"
     steps: int = 1000
     batch_size: int = 32  # per process (per micro-batch)
@@ -76,7 +76,7 @@ def _fail(key: str, rule: str, value: object) -> ConfigError:
     return ConfigError(f"train.{key} must be {rule}, got {value!r}")
 
 
-def _int(cfg: TrainConfig, key: str, lo: int, hi: int = _MAX_COUNT, optional: bool = False) -> None:
+def _int(cfg: TrainerConfig, key: str, lo: int, hi: int = _MAX_COUNT, optional: bool = False) -> None:
     v = getattr(cfg, key)
     if v is None and optional:
         return
@@ -86,7 +86,7 @@ def _int(cfg: TrainConfig, key: str, lo: int, hi: int = _MAX_COUNT, optional: bo
 
 
 def _float(
-    cfg: TrainConfig, key: str, lo: float, hi: float = math.inf, hi_open: bool = False, lo_open: bool = False
+    cfg: TrainerConfig, key: str, lo: float, hi: float = math.inf, hi_open: bool = False, lo_open: bool = False
 ) -> float:
     v = getattr(cfg, key)
     rule = f"a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open or hi == math.inf else ']'}"
@@ -100,7 +100,7 @@ def _float(
     return v
 
 
-def _validate(cfg: TrainConfig) -> None:
+def _validate(cfg: TrainerConfig) -> None:
     """Every field typed and in range (finite floats), so nothing reaches torch unchecked: a :class:`ConfigError`
     names the dotted key (``train.betas``) and what it accepts."""
     for key in ("ema_warmup", "cpu_autocast", "compile", "activation_checkpointing", "fsdp", "resume"):
