@@ -49,7 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, split=None)
     p.add_argument("--split", default="test", help="dataset split: any split folder that exists (default test)")
     add_extractor_arg(p)
-    p.add_argument("--features", dest="extractor", help=argparse.SUPPRESS)  # deprecated name of --extractor
     p.add_argument(
         "--reference",
         type=Path,
