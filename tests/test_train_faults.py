@@ -279,7 +279,6 @@ def test_wandb_tracker_offline_and_a_missing_package(
     assert logged and all(json.dumps(v).encode() in data for v in logged.values()), logged
 
 
-
 class _SigtermTask(RegressionTask):
     """Rank 1 receives SIGTERM during update 3 (rank 0 never does): both must stop after step 3."""
 
