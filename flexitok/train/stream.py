@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -38,6 +39,22 @@ def _leave_sigterm_to_the_trainer(worker_id: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     signal.signal(signal.SIGTERM, first)
+    # The worker started with SIGTERM blocked (see _start_workers): one that arrived meanwhile is delivered now,
+    # to the handler above, instead of killing the worker before this function ran.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _start_workers(loader: DataLoader) -> Iterator[Any]:
+    """``iter(loader)`` with SIGTERM blocked while its worker processes start, so that they inherit the block
+    until :func:`_leave_sigterm_to_the_trainer` has installed their handler (torch's own worker handler, set
+    first, dies on a SIGTERM that is not from the parent). Here the signal waits and then reaches the trainer."""
+    if loader.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
@@ -192,7 +209,7 @@ class BatchStream:
             if s.index >= epoch_items:
                 s.epoch, s.index = s.epoch + 1, 0
             self.sampler.set_position(s.epoch, s.index)
-            for b in self._loader(seeded, self.seed, self.sampler):
+            for b in _start_workers(self._loader(seeded, self.seed, self.sampler)):
                 s.index += self.batch_size
                 yield b
                 if s.index >= epoch_items:
@@ -213,7 +230,7 @@ class BatchStream:
             if skip_batches is not None:
                 skip_batches(skip, self.batch_size, self.num_workers)
                 got, skip = skip > 0, 0
-            for i, b in enumerate(self._loader(self.dataset, self.seed + s.epoch)):
+            for i, b in enumerate(_start_workers(self._loader(self.dataset, self.seed + s.epoch))):
                 got = True
                 if i < skip:
                     continue
