@@ -43,7 +43,8 @@ def nbytes(model):
 op, src, out, dtype = sys.argv[1:5]
 dt = {"float32": None, "bfloat16": torch.bfloat16}[dtype]
 base = rss("VmRSS:")
-import diffusers  # imported by the first model built: weight-independent memory, reported apart
+from diffusers.models import AutoencoderKL  # imported by the first model built: reported apart
+AutoencoderKL  # resolve diffusers' lazy module now (the import cost depends on the extras installed)
 libs = rss("VmRSS:") - base
 from flexitok import FlexTok
 weights = None
@@ -132,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", nargs="+", help="only these operations (e.g. from_official), both dtypes where measured")
     args = p.parse_args(argv)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from importlib.util import find_spec
+
+    import diffusers
+
+    extras = [m for m in ("transformers", "scipy", "kernels") if find_spec(m) is not None]
+    print(f"{sys.executable}: torch {torch.__version__}, diffusers {diffusers.__version__}; "
+          f"optional packages diffusers imports when present: {', '.join(extras) or 'none installed'}")  # fmt: skip
     rows = []
     for name in args.presets:
         folder = args.work / name

@@ -3,6 +3,10 @@
     python benchmarks/official_parity.py --checkpoint DIR/model.safetensors \\
         --official-src PATH/ml-flextok --official-deps PATH/deps [--size 128] [--steps 2]
 
+With ``--official-init OUT`` the comparison runs on a checkpoint of the same configuration initialised by the
+official code itself (written to ``OUT`` first): the script's random checkpoints hold N(0, 0.02) values, whose
+images are about 0.01 in size.
+
 ``DIR`` holds an official-format checkpoint and its VAE as a diffusers folder ``DIR/vae`` (e.g. one written by
 ``benchmarks/load_memory.py --keep``). Each side runs in its own process, one after the other (a d18-d28 model
 in float32 needs about 11 GB per side): the official side builds the model with Hydra's ``instantiate`` and
@@ -66,6 +70,33 @@ save_file({k: v.contiguous() for k, v in res.items()}, out)
 print(json.dumps({"load_s": load_s, "total_s": time.time() - t0}))
 """
 
+OFFICIAL_INIT = r"""
+import sys, types
+import torch
+from diffusers.models import AutoencoderKL  # resolved before the placeholder below exists
+
+for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
+from hydra.utils import instantiate
+from safetensors import safe_open
+from flextok.utils.checkpoint import parse_metadata
+from flexitok.utils.weights import write_safetensors_streaming  # the harness's writer: one tensor at a time
+
+src, out = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+with safe_open(src, framework="pt") as f:
+    meta, names = dict(f.metadata()), list(f.keys())
+model = instantiate(parse_metadata(meta))  # the official code's own initialisation
+# Its VAE came from ./vae (the source's small random weights): diffusers' default initialisation instead.
+vae = next(m for m in model.modules() if isinstance(m, AutoencoderKL))
+vae.load_state_dict(AutoencoderKL.from_config(vae.config).state_dict())
+state = model.state_dict()
+assert set(names) <= set(state), sorted(set(names) - set(state))[:5]
+write_safetensors_streaming(out, {k: state[k] for k in names}, meta)
+"""
+
 OURS = r"""
 import json, sys, time
 import torch
@@ -101,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--official-deps", type=Path)
     p.add_argument("--size", type=int, default=128, help="image side in pixels (a multiple of 16)")
     p.add_argument("--steps", type=int, default=2, help="decode steps")
+    p.add_argument(
+        "--official-init",
+        type=Path,
+        help="first write, into this folder, a checkpoint of the same configuration initialised by the official "
+        "code (seed 0; the VAE by diffusers), and compare on it: activations of realistic size",
+    )
     args = p.parse_args(argv)
     import torch
     from safetensors.torch import load_file
@@ -109,6 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     work = ckpt.parent
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     official_path = os.pathsep.join(str(x) for x in (args.official_src, args.official_deps) if x)
+    if args.official_init is not None:
+        init = args.official_init.resolve()
+        init.mkdir(parents=True, exist_ok=True)
+        if not (init / "vae").exists():
+            (init / "vae").symlink_to(work / "vae")  # the architecture; its weights are in the checkpoint
+        if not (init / "model.safetensors").is_file():
+            t = time.time()
+            r = subprocess.run(
+                [sys.executable, "-c", OFFICIAL_INIT, str(ckpt), str(init / "model.safetensors")],
+                env={**env, "PYTHONPATH": official_path}, cwd=work, capture_output=True, text=True,
+            )  # fmt: skip
+            if r.returncode != 0:
+                raise RuntimeError(r.stderr[-4000:])
+            print(f"wrote {init / 'model.safetensors'} with the official initialisation in {time.time() - t:.0f} s")
+        ckpt, work = init / "model.safetensors", init
     common = [str(ckpt), "", str(args.size), str(args.steps)]
     t = time.time()
     off = _peak_run(
@@ -121,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {ckpt} ({ckpt.stat().st_size / 1e9:.1f} GB), image {args.size}x{args.size}, {args.steps} steps")
     print(f"token ids identical: {same}/{a['tokens'].numel()}")
     for name in ("apg", "unguided"):
-        print(f"images {name}: max abs difference {float((a[name] - b[name]).abs().max()):.2e}")
+        print(f"images {name}: max abs difference {float((a[name] - b[name]).abs().max()):.2e} "
+              f"(image values in [{float(a[name].min()):.3f}, {float(a[name].max()):.3f}])")  # fmt: skip
+    print(f"for scale: APG vs unguided differ by up to {float((a['apg'] - a['unguided']).abs().max()):.2e}")
     print(f"official: load {off['load_s']:.0f} s, total {off['total_s']:.0f} s; ours: load {ours['load_s']:.0f} s, "
           f"total {ours['total_s']:.0f} s; wall {time.time() - t:.0f} s")  # fmt: skip
     assert torch.equal(a["tokens"], b["tokens"])

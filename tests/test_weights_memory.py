@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from flexitok import FlexTok
 from flexitok.config import tiny_config
+from flexitok.errors import CheckpointError
+from flexitok.utils import weights
 from flexitok.utils.weights import materialize_parameters, parameters_on_meta
 from tests.conftest import tiny_model
 
@@ -96,3 +99,39 @@ def test_peak_memory_of_loading_is_about_the_weights(tmp_path):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["weights"] > 50e6
         assert out["peak"] <= 1.25 * out["weights"] + 40e6, (dtype, out)
+
+
+def test_read_into_converts_through_a_small_reused_buffer(tmp_path, monkeypatch):
+    """A tensor many times the conversion buffer (and not a multiple of it) arrives cast exactly; a file
+    cut short after opening is a CheckpointError naming the tensor, not a silently partial tensor."""
+    monkeypatch.setattr(weights, "READ_CHUNK_BYTES", 1000)  # 250 float32 values per read
+    data = {"w": torch.randn(37, 91, generator=torch.Generator().manual_seed(0)), "b": torch.randn(3)}
+    weights.write_safetensors_streaming(tmp_path / "m.safetensors", data)
+    with weights.WeightsFile(tmp_path / "m.safetensors") as f:
+        for dtype in (torch.bfloat16, torch.float16, torch.float64):
+            for k, v in data.items():
+                dest = torch.empty(v.shape, dtype=dtype)
+                f.read_into(k, dest)
+                assert torch.equal(dest, v.to(dtype)), (k, dtype)
+        assert f._chunk is not None and f._chunk.numel() <= 1004  # one buffer, not a copy of the tensor
+    with weights.WeightsFile(tmp_path / "m.safetensors") as f:
+        os.truncate(tmp_path / "m.safetensors", os.path.getsize(tmp_path / "m.safetensors") - 600)  # cut after open
+        with pytest.raises(CheckpointError, match="'w'"):
+            f.read_into("w", torch.empty(37, 91, dtype=torch.bfloat16))
+
+
+def test_all_finite_is_exact_without_a_full_size_temporary():
+    big = torch.full((70_000,), 60_000.0, dtype=torch.float16)  # finite values whose sum overflows float16
+    assert weights.all_finite(big)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            t = torch.randn(300, 7).to(dtype)
+            t[123, 4] = bad
+            assert not weights.all_finite(t, chunk=64), (dtype, bad)
+            assert not weights.all_finite(t.t(), chunk=64), (dtype, bad)  # non-contiguous
+        assert weights.all_finite(torch.randn(300, 7).to(dtype), chunk=64)
+    both = torch.tensor([float("inf"), -float("inf"), 1.0])  # the sum is NaN: still caught
+    assert not weights.all_finite(both)
+    assert weights.all_finite(torch.empty(0)) and weights.all_finite(torch.arange(5))
+    big[-1] = float("inf")
+    assert not weights.all_finite(big, chunk=4096)

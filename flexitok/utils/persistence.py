@@ -49,6 +49,7 @@ from flexitok.utils.hub import download_repo, is_repo_id
 from flexitok.utils.weights import (
     WeightsFile,
     WeightsHeader,
+    all_finite,
     materialize_parameters,
     parameters_on_meta,
     state_dict_problems,
@@ -267,7 +268,7 @@ class PretrainedModel(nn.Module):
         data = (json.dumps(body, indent=2) + "\n").encode()
         tensors = self.state_dict()  # written one tensor at a time below: no full copy of the model
         for k, v in tensors.items():
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            if not all_finite(v):
                 raise CheckpointError(f"refusing to save {directory}: weight {k!r} has NaN or infinite values")
         meta = {"format": FORMAT, "model": self.model_type, "config_sha256": _sha256(data)}
         if directory.exists():
@@ -477,7 +478,7 @@ class PretrainedModel(nn.Module):
             file_key = cls.upgrade_state_dict({k: k for k in f.header.shapes})
             for k, v in model.state_dict().items():  # the header check made the names match one to one
                 f.read_into(file_key[k], v)
-                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                if not all_finite(v):
                     raise CheckpointError(f"{weights}: weight {k!r} has NaN or infinite values")
         return model.eval()
 

@@ -55,6 +55,9 @@ class WeightsHeader:
         return total
 
 
+READ_CHUNK_BYTES = 16 << 20  # read_into's conversion buffer: large enough for few reads, small beside any model
+
+
 class WeightsFile:
     """An open safetensors file: its :attr:`header` at once, the tensors on demand, both from the same file even
     if the path is replaced meanwhile (use as a context manager)."""
@@ -78,6 +81,7 @@ class WeightsFile:
                 dtypes[k] = str(sl.get_dtype())
             self.header = WeightsHeader(shapes, dtypes, dict(self._f.metadata() or {}))
             self._offsets, self._data_start = _data_offsets(self._fh)
+            self._chunk: Tensor | None = None  # read_into's conversion buffer, made on first use
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             if hasattr(self, "_fh"):
                 self._fh.close()
@@ -89,14 +93,16 @@ class WeightsFile:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise _open_error(self.path, e) from e
 
-    def _read_raw(self, key: str, out: Tensor) -> None:
-        """Fill the contiguous CPU tensor ``out`` (the stored dtype and size) with the stored bytes of ``key``."""
+    def _read_raw(self, key: str, out: Tensor, first: int | None = None) -> None:
+        """Fill the contiguous CPU tensor ``out`` (the stored dtype) with the stored bytes of ``key``: all of
+        them, or with ``first`` the ``out.numel()`` elements from element ``first`` on."""
         begin, end = self._offsets[key]
         buf = out.reshape(-1).view(torch.uint8).numpy()
-        if buf.nbytes != end - begin:
+        start = begin + (first or 0) * out.element_size()
+        if (first is None and buf.nbytes != end - begin) or start + buf.nbytes > end:
             raise _open_error(self.path, ValueError(f"tensor {key!r} spans {end - begin} bytes, not {buf.nbytes}"))
         try:
-            n = os.preadv(self._fh.fileno(), [buf.data], self._data_start + begin) if buf.nbytes else 0
+            n = os.preadv(self._fh.fileno(), [buf.data], self._data_start + start) if buf.nbytes else 0
         except OSError as e:
             raise _open_error(self.path, e) from e
         if n != buf.nbytes:
@@ -123,14 +129,29 @@ class WeightsFile:
 
     def read_into(self, key: str, dest: Tensor) -> None:
         """Fill ``dest`` (same shape) with ``key``, cast to ``dest``'s dtype: straight from the file into its
-        memory when ``dest`` is contiguous CPU memory of the stored dtype, else through one temporary tensor."""
+        memory when ``dest`` is contiguous CPU memory of the stored dtype, else through one reused buffer of
+        :data:`READ_CHUNK_BYTES` (a whole-tensor temporary per tensor left the allocator holding freed memory:
+        loading d12-d12 in bfloat16 peaked 0.07 GB higher)."""
         if tuple(dest.shape) != self.header.shapes[key]:
             raise CheckpointError(f"{self.path}: tensor {key!r} is {self.header.shapes[key]}, expected {dest.shape}")
+        stored = self._stored_dtype(key)
         with torch.no_grad():
-            if dest.device.type == "cpu" and dest.is_contiguous() and dest.dtype == self._stored_dtype(key):
+            if dest.device.type == "cpu" and dest.is_contiguous() and dest.dtype == stored:
                 self._read_raw(key, dest)
-            else:
+                return
+            if not dest.is_contiguous():
                 dest.copy_(self.read_tensor(key))
+                return
+            flat = dest.view(-1)
+            size = torch.empty((), dtype=stored).element_size()
+            step = max(1, READ_CHUNK_BYTES // size)
+            if self._chunk is None:
+                self._chunk = torch.empty(READ_CHUNK_BYTES + size, dtype=torch.uint8)
+            for first in range(0, flat.numel(), step):
+                n = min(step, flat.numel() - first)
+                part = self._chunk[: n * size].view(stored)
+                self._read_raw(key, part, first)
+                flat[first : first + n].copy_(part)
 
     def close(self) -> None:
         self._cm.__exit__(None, None, None)
@@ -215,6 +236,22 @@ def write_safetensors_streaming(
             if c.shape != t.shape or c.dtype != t.dtype:
                 raise ValueError(f"fill made {name!r} {c.dtype}{list(c.shape)}, expected {t.dtype}{list(t.shape)}")
             f.write(c.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def all_finite(t: Tensor, chunk: int = 1 << 20) -> bool:
+    """Whether every value of ``t`` is finite, without a temporary the size of ``t``.
+
+    ``torch.isfinite(t).all()`` made about 1.7x the bytes of a float32 tensor in temporaries (a 0.43 GB peak for
+    a 0.26 GB tensor), which on a paper-size model dominated the memory of checking the weights on load and save.
+    A sum is finite whenever every term is (NaN and infinities propagate through addition); only when the sum is
+    not (a non-finite value, or an overflow of large finite ones) are the values checked exactly, a chunk at a time.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    if bool(torch.isfinite(t.sum())):
+        return True
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def materialize_parameters(model: nn.Module, dtype: torch.dtype | None = None, device: Any = None) -> None:
