@@ -4,8 +4,9 @@
         --official-src PATH/ml-flextok --official-deps PATH/deps [--size 128] [--steps 2]
 
 With ``--official-init OUT`` the comparison runs on a checkpoint of the same configuration initialised by the
-official code itself (written to ``OUT`` first): the script's random checkpoints hold N(0, 0.02) values, whose
-images are about 0.01 in size.
+official code itself (written to ``OUT`` first; its zero-initialised tensors, the adaLN-zero gates and output
+projection, drawn from N(0, 0.02) so that the decoder's velocity is not 0): the script's random checkpoints hold
+N(0, 0.02) values everywhere, whose images are about 0.01 in size.
 
 ``DIR`` holds an official-format checkpoint and its VAE as a diffusers folder ``DIR/vae`` (e.g. one written by
 ``benchmarks/load_memory.py --keep``). Each side runs in its own process, one after the other (a d18-d28 model
@@ -92,6 +93,13 @@ model = instantiate(parse_metadata(meta))  # the official code's own initialisat
 # Its VAE came from ./vae (the source's small random weights): diffusers' default initialisation instead.
 vae = next(m for m in model.modules() if isinstance(m, AutoencoderKL))
 vae.load_state_dict(AutoencoderKL.from_config(vae.config).state_dict())
+# adaLN-zero gates and the output projection start at zero: the velocity would be 0 whatever the tokens, and the
+# decode would compare nothing. Those tensors (every all-zero parameter) are drawn from N(0, 0.02) instead.
+g = torch.Generator().manual_seed(1)
+with torch.no_grad():
+    for p in model.parameters():
+        if p.is_floating_point() and not bool(p.any()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
 state = model.state_dict()
 assert set(names) <= set(state), sorted(set(names) - set(state))[:5]
 write_safetensors_streaming(out, {k: state[k] for k in names}, meta)
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "--official-init",
         type=Path,
         help="first write, into this folder, a checkpoint of the same configuration initialised by the official "
-        "code (seed 0; the VAE by diffusers), and compare on it: activations of realistic size",
+        "code (seed 0; the VAE by diffusers; zero-initialised tensors drawn from N(0, 0.02)), and compare on it: "
+        "activations of realistic size",
     )
     args = p.parse_args(argv)
     import torch
