@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -220,10 +221,11 @@ def test_two_process_kill9_resume_logs_each_step_once_and_averages_every_term_al
     assert resolve_last(out).name == "step_00000002" and _logged_steps(out) == [1, 2, 3]
     try:
         mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), {"resume": True}), nprocs=2)
-    except mp.ProcessExitedException:
+    except mp.ProcessExitedException as e:
         # Seen once in CI on the 2-core machine: a rank of the resumed run aborted at start-up inside gloo
         # ("terminate called without an active exception"). A crash is one more kill: resume again; the
-        # assertions below then hold for two interruptions.
+        # assertions below then hold for two interruptions. The warning shows in CI's summary when it happens.
+        warnings.warn(f"the resumed 2-process run died ({e}); resuming once more", stacklevel=1)
         mp.spawn(_ddp_worker, args=(2, _free_port(), str(out), {"resume": True}), nprocs=2)
     rows = _rows(out)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
