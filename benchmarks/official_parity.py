@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-OFFICIAL = r"""
+# The start of every script that runs the official code: torch, diffusers, and Hydra's instantiate.
+OFFICIAL_PRELUDE = r"""
 import json, os, sys, time, types
 import torch
 from diffusers.models import AutoencoderKL  # resolved before the placeholder below exists
@@ -40,8 +41,13 @@ sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
 sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
 from hydra.utils import instantiate
 from safetensors import safe_open
-from safetensors.torch import save_file
 from flextok.utils.checkpoint import parse_metadata  # the official Hydra-config reader
+"""
+
+OFFICIAL = (
+    OFFICIAL_PRELUDE
+    + r"""
+from safetensors.torch import save_file
 
 ckpt, out, size, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(2)
@@ -70,19 +76,11 @@ with torch.no_grad():
 save_file({k: v.contiguous() for k, v in res.items()}, out)
 print(json.dumps({"load_s": load_s, "total_s": time.time() - t0}))
 """
+)
 
-OFFICIAL_INIT = r"""
-import sys, types
-import torch
-from diffusers.models import AutoencoderKL  # resolved before the placeholder below exists
-
-for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
-    sys.modules[name] = types.ModuleType(name)
-sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
-sys.modules["torchvision.transforms"].functional = sys.modules["torchvision.transforms.functional"]
-from hydra.utils import instantiate
-from safetensors import safe_open
-from flextok.utils.checkpoint import parse_metadata
+OFFICIAL_INIT = (
+    OFFICIAL_PRELUDE
+    + r"""
 from flexitok.utils.weights import write_safetensors_streaming  # the harness's writer: one tensor at a time
 
 src, out = sys.argv[1], sys.argv[2]
@@ -104,6 +102,7 @@ state = model.state_dict()
 assert set(names) <= set(state), sorted(set(names) - set(state))[:5]
 write_safetensors_streaming(out, {k: state[k] for k in names}, meta)
 """
+)
 
 OURS = r"""
 import json, sys, time

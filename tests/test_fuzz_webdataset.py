@@ -18,6 +18,7 @@ from flexitok.data.transforms import ImageTransform
 from flexitok.data.webdataset import SHARD_INDEX, WebDatasetShards
 from flexitok.errors import DatasetError
 from tests.fuzz_support import Hang, alarm, budget, record
+from tests.test_data_webdataset_faults import _tar
 
 hypothesis = pytest.importorskip("hypothesis")
 pytest.importorskip("webdataset")
@@ -84,27 +85,19 @@ def shard_case(draw):
 def _write(d: Path, samples: list[tuple[str, str]], shard_fault: str) -> tuple[Path, list[int], str]:
     path = d / "shard-000000.tar"
     expected: list[int] = []
-    with tarfile.open(path, "w") as tar:
-        for i, (image_kind, cls_kind) in enumerate(samples):
-            ext, payload, decodes = IMAGE_KINDS[image_kind]
-            cls_payload, label = CLS_KINDS[cls_kind]
-            members: list[tuple[str, bytes | None]] = []
-            if ext is not None:
-                members.append((f"s{i:03d}.{ext}", payload))
-            if cls_payload is not None:
-                members.append((f"s{i:03d}.cls", cls_payload))
-            if not members:
-                members.append((f"s{i:03d}.txt", b"caption only"))
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                if data is None:
-                    info.type, info.linkname = tarfile.SYMTYPE, "target"
-                    tar.addfile(info)
-                else:
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-            if decodes and label is not None:
-                expected.append(label)
+    members: list[tuple[str, bytes | None]] = []
+    for i, (image_kind, cls_kind) in enumerate(samples):
+        ext, payload, decodes = IMAGE_KINDS[image_kind]
+        cls_payload, label = CLS_KINDS[cls_kind]
+        sample: list[tuple[str, bytes | None]] = []
+        if ext is not None:
+            sample.append((f"s{i:03d}.{ext}", payload))
+        if cls_payload is not None:
+            sample.append((f"s{i:03d}.cls", cls_payload))
+        members += sample or [(f"s{i:03d}.txt", b"caption only")]
+        if decodes and label is not None:
+            expected.append(label)
+    _tar(path, members)
     nsamples = len(samples) + (5 if shard_fault == "index_too_big" else 0)
     index = {"wids_version": 1, "shardlist": [{"url": path.name, "nsamples": nsamples}], "class_names": CLASSES}
     (d / SHARD_INDEX).write_text(json.dumps(index))

@@ -143,13 +143,12 @@ class WeightsFile:
                 dest.copy_(self.read_tensor(key))
                 return
             flat = dest.view(-1)
-            size = torch.empty((), dtype=stored).element_size()
-            step = max(1, READ_CHUNK_BYTES // size)
-            if self._chunk is None:
-                self._chunk = torch.empty(READ_CHUNK_BYTES + size, dtype=torch.uint8)
+            step = max(1, READ_CHUNK_BYTES // stored.itemsize)
+            if self._chunk is None or self._chunk.numel() < step * stored.itemsize:
+                self._chunk = torch.empty(step * stored.itemsize, dtype=torch.uint8)
             for first in range(0, flat.numel(), step):
                 n = min(step, flat.numel() - first)
-                part = self._chunk[: n * size].view(stored)
+                part = self._chunk[: n * stored.itemsize].view(stored)
                 self._read_raw(key, part, first)
                 flat[first : first + n].copy_(part)
 
